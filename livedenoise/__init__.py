@@ -1,0 +1,3 @@
+"""livedenoise: real-time, acquisition-side self-supervised denoising."""
+
+__version__ = "0.1.0"

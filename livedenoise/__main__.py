@@ -1,0 +1,3 @@
+from livedenoise.cli import main
+
+raise SystemExit(main())

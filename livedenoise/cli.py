@@ -1,0 +1,71 @@
+"""The single entry point: `livedenoise <verb>`.
+
+Each verb lives in `livedenoise/commands/<verb>.py` and exposes
+``register(subparsers)`` which adds its parser and sets ``func`` to a callable
+taking the parsed arguments and returning an exit status. Verbs not built yet
+are simply absent from this list's modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from livedenoise import __version__
+from livedenoise.errors import UserError
+
+# Order is the order shown in --help.
+VERBS = [
+    "simulate",
+    "train",
+    "denoise",
+    "export",
+    "bench",
+    "serve",
+    "replay",
+    "listen",
+    "demo",
+    "view",
+    "sidecar",
+    "scanimage_path",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livedenoise",
+        description=(
+            "Real-time self-supervised denoising for two-photon imaging and "
+            "Neuropixels recordings. Run `livedenoise <verb> --help` for each verb."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"livedenoise {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for verb in VERBS:
+        name = f"livedenoise.commands.{verb}"
+        if importlib.util.find_spec(name) is None:
+            continue
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"livedenoise {args.verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"livedenoise {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

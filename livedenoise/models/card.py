@@ -1,0 +1,102 @@
+"""The model card: everything needed to use a model, stored with it.
+
+It travels inside every checkpoint (.pt), ONNX metadata and engine sidecar, so
+a model file alone says how to feed it: window, frame shape, normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from livedenoise import __version__
+from livedenoise.errors import UserError
+from livedenoise.models.window import WindowSpec
+
+FORMAT_VERSION = 1
+MODALITIES = ("2p", "ephys", "fmri")
+
+
+@dataclass
+class ModelCard:
+    arch: str
+    """Registered architecture name (`interp2d`, `cad3d`, `classic`, ...)."""
+    params: dict[str, Any]
+    """Architecture hyper-parameters, enough to rebuild the network."""
+    modality: str
+    pre: int
+    post: int
+    omission: int
+    offsets: list[int]
+    """Input frame offsets relative to the predicted frame, in input-channel order."""
+    layout: str = "frames"
+    """How one input frame is laid out: `frames` (H x W image) or an ephys layout."""
+    frame_shape: list[int] | None = None
+    """[H, W] the model was built for, or None when any size works."""
+    norm_mean: float = 0.0
+    norm_std: float = 1.0
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    package_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise UserError(f"model card: unknown modality {self.modality!r} (expected one of {', '.join(MODALITIES)})")
+        if not self.norm_std > 0:
+            raise UserError(f"model card: normalisation std must be > 0, got {self.norm_std}")
+        try:
+            self.window
+        except ValueError as exc:
+            raise UserError(f"model card: bad window: {exc}") from None
+
+    @property
+    def window(self) -> WindowSpec:
+        return WindowSpec(tuple(int(o) for o in self.offsets), int(self.omission))
+
+    @property
+    def lag(self) -> int:
+        return self.window.lag
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.offsets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "model") -> "ModelCard":
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: no livedenoise model card found")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise UserError(f"{source}: model card has no format_version; it was not written by livedenoise")
+        if version > FORMAT_VERSION:
+            raise UserError(
+                f"{source}: model card format {version} is newer than this livedenoise "
+                f"({__version__}, format {FORMAT_VERSION}); upgrade with `pip install -U livedenoise`"
+            )
+        known = set(cls.__dataclass_fields__)
+        missing = [k for k in ("arch", "params", "modality", "pre", "post", "omission", "offsets") if k not in data]
+        if missing:
+            raise UserError(f"{source}: model card lacks {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "model") -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError):
+            raise UserError(f"{source}: model card is not valid JSON") from None
+        return cls.from_dict(data, source)
+
+    def summary(self) -> str:
+        shape = "any size" if self.frame_shape is None else "x".join(map(str, self.frame_shape))
+        return (
+            f"{self.arch}({self.params.get('preset', '')}) {self.modality} pre={self.pre} post={self.post} "
+            f"omission={self.omission} lag={self.lag} frames={shape}"
+        )

@@ -1,0 +1,38 @@
+"""Architecture names -> modules that build networks and windows.
+
+Every architecture module exposes ``ARCH``, ``PRESETS``, ``preset_params(preset)``,
+``window(pre, post, omission) -> WindowSpec`` and ``build(card) -> nn.Module``.
+Every network maps a normalised window (B, C, *frame) to the normalised
+prediction of the centre frame (B, 1, *frame).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from livedenoise.errors import UserError
+
+ARCHS: dict[str, str] = {
+    "interp2d": "livedenoise.models.interp2d",
+    "cad3d": "livedenoise.models.cad3d",
+    "classic": "livedenoise.models.baselines",
+    "interp-ephys": "livedenoise.models.interp_ephys",
+    "block-ephys": "livedenoise.models.block_ephys",
+}
+
+
+def arch_module(arch: str) -> ModuleType:
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    try:
+        return importlib.import_module(ARCHS[arch])
+    except ModuleNotFoundError as exc:
+        if exc.name == ARCHS[arch]:
+            raise UserError(f"architecture {arch!r} is not available in this build of livedenoise") from None
+        raise
+
+
+def build_network(card):
+    """The torch module for a card, with freshly initialised weights."""
+    return arch_module(card.arch).build(card)

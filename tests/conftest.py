@@ -1,0 +1,9 @@
+"""Shared test settings: keep torch to one thread so parallel suites share 2 cores fairly."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
