@@ -1,8 +1,9 @@
 """Which input frames a model sees for output frame t, offline and live alike.
 
-A window is a set of frame offsets relative to the frame being predicted
-(offset 0 is never among them) plus an `omission` band: frames with
-|j - t| <= omission are never inputs. Lag is the furthest future offset used.
+A window is a set of frame offsets relative to the frame being predicted plus
+an `omission` band: frames with 0 < |j - t| <= omission are never inputs.
+Offset 0 (the frame itself) is used only by classic filters, never by a
+self-supervised model. Lag is the furthest future offset used.
 
 Edge policy (the same offline and streaming, so both give the same frames):
 for output t the usable frames are 0..H with H = t + lag, capped at the last
@@ -30,7 +31,9 @@ class WindowSpec:
             raise ValueError("a window needs at least one input offset")
         if self.omission < 0:
             raise ValueError("omission must be >= 0")
-        hidden = [o for o in self.offsets if abs(o) <= self.omission]
+        if 0 in self.offsets and self.omission:
+            raise ValueError("a window that uses the frame itself (offset 0) cannot hide neighbours")
+        hidden = [o for o in self.offsets if o != 0 and abs(o) <= self.omission]
         if hidden:
             raise ValueError(f"offsets {hidden} fall inside the hidden band +-{self.omission}")
 
@@ -42,6 +45,11 @@ class WindowSpec:
         past = tuple(range(-(omission + pre), -omission))
         future = tuple(range(omission + 1, omission + post + 1))
         return cls(past + future, omission)
+
+    @property
+    def uses_target(self) -> bool:
+        """True only for classic filters, which may read the frame they filter."""
+        return 0 in self.offsets
 
     @property
     def size(self) -> int:
@@ -64,7 +72,7 @@ class WindowSpec:
         file); None while frames keep coming.
         """
         horizon = t + self.lag if last is None else min(last, t + self.lag)
-        past_hi = min(t - self.omission - 1, horizon)
+        past_hi = min(t if self.uses_target else t - self.omission - 1, horizon)
         fut_lo = t + self.omission + 1
         has_past = past_hi >= 0
         has_future = fut_lo <= horizon

@@ -48,3 +48,10 @@ def test_streaming_and_offline_indices_agree_away_from_the_end():
 def test_hidden_offsets_are_rejected():
     with pytest.raises(ValueError):
         WindowSpec((-1, 1), omission=1)
+
+
+def test_classic_window_may_use_the_frame_itself_but_never_the_future():
+    spec = WindowSpec((-2, -1, 0))
+    assert spec.uses_target and spec.lag == 0
+    assert list(spec.source_indices(0)) == [0, 0, 0]
+    assert list(spec.source_indices(5)) == [3, 4, 5]
