@@ -36,3 +36,28 @@ def arch_module(arch: str) -> ModuleType:
 def build_network(card):
     """The torch module for a card, with freshly initialised weights."""
     return arch_module(card.arch).build(card)
+
+
+def describe_receptive_field(card) -> dict:
+    """Receptive field and lag of a card's model.
+
+    Returns {"arch", "spatial": [h, w] pixels across (upper bound), "temporal_span":
+    [first offset, last offset], "temporal_frames", "inputs", "lag", "uses_target"}.
+    Uses the arch module's ``receptive_field(card)`` when it has one; otherwise the
+    network's ``spatial_receptive_field()`` and the card's window.
+    """
+    mod = arch_module(card.arch)
+    if hasattr(mod, "receptive_field"):
+        return mod.receptive_field(card)
+    net = mod.build(card)
+    rf = int(net.spatial_receptive_field()) if hasattr(net, "spatial_receptive_field") else None
+    first, last = card.window.span
+    return {
+        "arch": card.arch,
+        "spatial": [rf, rf] if rf is not None else None,
+        "temporal_span": [first, last],
+        "temporal_frames": last - first + 1,
+        "inputs": len(card.offsets),
+        "lag": card.lag,
+        "uses_target": card.window.uses_target,
+    }

@@ -1,0 +1,93 @@
+"""`livedenoise replay`: publish a movie like a microscope (or, with `openephys`, a recording like Open Ephys)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import signal
+import sys
+import threading
+
+from livedenoise.errors import UserError
+from livedenoise.stream.protocol import DEFAULT_INPUT
+
+OPENEPHYS = "livedenoise.stream.openephys.replay"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="publish a movie file as a live microscope stream (or `replay openephys RECORDING`)",
+        description=(
+            "Bind a ZeroMQ PUB socket and publish MOVIE (.tif, ScanImage .tif, .h5, .npy) exactly as the "
+            "ScanImage publisher does: a start message, frames paced in real time, a stop message. "
+            "`livedenoise replay openephys RECORDING` instead emulates the Open Ephys ZMQ Interface plugin."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("what", metavar="MOVIE", help="movie file to publish, or the word `openephys`")
+    p.add_argument("path", nargs="?", metavar="RECORDING", help="with `openephys`: the Open Ephys recording folder")
+    p.add_argument("--endpoint", default=None, help=f"endpoint to bind (imaging default {DEFAULT_INPUT})")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate (default 30; a ScanImage TIFF is paced by its recorded frame times)")
+    p.add_argument("--loop", action="store_true", help="repeat the movie until Ctrl-C (frame numbers keep counting)")
+    p.add_argument("--channel", type=int, default=None,
+                   help="channel number in the headers; for a ScanImage TIFF, publish only this channel")
+    p.add_argument("--plane", type=int, default=None,
+                   help="plane number in the headers; for a ScanImage TIFF, publish only this plane")
+    p.add_argument("--dataset", default=None, help="HDF5 dataset holding the movie")
+    p.add_argument("--frames", type=int, default=None, metavar="N", help="publish only the first N frames")
+    p.add_argument("--wait", type=float, default=10.0, metavar="S",
+                   help="wait up to S s for a subscriber before the first frame (0: do not wait)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    if importlib.util.find_spec("livedenoise.stream.openephys") is not None and importlib.util.find_spec(OPENEPHYS):
+        mod = importlib.import_module(OPENEPHYS)
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(p.add_argument_group("Open Ephys (`replay openephys RECORDING`)"))
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.what == "openephys":
+        if importlib.util.find_spec("livedenoise.stream.openephys") is None or importlib.util.find_spec(OPENEPHYS) is None:
+            raise UserError("`replay openephys` is not available in this build of livedenoise (no Open Ephys support)")
+        if not args.path:
+            raise UserError("`replay openephys` needs the recording: livedenoise replay openephys RECORDING")
+        return int(importlib.import_module(OPENEPHYS).run(args) or 0)
+    if args.path:
+        raise UserError(f"unexpected argument {args.path!r}: replay takes one movie file (or `openephys RECORDING`)")
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames must be >= 1, got {args.frames}")
+    if args.wait < 0:
+        raise UserError(f"--wait must be >= 0 s, got {args.wait}")
+    from livedenoise.stream.replay import replay_movie
+
+    logger = logging.getLogger("livedenoise.stream")
+    if not logger.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("livedenoise replay: %(message)s"))
+        logger.addHandler(h)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    endpoint = args.endpoint or DEFAULT_INPUT
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if not args.json:
+        print(f"livedenoise replay: publishing {args.what} on {endpoint}"
+              + (" (looping; Ctrl-C stops)" if args.loop else ""), flush=True)
+    try:
+        summary = replay_movie(args.what, endpoint, fps=args.fps, loop=args.loop, stop_event=stop,
+                               channel=args.channel, plane=args.plane, dataset=args.dataset, frames=args.frames,
+                               wait_s=args.wait)
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"sent {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps'] or 0:.1f} frames/s), "
+              f"{summary['late']} late", flush=True)
+    return 0

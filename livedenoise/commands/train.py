@@ -1,0 +1,202 @@
+"""`livedenoise train`: self-supervised training on the user's own noisy movies.
+
+    livedenoise train MOVIE... --arch interp2d --preset lite --pre 8 --post 1 --out model.pt
+
+`--arch classic` needs no training: it writes a fixed filter (`--kind` and its
+parameters), or the best filter for the lag budget `--post` found by grid
+search against a ground-truth movie (`--tune-against TRUTH`, e.g. the
+`*_truth` file written by `livedenoise simulate`).
+
+Several GPUs: `torchrun --nproc_per_node N -m livedenoise train ...`
+(DistributedDataParallel; rank 0 writes the checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from livedenoise.errors import UserError
+
+ARCH_CHOICES = ("interp2d", "cad3d", "classic")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a self-supervised denoiser on noisy movies (no clean data needed)",
+        description=(
+            "Train a self-supervised denoiser on one or more noisy movies (TIFF, ScanImage TIFF, HDF5, .npy). "
+            "The frame being predicted is never an input, so no clean data is needed. The checkpoint holds the "
+            "weights and the model card (window, lag, normalisation). --arch classic writes a zero-training filter."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("movies", nargs="+", metavar="MOVIE", help="noisy training movie(s)")
+    p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--arch", choices=ARCH_CHOICES, default="interp2d", help="architecture")
+    p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
+    p.add_argument("--pre", type=int, default=8, help="frames before the predicted frame")
+    p.add_argument("--post", type=int, default=1, help="frames after it (0 = causal, zero lag)")
+    p.add_argument("--omission", type=int, default=0, help="frames hidden on each side of the predicted frame")
+    g = p.add_argument_group("training")
+    g.add_argument("--loss", choices=("l1", "l2", "mixed"), default=None, help="default: l2 (interp2d), mixed (cad3d)")
+    g.add_argument("--crop", type=int, default=None, help="square training crop side in pixels (default 64)")
+    g.add_argument("--batch", type=int, default=None, help="crops per step (default 8 interp2d, 2 cad3d)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 interp2d, 3e-4 cad3d)")
+    g.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000 when --max-minutes is not given)")
+    g.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops at whichever of --steps/--max-minutes comes first")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of each movie held out for validation")
+    g.add_argument("--val", dest="val_movies", action="append", default=None, metavar="MOVIE", help="separate validation movie (instead of the held-out block)")
+    g.add_argument("--val-every", type=int, default=50, help="steps between validations")
+    g.add_argument("--init", default=None, help="checkpoint to fine-tune (same architecture and window)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (same seed + same --steps = same weights on CPU)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--modality", choices=("2p", "fmri"), default="2p", help="recorded in the model card")
+    r = p.add_argument_group("reading")
+    r.add_argument("--channel", type=int, default=None, help="ScanImage TIFF channel")
+    r.add_argument("--plane", type=int, default=None, help="ScanImage TIFF plane")
+    r.add_argument("--dataset", default=None, help="HDF5 dataset")
+    c = p.add_argument_group("classic filters (--arch classic)")
+    c.add_argument("--kind", choices=("exp", "boxcar", "halfgauss", "gauss", "spatial"), default=None, help="filter kind (default gauss, or the best kind with --tune-against)")
+    c.add_argument("--tau", type=float, default=None, help="exp: time constant in frames")
+    c.add_argument("--sigma-t", type=float, default=None, help="halfgauss/gauss: temporal sigma in frames")
+    c.add_argument("--sigma-xy", type=float, default=None, help="spatial Gaussian sigma in pixels (0 = none)")
+    c.add_argument("--tune-against", default=None, metavar="TRUTH", help="ground-truth movie: grid-search the filter for this lag budget")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _check_paths(args) -> Path:
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise UserError(f"--out {out}: a checkpoint file must end in .pt")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name ending in .pt")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    inputs = list(args.movies) + list(args.val_movies or []) + [p for p in (args.init, args.tune_against) if p]
+    for m in inputs:
+        mp = Path(m)
+        if mp.exists() and (mp.resolve() == out.resolve()):
+            raise UserError(f"--out {out} is also an input; choose another output path")
+    return out
+
+
+def _open(path, args):
+    from livedenoise.models.readers import open_movie
+
+    return open_movie(path, channel=args.channel, plane=args.plane, dataset=args.dataset)
+
+
+def run(args) -> int:
+    out = _check_paths(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    if args.arch == "classic":
+        return _run_classic(args, out)
+    return _run_train(args, out)
+
+
+def _run_train(args, out: Path) -> int:
+    from livedenoise.models.checkpoint import save_checkpoint
+    from livedenoise.models.train import TrainConfig, train
+
+    for flag in ("kind", "tau", "sigma_t", "sigma_xy", "tune_against"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} applies to --arch classic only")
+    movies = [_open(m, args) for m in args.movies]
+    val_movies = [_open(m, args) for m in args.val_movies] if args.val_movies else None
+    cfg = TrainConfig(
+        arch=args.arch, preset=args.preset, pre=args.pre, post=args.post, omission=args.omission,
+        loss=args.loss, crop=args.crop, batch=args.batch, lr=args.lr, steps=args.steps,
+        max_minutes=args.max_minutes, val_fraction=args.val_fraction, val_every=args.val_every,
+        init=args.init, seed=args.seed, device=args.device, modality=args.modality,
+        progress=not args.quiet, sources=[Path(m).name for m in args.movies],
+    )
+    try:
+        card, state, history = train(movies, cfg, val_movies=val_movies)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        for m in movies + (val_movies or []):
+            m.close()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    save_checkpoint(out, card, state)
+    best = history.get("best_val_loss")
+    msg = (
+        f"wrote {out}: {card.summary()}; {history['steps']} steps in {history['seconds']:.0f} s"
+        + (f", best validation loss {best:.5f} at step {history['best_step']}" if best is not None else "")
+        + (" (interrupted)" if history.get("interrupted") else "")
+    )
+    if args.json:
+        print(json.dumps({"out": str(out), "card": card.to_dict(), "steps": history["steps"],
+                          "best_step": history["best_step"], "best_val_loss": best,
+                          "seconds": history["seconds"], "interrupted": history["interrupted"]}))
+        print(msg, file=sys.stderr)
+    else:
+        print(msg)
+    return 0
+
+
+def _run_classic(args, out: Path) -> int:
+    import numpy as np
+
+    from livedenoise.models import baselines
+    from livedenoise.models.checkpoint import save_checkpoint
+
+    if args.omission:
+        raise UserError("classic filters read the frame itself and cannot hide neighbours; use --omission 0")
+    for flag in ("init", "val_movies"):
+        if getattr(args, flag):
+            raise UserError(f"--{flag.replace('_movies', '').replace('_', '-')} does not apply to --arch classic")
+    given = {k: getattr(args, k) for k in ("tau", "sigma_t", "sigma_xy") if getattr(args, k) is not None}
+    info = {}
+    if args.tune_against:
+        movie = _open(args.movies[0], args)
+        truth = _open(args.tune_against, args)
+        try:
+            if tuple(movie.shape) != tuple(truth.shape):
+                raise UserError(f"--tune-against {args.tune_against} has shape {truth.shape}, the movie {movie.shape}; they must match")
+            n = min(len(movie), 600)
+            m = movie.read(0, n).astype(np.float32)
+            tr = truth.read(0, n).astype(np.float32)
+        finally:
+            movie.close()
+            truth.close()
+        kinds = [args.kind] if args.kind else None
+        grid = None
+        if given:
+            grid = {k: {**v, **{name: [val] for name, val in given.items() if name in v}} for k, v in baselines.DEFAULT_GRID.items()}
+        try:
+            card, score, results = baselines.tune(m, tr, post=args.post, kinds=kinds, pre=max(args.pre, 1), grid=grid)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        info = {"tuned_against": Path(args.tune_against).name, "tuned_psnr_db": round(float(score), 3), "candidates": len(results)}
+        card.training = {"kind": "classic (tuned against ground truth)", **info}
+    else:
+        try:
+            card = baselines.classic_card(args.kind or "gauss", pre=args.pre, post=args.post, modality=args.modality, **given)
+            baselines.build(card)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    net = baselines.build(card)
+    save_checkpoint(out, card, net.state_dict())
+    rf = baselines.receptive_field(card)
+    msg = f"wrote {out}: {card.summary()} params {json.dumps({k: v for k, v in card.params.items() if k != 'preset'})}"
+    if info:
+        msg += f"; PSNR {info['tuned_psnr_db']:.2f} dB against {info['tuned_against']}"
+    if args.json:
+        print(json.dumps({"out": str(out), "card": card.to_dict(), "receptive_field": rf, **info}))
+        print(msg, file=sys.stderr)
+    else:
+        print(msg)
+    return 0

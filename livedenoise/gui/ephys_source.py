@@ -1,0 +1,315 @@
+"""Ephys input for the viewer: Open Ephys ZMQ Interface messages into a per-channel ring.
+
+Wire format (DESIGN.md section 6): three parts, `b"DATA\\0"`, a JSON header with
+`content.channel_num / num_samples / sample_num / sample_rate`, and a
+float32[num_samples] payload. The Open Ephys ZMQ Interface plugin (port 5556) and
+our sidecar's denoised PUB (port 5560) both speak it.
+
+The receiver thread writes every block into a preallocated (channels, capacity)
+float32 ring indexed by absolute sample number; the GUI copies the window it
+draws at screen rate. The thread never touches Qt.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from livedenoise.errors import UserError
+
+DATA_TOPIC = b"DATA\0"
+DEFAULT_RAW = "tcp://127.0.0.1:5556"
+DEFAULT_DENOISED = "tcp://127.0.0.1:5560"
+RCVHWM = 100_000
+"""384 channels at ~30 blocks/s is ~10k messages/s: keep several seconds queued."""
+
+
+class WireError(ValueError):
+    """A message that does not follow the ZMQ Interface format (counted, never fatal)."""
+
+
+@dataclass(frozen=True)
+class DataBlock:
+    channel: int
+    sample_num: int
+    sample_rate: float
+    message_num: int | None
+    stream: str
+    channel_name: str
+    data: np.ndarray  # float32[num_samples], read-only view of the payload
+
+
+def parse_data_message(parts) -> DataBlock:
+    """Decode one ZMQ Interface `DATA` message; raises WireError."""
+    if len(parts) != 3:
+        raise WireError(f"DATA message needs 3 parts, got {len(parts)}")
+    if bytes(parts[0]) != DATA_TOPIC:
+        raise WireError(f"not a DATA message: {bytes(parts[0])[:16]!r}")
+    try:
+        h = json.loads(bytes(parts[1]).decode("utf-8"))
+        c = h["content"]
+        ch, n, s0, rate = c["channel_num"], c["num_samples"], c["sample_num"], c["sample_rate"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise WireError("header is not ZMQ Interface JSON (content.channel_num/num_samples/sample_num/sample_rate)") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ch, n, s0)) or ch < 0 or n < 0:
+        raise WireError(f"bad channel_num/num_samples/sample_num: {ch!r}/{n!r}/{s0!r}")
+    if not isinstance(rate, (int, float)) or rate <= 0:
+        raise WireError(f"bad sample_rate {rate!r}")
+    payload = parts[2]
+    if len(payload) != 4 * n:
+        raise WireError(f"payload is {len(payload)} bytes, num_samples {n} needs {4 * n}")
+    mn = h.get("message_num")
+    return DataBlock(ch, s0, float(rate), mn if isinstance(mn, int) else None,
+                     str(c.get("stream", "")), str(c.get("channel_name", "")),
+                     np.frombuffer(payload, "<f4"))
+
+
+def encode_data_message(channel: int, sample_num: int, data: np.ndarray, sample_rate: float,
+                        message_num: int = 0, stream: str = "ProbeA-AP") -> list[bytes]:
+    """The inverse of `parse_data_message` (used by tests and the synthetic demo)."""
+    d = np.ascontiguousarray(data, "<f4")
+    header = {
+        "message_num": message_num, "type": "data",
+        "content": {"stream": stream, "channel_num": channel, "channel_name": f"CH{channel + 1}",
+                    "num_samples": int(d.shape[0]), "sample_num": int(sample_num),
+                    "sample_rate": sample_rate},
+        "data_size": int(d.nbytes), "timestamp": int(time.time() * 1000),
+    }
+    return [DATA_TOPIC, json.dumps(header).encode(), d.tobytes()]
+
+
+class EphysRing:
+    """(channels, capacity) float32 ring indexed by absolute sample number; thread-safe."""
+
+    def __init__(self, n_channels: int = 384, capacity: int = 1 << 16):
+        self._lock = threading.Lock()
+        self.capacity = int(capacity)
+        self.buf = np.zeros((n_channels, self.capacity), np.float32)
+        self.next_sample = np.full(n_channels, -1, np.int64)
+        """Per channel: the sample number after the last one written (-1: never written)."""
+        self.head = -1
+        """Largest sample number written + 1, over all channels."""
+        self.sample_rate = 0.0
+        self.gap_samples = 0
+
+    @property
+    def n_channels(self) -> int:
+        return self.buf.shape[0]
+
+    def write(self, ch: int, s0: int, data: np.ndarray, rate: float) -> None:
+        n = data.shape[0]
+        with self._lock:
+            if ch >= self.buf.shape[0]:
+                grow = np.zeros((ch + 1, self.capacity), np.float32)
+                grow[: self.buf.shape[0]] = self.buf
+                self.buf = grow
+                self.next_sample = np.concatenate(
+                    [self.next_sample, np.full(ch + 1 - len(self.next_sample), -1, np.int64)])
+            if self.head >= 0 and s0 + n < self.head - 4 * self.capacity:
+                # sample numbers went far back: a new acquisition; start over
+                self.buf[:] = 0
+                self.next_sample[:] = -1
+                self.head = -1
+            self.sample_rate = rate
+            prev = self.next_sample[ch]
+            if prev >= 0 and s0 > prev:
+                self.gap_samples += s0 - prev
+            if n > self.capacity:
+                data, s0, n = data[-self.capacity:], s0 + n - self.capacity, self.capacity
+            i = s0 % self.capacity
+            k = min(n, self.capacity - i)
+            self.buf[ch, i:i + k] = data[:k]
+            if k < n:
+                self.buf[ch, : n - k] = data[k:]
+            self.next_sample[ch] = s0 + n
+            self.head = max(self.head, s0 + n)
+
+    def read(self, channels: np.ndarray, n: int, end: int | None = None, out: np.ndarray | None = None):
+        """Samples [end - n, end) of `channels` into `out` ((len(channels), n) float32).
+
+        Returns (out, end). Samples never written read as 0.
+        """
+        n = min(int(n), self.capacity)
+        with self._lock:
+            if end is None:
+                end = self.head
+            if out is None or out.shape != (len(channels), n):
+                out = np.empty((len(channels), n), np.float32)
+            if end <= 0:
+                out[:] = 0
+                return out, max(end, 0)
+            chans = np.asarray(channels)
+            chans = np.where(chans < self.buf.shape[0], chans, 0)
+            i = (end - n) % self.capacity
+            k = min(n, self.capacity - i)
+            out[:, :k] = self.buf[chans, i:i + k]
+            if k < n:
+                out[:, k:] = self.buf[chans, : n - k]
+            if end - n < 0:
+                out[:, : n - end] = 0
+            return out, end
+
+    def channels_seen(self) -> int:
+        with self._lock:
+            return int(np.count_nonzero(self.next_sample >= 0))
+
+    def channel_head(self) -> np.ndarray:
+        with self._lock:
+            return self.next_sample.copy()
+
+
+@dataclass
+class EphysStatus:
+    name: str
+    endpoint: str
+    messages: int = 0
+    samples: int = 0
+    malformed: int = 0
+    missing_messages: int = 0
+    gap_samples: int = 0
+    channels: int = 0
+    sample_rate: float = 0.0
+    head: int = -1
+    msg_rate: float = 0.0
+    first_message_s: float | None = None
+    stream: str = ""
+    last_error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class ZmqInterfaceSource:
+    """SUB to an Open Ephys ZMQ Interface PUB; fills an `EphysRing` on its own thread."""
+
+    def __init__(self, name: str, endpoint: str, n_channels: int = 384, capacity: int = 1 << 16):
+        self.name = name
+        self.endpoint = endpoint
+        self.ring = EphysRing(n_channels, capacity)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._messages = self._samples = self._malformed = self._missing = 0
+        self._last_mn: int | None = None
+        self._first: float | None = None
+        self._rate_t, self._rate_n, self._rate = self._t0, 0, 0.0
+        self._stream = ""
+        self._error = ""
+
+    def start(self) -> "ZmqInterfaceSource":
+        self._t0 = self._rate_t = time.monotonic()
+        self._thread = threading.Thread(target=self._guarded, name=f"view-ephys-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def seconds_since_start(self) -> float:
+        return time.monotonic() - self._t0
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:
+            with self._lock:
+                self._error = f"{type(exc).__name__}: {exc}"
+
+    def _run(self) -> None:
+        import zmq
+
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.SUBSCRIBE, b"DATA")
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise UserError(f"cannot connect to {self.endpoint}: {exc}") from None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(100):
+                    continue
+                for _ in range(4096):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.ingest([f.bytes if i < 2 else f.buffer for i, f in enumerate(frames)])
+        finally:
+            sock.close(0)
+
+    def ingest(self, parts) -> None:
+        """Parse one message and write it to the ring (called on the receiver thread)."""
+        now = time.monotonic()
+        try:
+            blk = parse_data_message(parts)
+        except WireError as exc:
+            with self._lock:
+                self._malformed += 1
+                self._error = str(exc)
+                if self._first is None:
+                    self._first = now - self._t0
+            return
+        self.ring.write(blk.channel, blk.sample_num, blk.data, blk.sample_rate)
+        with self._lock:
+            if self._first is None:
+                self._first = now - self._t0
+            self._messages += 1
+            self._samples += blk.data.shape[0]
+            self._stream = blk.stream
+            if blk.message_num is not None:
+                if self._last_mn is not None and blk.message_num > self._last_mn + 1:
+                    self._missing += blk.message_num - self._last_mn - 1
+                self._last_mn = blk.message_num
+            self._rate_n += 1
+            if now - self._rate_t >= 1.0:
+                self._rate = self._rate_n / (now - self._rate_t)
+                self._rate_t, self._rate_n = now, 0
+
+    def status(self) -> EphysStatus:
+        with self._lock:
+            st = EphysStatus(
+                name=self.name, endpoint=self.endpoint, messages=self._messages, samples=self._samples,
+                malformed=self._malformed, missing_messages=self._missing, msg_rate=self._rate,
+                first_message_s=self._first, stream=self._stream, last_error=self._error,
+            )
+        st.gap_samples = self.ring.gap_samples
+        st.channels = self.ring.channels_seen()
+        st.sample_rate = self.ring.sample_rate
+        st.head = self.ring.head
+        return st
+
+
+# Neuropixels 1.0 site layout: 2 sites per row, 20 um apart vertically, staggered columns.
+_NP1_X = np.array([43.0, 11.0, 59.0, 27.0])
+
+
+def neuropixels_positions(n_channels: int = 384) -> np.ndarray:
+    """(n, 2) x, y in um of Neuropixels 1.0 sites (tip at y = 0)."""
+    ch = np.arange(n_channels)
+    return np.stack([_NP1_X[ch % 4], 20.0 * (ch // 2)], axis=1)
+
+
+def load_positions(path: str) -> np.ndarray:
+    """Channel positions (n, 2) from .npy or a text/CSV file of x, y per channel."""
+    try:
+        arr = np.load(path) if path.endswith(".npy") else np.loadtxt(path, delimiter=",", ndmin=2)
+    except Exception as exc:
+        raise UserError(f"cannot read channel positions from {path}: {exc}") from None
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise UserError(f"{path}: channel positions must be (channels, 2) x, y; got {arr.shape}")
+    return arr.astype(float)
+
+
+def depth_order(positions: np.ndarray) -> np.ndarray:
+    """Channel indices sorted by distance from the tip (y), then x."""
+    return np.lexsort((positions[:, 0], positions[:, 1]))

@@ -1,0 +1,519 @@
+"""Imaging frame sources for the viewer: a ZMQ subscriber or file playback, each on its own thread.
+
+The receiver thread never touches Qt. For every frame it updates counters,
+rate, latency and ROI traces; only the newest frame of each (channel, plane)
+stream is copied into a preallocated slot (`NewestFrames`), from which the GUI
+copies at screen rate. ZMQ CONFLATE cannot be used with multipart messages, so
+conflation happens here: the thread drains everything queued on the socket,
+counts it all, and keeps the last frame per stream.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livedenoise.errors import UserError
+from livedenoise.gui.rois import RoiTraces
+from livedenoise.stream.protocol import (
+    ControlMessage, FrameHeader, FrameMessage, ProtocolError, decode,
+)
+
+RCVHWM = 2000
+"""Receive queue, in messages: enough for a second of a kHz stream while the thread is busy."""
+MAX_BATCH = 512
+"""Messages drained before the newest frames are published to the slots."""
+
+
+class NewestFrames:
+    """The newest frames of each (channel, plane) stream, in preallocated buffers.
+
+    `depth` > 1 keeps that many recent frames per stream (the raw side, so the
+    raw frame that matches a lagging denoised frame can be shown and subtracted);
+    `depth` = 1 is a single newest-frame slot.
+    """
+
+    class _Slots:
+        __slots__ = ("buf", "headers", "seq")
+
+        def __init__(self, depth, shape, dtype):
+            self.buf = np.empty((depth, *shape), dtype)
+            self.headers: list[FrameHeader | None] = [None] * depth
+            self.seq = 0  # frames put so far; the newest is at (seq - 1) % depth
+
+    def __init__(self, depth: int = 1):
+        self.depth = max(1, int(depth))
+        self._lock = threading.Lock()
+        self._slots: dict[tuple[int, int], NewestFrames._Slots] = {}
+
+    def put(self, header: FrameHeader, pixels: np.ndarray) -> None:
+        with self._lock:
+            slot = self._slots.get(header.stream)
+            if slot is None or slot.buf.shape[1:] != pixels.shape or slot.buf.dtype != pixels.dtype:
+                seq = slot.seq if slot else 0
+                slot = self._slots[header.stream] = NewestFrames._Slots(self.depth, pixels.shape, pixels.dtype)
+                slot.seq = seq
+            i = slot.seq % self.depth
+            np.copyto(slot.buf[i], pixels)
+            slot.headers[i] = header
+            slot.seq += 1
+
+    def streams(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return sorted(self._slots)
+
+    def seq(self, stream: tuple[int, int]) -> int:
+        with self._lock:
+            slot = self._slots.get(stream)
+            return slot.seq if slot else 0
+
+    def read(self, stream: tuple[int, int], out: np.ndarray | None = None, frame: int | None = None):
+        """Copy the newest frame (or the kept frame numbered `frame`) into `out`.
+
+        `out` is float32 and reallocated only on a shape change. Returns
+        (seq, header, out), or None when there is no such frame.
+        """
+        with self._lock:
+            slot = self._slots.get(stream)
+            if slot is None or slot.seq == 0:
+                return None
+            i = (slot.seq - 1) % self.depth
+            if frame is not None:
+                for k in range(min(slot.seq, self.depth)):
+                    j = (slot.seq - 1 - k) % self.depth
+                    h = slot.headers[j]
+                    if h is not None and h.frame == frame:
+                        i = j
+                        break
+                else:
+                    return None
+            if out is None or out.shape != slot.buf.shape[1:]:
+                out = np.empty(slot.buf.shape[1:], np.float32)
+            np.copyto(out, slot.buf[i], casting="unsafe")
+            return slot.seq, slot.headers[i], out
+
+
+class RunningMean:
+    """Exponential running mean of one stream over every frame (time constant `tau` s).
+
+    Updated on the source thread for every frame, so the mean-subtracted view is a
+    true temporal baseline even though the display conflates. Off until enabled.
+    """
+
+    def __init__(self, tau: float = 5.0):
+        self.tau = tau
+        self.enabled = False
+        self._lock = threading.Lock()
+        self._mean: np.ndarray | None = None
+        self._tmp: np.ndarray | None = None
+        self._t: float | None = None
+        self._stream: tuple[int, int] | None = None
+
+    def set_stream(self, stream: tuple[int, int] | None) -> None:
+        with self._lock:
+            if stream != self._stream:
+                self._stream, self._mean = stream, None
+
+    def update(self, header: FrameHeader, pixels: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._stream is None:
+                self._stream = header.stream
+            elif header.stream != self._stream:
+                return
+            if self._mean is None or self._mean.shape != pixels.shape:
+                self._mean = pixels.astype(np.float32)
+                self._tmp = np.empty_like(self._mean)
+                self._t = header.t
+                return
+            dt = header.t - self._t if self._t is not None and header.t > self._t else 1 / 30
+            self._t = header.t
+            a = 1.0 - np.exp(-dt / max(self.tau, 1e-6))
+            np.subtract(pixels, self._mean, out=self._tmp, casting="unsafe")
+            self._tmp *= a
+            self._mean += self._tmp
+
+    def read(self, out: np.ndarray | None = None) -> np.ndarray | None:
+        with self._lock:
+            if self._mean is None:
+                return None
+            if out is None or out.shape != self._mean.shape:
+                out = np.empty_like(self._mean)
+            np.copyto(out, self._mean)
+            return out
+
+
+@dataclass
+class SourceStatus:
+    """A consistent snapshot of one source's counters, for the status bar and tests."""
+
+    name: str
+    endpoint: str
+    frames: int = 0
+    gaps: int = 0
+    """Frame numbers that never arrived (per stream), as the viewer saw it."""
+    malformed: int = 0
+    stats_messages: int = 0
+    fps: float = 0.0
+    first_frame_s: float | None = None
+    """Seconds from source start to its first message; None while nothing arrived."""
+    latency_p50: float | None = None
+    latency_p99: float | None = None
+    lag: Any = None
+    model: str | None = None
+    backend: str | None = None
+    stats: dict = field(default_factory=dict)
+    start: dict = field(default_factory=dict)
+    stopped: bool = False
+    finished: bool = False
+    last_error: str = ""
+
+
+class FrameSource:
+    """Base for the viewer's frame sources; subclasses run `_run` on a daemon thread."""
+
+    def __init__(self, name: str, endpoint: str, trace_capacity: int = 30_000, history: int = 1):
+        self.name = name
+        self.endpoint = endpoint
+        self.newest = NewestFrames(history)
+        self.traces = RoiTraces(trace_capacity)
+        self.mean = RunningMean()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+        self._frames = 0
+        self._gaps = 0
+        self._malformed = 0
+        self._stats_n = 0
+        self._last_frame: dict[tuple[int, int], int] = {}
+        self._first_s: float | None = None
+        self._rate_t = self._t0
+        self._rate_n = 0
+        self._fps = 0.0
+        self._lat = np.zeros(4096, np.float64)
+        self._lat_n = 0
+        self._lat_head = 0
+        self._lag: Any = None
+        self._model: str | None = None
+        self._backend: str | None = None
+        self._stats: dict = {}
+        self._start: dict = {}
+        self._stopped = False
+        self._finished = False
+        self._error = ""
+
+    # --- lifecycle ----------------------------------------------------------
+    def start(self) -> "FrameSource":
+        self._t0 = self._rate_t = time.monotonic()
+        self._thread = threading.Thread(target=self._guarded_run, name=f"view-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # surfaced in the status bar, never a crash of the GUI
+            with self._lock:
+                self._error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._finished = True
+
+    def _run(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- called on the source thread ---------------------------------------
+    def _on_frame(self, header: FrameHeader, pixels: np.ndarray) -> None:
+        """Count and trace one frame (no copy of the pixels)."""
+        self.traces.add(header, pixels)
+        self.mean.update(header, pixels)
+        now = time.monotonic()
+        with self._lock:
+            self._frames += 1
+            if self._first_s is None:
+                self._first_s = now - self._t0
+            prev = self._last_frame.get(header.stream)
+            if prev is not None and header.frame > prev + 1:
+                self._gaps += header.frame - prev - 1
+            self._last_frame[header.stream] = header.frame
+            ex = header.extra
+            if ex:
+                lat = ex.get("latency_ms")
+                if isinstance(lat, (int, float)) and not isinstance(lat, bool):
+                    self._lat[self._lat_head] = lat
+                    self._lat_head = (self._lat_head + 1) % self._lat.shape[0]
+                    self._lat_n = min(self._lat_n + 1, self._lat.shape[0])
+                if "lag" in ex:
+                    self._lag = ex["lag"]
+                if "model" in ex:
+                    self._model = str(ex["model"])
+                if "backend" in ex:
+                    self._backend = str(ex["backend"])
+            self._tick_rate(now, 1)
+
+    def _tick_rate(self, now: float, n: int) -> None:
+        self._rate_n += n
+        dt = now - self._rate_t
+        if dt >= 1.0:
+            self._fps = self._rate_n / dt
+            self._rate_n = 0
+            self._rate_t = now
+
+    def _on_control(self, msg: ControlMessage) -> None:
+        with self._lock:
+            if self._first_s is None:
+                self._first_s = time.monotonic() - self._t0
+            if msg.topic == "stats":
+                self._stats_n += 1
+                self._stats = dict(msg.meta)
+            elif msg.topic == "start":
+                self._start = dict(msg.meta)
+                self._stopped = False
+                self._last_frame.clear()
+            elif msg.topic == "stop":
+                self._stopped = True
+
+    def _on_malformed(self, exc: Exception) -> None:
+        with self._lock:
+            self._malformed += 1
+            self._error = str(exc)
+            if self._first_s is None:
+                self._first_s = time.monotonic() - self._t0
+
+    # --- GUI side -------------------------------------------------------------
+    def status(self) -> SourceStatus:
+        now = time.monotonic()
+        with self._lock:
+            fps = self._fps
+            if now - self._rate_t > 2.0:  # stream went quiet: decay to zero
+                fps = self._rate_n / (now - self._rate_t)
+            p50 = p99 = None
+            if self._lat_n:
+                lat = self._lat[: self._lat_n]
+                p50, p99 = (float(v) for v in np.percentile(lat, [50, 99]))
+            return SourceStatus(
+                name=self.name, endpoint=self.endpoint, frames=self._frames, gaps=self._gaps,
+                malformed=self._malformed, stats_messages=self._stats_n, fps=fps,
+                first_frame_s=self._first_s, latency_p50=p50, latency_p99=p99, lag=self._lag,
+                model=self._model, backend=self._backend, stats=dict(self._stats), start=dict(self._start),
+                stopped=self._stopped, finished=self._finished, last_error=self._error,
+            )
+
+    def seconds_since_start(self) -> float:
+        return time.monotonic() - self._t0
+
+
+class ZmqFrameSource(FrameSource):
+    """SUB socket on `endpoint` (the acquisition PUB or the service's output PUB)."""
+
+    def _run(self) -> None:
+        import zmq
+
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise UserError(f"cannot connect to {self.endpoint}: {exc}") from None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        # conflation: of each drained batch only the last `depth` frames per stream are copied
+        pending: dict[tuple[int, int], deque[FrameMessage]] = {}
+        depth = self.newest.depth
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(100):
+                    continue
+                for _ in range(MAX_BATCH):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    parts = [f.buffer if i == 2 else f.bytes for i, f in enumerate(frames)]
+                    try:
+                        msg = decode(parts)
+                    except ProtocolError as exc:
+                        self._on_malformed(exc)
+                        continue
+                    if isinstance(msg, FrameMessage):
+                        self._on_frame(msg.header, msg.pixels)
+                        q = pending.get(msg.header.stream)
+                        if q is None:
+                            q = pending[msg.header.stream] = deque(maxlen=depth)
+                        q.append(msg)
+                    else:
+                        self._on_control(msg)
+                for q in pending.values():
+                    for msg in q:
+                        self.newest.put(msg.header, msg.pixels)
+                    q.clear()
+        finally:
+            sock.close(0)
+
+
+@dataclass
+class Movie:
+    """A (T, H, W) movie and what a recording says about its frames."""
+
+    frames: Any  # numpy array, memmap or h5py dataset
+    frame: np.ndarray | None = None
+    """Acquisition frame numbers (recordings of `serve --record`); None: 0, 1, 2, ..."""
+    t: np.ndarray | None = None
+    channel: int = 1
+    plane: int = 1
+    close: Any = None
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def load_movie(path: str | Path, prefer: str = "raw") -> Movie:
+    """A movie from TIFF, NPY or HDF5 (memory-mapped or read lazily where the format allows).
+
+    HDF5: a `serve --record` file (`frames`, `frame`, `t`, attrs channel/plane), or the
+    dataset named `prefer` ("raw" or "denoised"), `data`, `movie`, else the first 3-D dataset.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"no such file: {p}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            movie = Movie(np.load(p, mmap_mode="r"))
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            try:
+                movie = Movie(tifffile.memmap(p, mode="r"))
+            except ValueError:
+                movie = Movie(tifffile.imread(p))
+        elif suffix in (".h5", ".hdf5"):
+            movie = _load_h5(p, prefer)
+        else:
+            raise UserError(f"{p}: unknown movie format (use .tif, .npy or .h5)")
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot read {p}: {exc}") from None
+    if movie.frames.ndim == 2:
+        movie.frames = np.asarray(movie.frames)[None]
+    if movie.frames.ndim != 3:
+        raise UserError(f"{p}: expected a (frames, height, width) movie, got shape {movie.frames.shape}")
+    if len(movie) == 0:
+        raise UserError(f"{p}: the movie has no frames")
+    return movie
+
+
+def _load_h5(p: Path, prefer: str) -> Movie:
+    import h5py
+
+    f = h5py.File(p, "r", libver="latest", swmr=True)
+    if prefer in f and isinstance(f[prefer], h5py.Dataset) and f[prefer].ndim == 3:
+        return Movie(f[prefer], close=f.close)
+    if "frames" in f and f["frames"].ndim == 3:  # a `serve --record` file
+        frame = f["frame"][:] if "frame" in f else None
+        t = f["t"][:] if "t" in f else None
+        return Movie(f["frames"], frame, t, int(f.attrs.get("channel", 1)), int(f.attrs.get("plane", 1)), f.close)
+    for key in ("data", "movie", "mov"):
+        if key in f and isinstance(f[key], h5py.Dataset) and f[key].ndim == 3:
+            return Movie(f[key], close=f.close)
+    found: list = []
+    f.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else None)
+    if not found:
+        raise UserError(f"{p}: no 3-D dataset inside")
+    return Movie(found[0], close=f.close)
+
+
+def h5_has(path: str | Path, key: str) -> bool:
+    p = Path(path)
+    if p.suffix.lower() not in (".h5", ".hdf5") or not p.exists():
+        return False
+    import h5py
+
+    with h5py.File(p, "r") as f:
+        return key in f
+
+
+class FileFrameSource(FrameSource):
+    """Plays a movie as protocol frames at `fps` (0: as fast as possible).
+
+    Frames keep a recording's frame numbers and times, so raw and denoised files
+    line up. With `frame_limit`, stops after that many frames; with `loop`, starts over.
+    """
+
+    def __init__(self, name: str, movie: Movie | np.ndarray, fps: float = 30.0, loop: bool = False,
+                 frame_limit: int | None = None, endpoint: str = "", extra: dict | None = None, **kw):
+        super().__init__(name, endpoint or "file", **kw)
+        self.movie = movie if isinstance(movie, Movie) else Movie(movie)
+        self.fps = fps
+        self.loop = loop
+        self.frame_limit = frame_limit
+        self.extra = extra or {}
+        self._running = threading.Event()
+        self._running.set()
+
+    def set_paused(self, paused: bool) -> None:
+        """Hold playback at the current frame (a live stream cannot be held; files can)."""
+        if paused:
+            self._running.clear()
+        else:
+            self._running.set()
+
+    def _run(self) -> None:
+        mv = self.movie
+        n = len(mv)
+        dtype = str(np.dtype(mv.frames.dtype))
+        if dtype not in ("int16", "uint16", "float32"):
+            dtype = "float32"
+        period = 1.0 / self.fps if self.fps > 0 else 0.0
+        shape = tuple(int(s) for s in mv.frames.shape[1:])
+        t_next = self._t0
+        i = k = 0
+        base = 0
+        while not self._stop.is_set():
+            if not self._running.is_set():
+                held = time.monotonic()
+                while not self._running.wait(0.1) and not self._stop.is_set():
+                    pass
+                t_next += time.monotonic() - held
+                continue
+            if i >= n:
+                if not self.loop:
+                    break
+                i = 0
+                base = k
+            if self.frame_limit is not None and k >= self.frame_limit:
+                break
+            pixels = np.asarray(mv.frames[i])
+            if str(pixels.dtype) != dtype:
+                pixels = pixels.astype(dtype)
+            number = base + (int(mv.frame[i]) if mv.frame is not None else i)
+            t = float(mv.t[i]) if mv.t is not None and not base else number * (period or 1 / 30)
+            header = FrameHeader(frame=number, t=t, shape=shape, dtype=dtype, channel=mv.channel,
+                                 plane=mv.plane, source=self.endpoint, extra=self.extra)
+            self._on_frame(header, pixels)
+            self.newest.put(header, pixels)
+            i += 1
+            k += 1
+            if period:
+                t_next += period
+                delay = t_next - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)

@@ -1,0 +1,237 @@
+"""`livedenoise replay`: publish a movie file exactly as a microscope would.
+
+The publisher binds a PUB socket (an XPUB, to see subscriptions), waits until
+a subscriber has subscribed to `frame` (at most `wait_s` seconds, 10 by
+default; with 0 it does not wait: a real microscope does not either), then
+sends `start` (frame rate, frame size, channels, planes, frames), the frames
+paced on an absolute clock (frame k leaves at t0 + k / fps, so pacing never
+drifts; a late frame is sent at once and counted in `late`), and `stop`.
+
+Frame numbers count from 0 and go on across `--loop` passes (one acquisition
+that repeats the movie), `t` is frame / fps. ScanImage TIFFs (when
+`livedenoise.stream.scanimage.tiff_source` is installed) are published as
+ScanImage publishes them: every channel and plane with its own frame numbers
+and times, paced by the recorded frame times (or by `fps` when given).
+Pixels are sent as int16, uint16 or float32; other sample types are converted
+(uint8/int8 -> int16, anything else -> float32), with one log line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import zmq
+
+from livedenoise.errors import UserError
+from livedenoise.stream.outputs import bind
+from livedenoise.stream.protocol import DEFAULT_INPUT, DTYPES, FrameHeader, encode_control, encode_frame
+
+log = logging.getLogger("livedenoise.stream")
+
+SCANIMAGE_SOURCE = "livedenoise.stream.scanimage.tiff_source"
+
+
+def wire_dtype(dtype: np.dtype) -> str:
+    """The protocol sample type a movie of `dtype` is sent as."""
+    dtype = np.dtype(dtype)
+    for name, dt in DTYPES.items():
+        if dtype.newbyteorder("<") == dt or dtype == dt:
+            return name
+    if dtype.kind in "iu" and dtype.itemsize == 1:
+        return "int16"
+    return "float32"
+
+
+def open_publisher(ctx: zmq.Context, endpoint: str, sndhwm: int = 100_000) -> zmq.Socket:
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.LINGER, 2000)
+    bind(sock, endpoint, "replay endpoint", "--endpoint")
+    return sock
+
+
+def wait_for_subscriber(sock: zmq.Socket, timeout_s: float, stop_event: threading.Event | None = None,
+                        topic: bytes = b"frame") -> bool:
+    """Wait until some subscriber has subscribed to `topic` (True) or `timeout_s` passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or (stop_event is not None and stop_event.is_set()):
+            return False
+        if sock.poll(int(min(left, 0.1) * 1000) + 1, zmq.POLLIN):
+            msg = sock.recv()
+            if msg[:1] == b"\x01" and topic.startswith(msg[1:]):
+                return True
+
+
+def _drain_subscriptions(sock: zmq.Socket) -> None:
+    while True:
+        try:
+            sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+def movie_acquisition(path, fps: float = 30.0, channel: int | None = None, plane: int | None = None,
+                      dataset: str | None = None, frames: int | None = None, source: str | None = None):
+    """(start_meta, factory) for a plain movie file; factory() yields one pass of (FrameHeader, pixels)."""
+    from livedenoise.models.readers import open_movie
+
+    movie = open_movie(path, dataset=dataset)
+    n = len(movie) if frames is None else min(frames, len(movie))
+    if n < 1:
+        raise UserError(f"{path}: no frames to replay")
+    dtype = wire_dtype(movie.dtype)
+    if np.dtype(dtype) != np.dtype(movie.dtype).newbyteorder("<"):
+        log.info("replay: %s samples are sent as %s", np.dtype(movie.dtype).name, dtype)
+    h, w = movie.frame_shape
+    ch, pl = channel or 1, plane or 1
+    src = source or f"replay:{Path(path).name}"
+    meta = {"frame_rate": fps, "frame_size": [h, w], "channels": [ch], "planes": 1, "frames": n,
+            "dtype": dtype, "source": src}
+
+    def one_pass() -> Iterator[tuple[FrameHeader, np.ndarray]]:
+        for a in range(0, n, 64):
+            block = movie.read(a, min(n, a + 64))
+            for k, img in enumerate(block):
+                i = a + k
+                yield FrameHeader(frame=i, t=i / fps, shape=(h, w), dtype=dtype, channel=ch, plane=pl, source=src), img
+
+    return meta, one_pass, movie
+
+
+def array_acquisition(movie: np.ndarray, fps: float = 30.0, channel: int = 1, plane: int = 1, source: str = "array"):
+    """(start_meta, factory) for an in-memory (T, H, W) array (tests, bench, demo)."""
+    movie = np.asarray(movie)
+    if movie.ndim != 3:
+        raise ValueError(f"expected a (T, H, W) movie, got shape {movie.shape}")
+    dtype = wire_dtype(movie.dtype)
+    n, h, w = movie.shape
+    meta = {"frame_rate": fps, "frame_size": [h, w], "channels": [channel], "planes": 1, "frames": n,
+            "dtype": dtype, "source": source}
+
+    def one_pass():
+        for i in range(n):
+            yield FrameHeader(frame=i, t=i / fps, shape=(h, w), dtype=dtype, channel=channel, plane=plane, source=source), movie[i]
+
+    return meta, one_pass
+
+
+def publish(sock: zmq.Socket, start_meta: dict, one_pass: Callable[[], Iterable[tuple[FrameHeader, np.ndarray]]],
+            fps: float | None, loop: bool = False, stop_event: threading.Event | None = None,
+            on_sent: Callable[[FrameHeader, float], None] | None = None) -> dict:
+    """Send start, paced frames (one pass, or passes until stopped with `loop`), stop; returns a summary.
+
+    Pacing: by `fps` over each stream's frame count when given, else by the frames' own `t`.
+    """
+    stop_event = stop_event or threading.Event()
+    sock.send_multipart(encode_control("start", start_meta))
+    t0 = time.perf_counter()
+    sent = late = passes = 0
+    frame_offset = 0
+    t_offset = 0.0
+    first: dict = {}
+    period = 1.0 / fps if fps else 0.0
+    while not stop_event.is_set():
+        max_frame, max_t = -1, 0.0
+        for h, img in one_pass():
+            if stop_event.is_set():
+                break
+            first.setdefault(h.stream, h.frame)
+            frame = h.frame + frame_offset
+            t = h.t + t_offset
+            rel = (frame - first[h.stream]) / fps if fps else t
+            due = t0 + rel
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            elif now - due > max(period, 0.005):
+                late += 1
+            if frame_offset or t_offset:
+                h = FrameHeader(**{**h.__dict__, "frame": frame, "t": t})
+            sock.send_multipart(encode_frame(h, np.asarray(img).astype(DTYPES[h.dtype], copy=False)))
+            if on_sent is not None:
+                on_sent(h, time.perf_counter())
+            sent += 1
+            max_frame, max_t = max(max_frame, h.frame - frame_offset), max(max_t, h.t - t_offset)
+        passes += 1
+        _drain_subscriptions(sock)
+        if not loop or max_frame < 0:
+            break
+        frame_offset += max_frame + 1
+        t_offset += max_t + (period or (max_t / max(max_frame, 1)))
+    elapsed = time.perf_counter() - t0
+    summary = {"frames": sent, "passes": passes, "seconds": round(elapsed, 3),
+               "fps": round(sent / elapsed, 2) if elapsed > 0 else None, "late": late}
+    sock.send_multipart(encode_control("stop", {"frames": sent}))
+    return summary
+
+
+def _scanimage_source(path: Path):
+    if path.suffix.lower() not in (".tif", ".tiff") or importlib.util.find_spec("livedenoise.stream.scanimage") is None:
+        return None
+    if importlib.util.find_spec(SCANIMAGE_SOURCE) is None:
+        return None
+    mod = importlib.import_module(SCANIMAGE_SOURCE)
+    return mod if mod.is_scanimage_tiff(path) else None
+
+
+def replay_movie(path, endpoint: str = DEFAULT_INPUT, fps: float | None = 30.0, loop: bool = False,
+                 stop_event: threading.Event | None = None, channel: int | None = None, plane: int | None = None,
+                 dataset: str | None = None, frames: int | None = None, wait_s: float = 10.0,
+                 ctx: zmq.Context | None = None, on_sent=None) -> dict:
+    """Publish a movie file on `endpoint` like a microscope; returns {frames, passes, seconds, fps, late}.
+
+    `fps=None` paces a ScanImage TIFF by its recorded frame times (30 Hz for plain movies).
+    """
+    path = Path(path)
+    si = _scanimage_source(path)
+    movie = None
+    if si is not None:
+        start_meta, items = si.scanimage_acquisition(path)
+        start_meta = dict(start_meta)
+        passes = [_filter(items, channel, plane, frames)]
+
+        def one_pass():  # a fresh read of the file for every --loop pass
+            return passes.pop() if passes else _filter(si.scanimage_acquisition(path)[1], channel, plane, frames)
+    else:
+        if fps is None:
+            fps = 30.0
+        start_meta, one_pass, movie = movie_acquisition(path, fps, channel, plane, dataset, frames)
+    if fps is not None and fps <= 0:
+        raise UserError(f"--fps must be > 0, got {fps}")
+    own = ctx is None
+    ctx = ctx or zmq.Context()
+    sock = None
+    try:
+        sock = open_publisher(ctx, endpoint)
+        if wait_s > 0 and not wait_for_subscriber(sock, wait_s, stop_event):
+            if stop_event is not None and stop_event.is_set():
+                return {"frames": 0, "passes": 0, "seconds": 0.0, "fps": None, "late": 0}
+            log.warning("replay: no subscriber on %s after %.0f s; publishing anyway", endpoint, wait_s)
+        return publish(sock, start_meta, one_pass, fps, loop, stop_event, on_sent)
+    finally:
+        if sock is not None:
+            sock.close()
+        if own:
+            ctx.term()
+        if movie is not None:
+            movie.close()
+
+
+def _filter(items, channel, plane, frames):
+    count: dict = {}
+    for h, img in items:
+        if channel is not None and h.channel != channel or plane is not None and h.plane != plane:
+            continue
+        count[h.stream] = count.get(h.stream, 0) + 1
+        if frames is not None and count[h.stream] > frames:
+            continue
+        yield h, img

@@ -1,0 +1,221 @@
+"""Imaging viewer against real ZMQ PUB sockets on loopback (offscreen Qt)."""
+
+import csv
+import time
+
+import numpy as np
+import pytest
+from conftest import frame, stats, wait_until
+
+from livedenoise.gui.app import ViewOptions, build_imaging
+from livedenoise.gui.imaging import ImagingWindow
+from livedenoise.gui.sources import FileFrameSource, ZmqFrameSource
+
+H, W = 32, 48
+ROI = (4, 10, 5, 15)  # rows y0:y1, columns x0:x1
+
+
+def _window(qapp, publishers, **kw):
+    pr, pd = publishers(), publishers()
+    raw = ZmqFrameSource("raw", pr.endpoint, history=32)
+    den = ZmqFrameSource("denoised", pd.endpoint)
+    win = ImagingWindow(raw, den, **kw)
+    win.resize(1400, 800)
+    win.show()
+    raw.start()
+    den.start()
+    pr.wait_subscribed()
+    pd.wait_subscribed()
+    return win, pr, pd
+
+
+def _settle(qapp, win, cond, timeout=10.0):
+    ok = wait_until(cond, timeout, qapp)
+    for _ in range(3):  # let the display timer draw the newest frames
+        qapp.processEvents()
+        win.tick()
+        time.sleep(0.02)
+    return ok
+
+
+def _roi_frame(value_in, value_out=0, dtype="int16"):
+    img = np.full((H, W), value_out, dtype)
+    y0, y1, x0, x1 = ROI
+    img[y0:y1, x0:x1] = value_in
+    return img
+
+
+def test_status_counts_roi_traces_and_screenshot(qapp, publishers, tmp_path):
+    win, pr, pd = _window(qapp, publishers)
+    try:
+        rid = win.add_roi(*ROI)
+        n = 40
+        sent = [k for k in range(n) if k != 10]  # frame 10 never sent: one dropped frame
+        for k in sent:
+            pr.send(frame(k, _roi_frame(100 + k, 7)))
+            pd.send(frame(k, _roi_frame(50.0 + k, 3.0, "float32"), dtype="float32", lag=2,
+                          latency_ms=float(1 + k % 4), model="toy-model"))
+        pr.send([b"frame", b"{not json", b""])
+        pr.send([b"frame", b'{"frame": 1, "shape": [2, 2], "dtype": "int16"}', b"\0" * 3])
+        assert _settle(qapp, win, lambda: win.den.status().frames == len(sent) and win.raw.status().malformed == 2)
+
+        f = win.status_fields()
+        assert f["raw_frames"] == len(sent) and f["denoised_frames"] == len(sent)
+        assert f["dropped"] == 1  # no stats message yet: the viewer's own gap count
+        assert f["malformed"] == 2
+        assert f["lag"] == 2 and f["model"] == "toy-model"
+        assert f["latency_p50_ms"] == pytest.approx(2.0, abs=1.0) and f["latency_p99_ms"] == pytest.approx(4.0, abs=0.1)
+        assert 1 <= f["rendered"] <= len(sent)
+
+        # ROI traces: one point per frame received, the exact constant inside the ROI
+        tr = win.roi_traces(rid)
+        t, fr, v = tr["raw"]
+        assert len(v) == len(sent) and list(fr) == sent
+        np.testing.assert_allclose(v, [100 + k for k in sent])
+        np.testing.assert_allclose(t, [k / 30 for k in sent])
+        np.testing.assert_allclose(tr["denoised"][2], [50 + k for k in sent])
+
+        # the service's stats message takes over the counts it knows
+        pd.send(stats(frames_in=39, frames_out=39, dropped=1, skipped=3, malformed=0, fps_in=30.0, fps_out=29.0,
+                      latency_p50_ms=4.5, latency_p99_ms=9.5, model="toy-model", backend="onnxruntime"))
+        assert _settle(qapp, win, lambda: win.den.status().stats_messages == 1)
+        f = win.status_fields()
+        assert (f["skipped"], f["fps_in"], f["fps_out"], f["backend"]) == (3, 30.0, 29.0, "onnxruntime")
+        assert (f["latency_p50_ms"], f["latency_p99_ms"]) == (4.5, 9.5)
+        text = win.update_status()
+        for piece in ("in 30.0 fps", "out 29.0 fps", "p50 4.5 ms", "p99 9.5 ms", "lag 2", "dropped 1",
+                      "skipped 3", "malformed 2", "toy-model", "onnxruntime"):
+            assert piece in text, (piece, text)
+
+        # the displayed raw frame is the one that matches the displayed denoised frame
+        assert win._shown["raw"].frame == win._shown["denoised"].frame == sent[-1]
+
+        # screenshot: non-blank, raw and denoised panels differ
+        png = tmp_path / "view.png"
+        win.export_png(str(png))
+        from PySide6 import QtGui
+
+        from livedenoise.gui.imaging import qimage_array
+
+        shot = qimage_array(QtGui.QImage(str(png)))
+        assert shot.std() > 10
+        a, b = win.panel_image("raw"), win.panel_image("denoised")
+        h, w = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+        a, b = a[:h, :w], b[:h, :w]
+        assert a.std() > 5 and b.std() > 5
+        assert np.abs(a.astype(int) - b.astype(int)).mean() > 1
+
+        # CSV: raw and denoised joined on frame number
+        rows = win.export_csv(str(tmp_path / "traces.csv"))
+        with open(tmp_path / "traces.csv") as fh:
+            table = list(csv.DictReader(fh))
+        assert rows == len(table) == len(sent)
+        assert float(table[0]["raw"]) == 100 and float(table[0]["denoised"]) == 50
+    finally:
+        win.close()
+
+
+def test_conflation_counts_every_frame_but_draws_fewer(qapp, publishers):
+    win, pr, pd = _window(qapp, publishers, refresh_hz=60)
+    try:
+        n = 3000
+        img = np.zeros((16, 16), np.int16)
+        t0 = time.monotonic()
+        for k in range(n):
+            img[:] = k % 1000
+            pr.send(frame(k, img))
+            if k % 100 == 0:
+                qapp.processEvents()
+        assert _settle(qapp, win, lambda: win.raw.status().frames == n, 15)
+        st = win.raw.status()
+        assert st.frames == n and st.gaps == 0 and st.malformed == 0
+        assert 1 <= win.rendered < n / 5, (win.rendered, time.monotonic() - t0)
+        assert win._shown["raw"].frame == n - 1  # the newest frame is what is shown
+    finally:
+        win.close()
+
+
+def test_pause_keeps_counting_and_resumes_at_the_newest(qapp, publishers):
+    win, pr, pd = _window(qapp, publishers)
+    try:
+        rid = win.add_roi(*ROI)
+        for k in range(5):
+            pr.send(frame(k, _roi_frame(k)))
+        assert _settle(qapp, win, lambda: win.raw.status().frames == 5)
+        win.set_paused(True)
+        drawn = win.rendered
+        for k in range(5, 15):
+            pr.send(frame(k, _roi_frame(k)))
+        assert _settle(qapp, win, lambda: win.raw.status().frames == 15)
+        assert win.rendered == drawn and win._shown["raw"].frame == 4
+        assert "PAUSED" in win.update_status()
+        assert len(win.roi_traces(rid)["raw"][2]) == 15  # traces kept every frame while paused
+        win.set_paused(False)
+        _settle(qapp, win, lambda: True)
+        assert win.rendered > drawn and win._shown["raw"].frame == 14
+    finally:
+        win.close()
+
+
+def test_channel_and_plane_selectors(qapp, publishers):
+    win, pr, pd = _window(qapp, publishers)
+    try:
+        for k in range(3):
+            for ch in (1, 2):
+                for pl in (1, 2, 3):
+                    pr.send(frame(k, np.full((H, W), 10 * ch + pl, np.int16), channel=ch, plane=pl))
+        assert _settle(qapp, win, lambda: win.raw.status().frames == 18)
+        assert [win.channel_box.itemText(i) for i in range(win.channel_box.count())] == ["1", "2"]
+        assert [win.plane_box.itemText(i) for i in range(win.plane_box.count())] == ["1", "2", "3"]
+        assert win.status_fields()["dropped"] == 0  # frame numbers are per stream
+        win.select_stream(2, 3)
+        win.render_now()
+        assert win._shown["raw"].stream == (2, 3) and float(win._bufs["raw"][0, 0]) == 23
+    finally:
+        win.close()
+
+
+def test_no_data_message_names_the_endpoint(qapp, capsys):
+    from conftest import free_endpoint
+
+    ep = free_endpoint()  # nothing publishes here
+    raw = ZmqFrameSource("raw", ep).start()
+    win = ImagingWindow(raw, None, no_data_timeout=0.3)
+    try:
+        assert wait_until(lambda: bool(win._check_no_data() or win.no_data), 5, qapp)
+        text = win.update_status()
+        assert f"no data on {ep}" in text
+        assert ep in capsys.readouterr().err
+    finally:
+        win.close()
+
+
+def test_file_playback_records_and_npy(qapp, tmp_path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(1)
+    clean = np.repeat(_roi_frame(200.0, 20.0, "float32")[None], 12, axis=0)
+    raw = (clean + rng.normal(0, 5, clean.shape)).astype(np.int16)
+    # a `serve --record`-style pair: frame numbers 100.., the denoised file starting 2 frames later
+    with h5py.File(tmp_path / "raw_c1_p2_a001.h5", "w") as f:
+        f["frames"], f["frame"], f["t"] = raw, np.arange(100, 112), np.arange(12) / 30
+        f.attrs["channel"], f.attrs["plane"] = 1, 2
+    with h5py.File(tmp_path / "denoised_c1_p2_a001.h5", "w") as f:
+        f["frames"], f["frame"], f["t"] = clean[2:], np.arange(102, 112), np.arange(2, 12) / 30
+        f.attrs["channel"], f.attrs["plane"] = 1, 2
+    win = build_imaging(ViewOptions(file=str(tmp_path / "raw_c1_p2_a001.h5"), fps=0, rois=((5, 4, 10, 6),)))
+    try:
+        assert win.den is not None and win.den.endpoint.endswith("denoised_c1_p2_a001.h5")
+        assert _settle(qapp, win, lambda: win.raw.status().finished and win.den.status().finished)
+        assert (win.raw.status().frames, win.den.status().frames) == (12, 10)
+        assert win.stream == (1, 2) and win._shown["denoised"].frame == 111 and win._shown["raw"].frame == 111
+        tr = win.roi_traces(0)
+        assert list(tr["denoised"][1]) == list(range(102, 112))
+        np.testing.assert_allclose(tr["denoised"][2], 200.0)
+        np.testing.assert_allclose(tr["raw"][2], 200.0, atol=3)
+    finally:
+        win.close()
+
+    np.save(tmp_path / "raw.npy", raw)
+    src = FileFrameSource("raw", np.load(tmp_path / "raw.npy", mmap_mode="r"), fps=200).start()
+    assert wait_until(lambda: src.status().finished, 5)
+    assert src.status().frames == 12 and src.newest.read((1, 1))[1].frame == 11

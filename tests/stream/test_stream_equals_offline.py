@@ -1,0 +1,108 @@
+"""A replayed file comes out of `serve` frame for frame equal to `livedenoise denoise` of that file."""
+
+import threading
+
+import h5py
+import numpy as np
+import pytest
+from streamkit import Collector, RunningService, make_checkpoint
+
+from livedenoise.export.engine import TorchEngine
+from livedenoise.models.denoise import denoise_file, denoise_movie
+from livedenoise.models.readers import ArrayMovie
+from livedenoise.stream.recorder import read_recording
+from livedenoise.stream.replay import replay_movie
+from livedenoise.stream.service import estimate_norm
+
+
+class ListWriter:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, a):
+        self.parts.append(np.array(a))
+
+
+@pytest.fixture(scope="module")
+def movie(tmp_path_factory):
+    d = tmp_path_factory.mktemp("movie")
+    rng = np.random.default_rng(1)
+    base = rng.normal(100, 15, (1, 32, 48))
+    mov = np.clip(base + rng.normal(0, 10, (40, 32, 48)) + np.linspace(0, 30, 40)[:, None, None], -3e4, 3e4).astype(np.int16)
+    path = d / "movie.npy"
+    np.save(path, mov)
+    return path, mov
+
+
+def _offline(tmp_path, movie_path, model):
+    out = tmp_path / "offline.h5"
+    denoise_file(movie_path, out, model, out_dtype="float32", progress=False, batch=5)
+    with h5py.File(out, "r") as f:
+        return np.asarray(f[list(f.keys())[0]] if "data" not in f else f["data"])
+
+
+@pytest.mark.parametrize("post", [0, 1], ids=["causal", "lag1"])
+def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, post):
+    movie_path, mov = movie
+    model = make_checkpoint(tmp_path / "m.pt", pre=3, post=post, seed=post)
+    cfg = cfg_factory(model=str(model), record=str(tmp_path / "rec"), max_batch=4)
+    svc = RunningService(cfg)
+    col = Collector(cfg.output)
+    try:
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats"), "no stats from the service"
+        summary = replay_movie(movie_path, cfg.input, fps=200, wait_s=20)
+        assert summary["frames"] == 40
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30), "no stop forwarded"
+        final = svc.stop()
+    finally:
+        col.close()
+        if svc.thread.is_alive():
+            svc.stop()
+    offline = _offline(tmp_path, movie_path, model)
+    frames = col.frames()
+    assert [f.header.frame for f in frames] == list(range(40))
+    streamed = np.stack([f.pixels for f in frames])
+    assert streamed.dtype == np.float32
+    np.testing.assert_allclose(streamed, offline, rtol=1e-5, atol=1e-5 * float(np.abs(offline).max()))
+    assert all(f.header.extra["lag"] == post for f in frames)
+    assert final["frames_in"] == 40 and final["frames_out"] == 40
+    assert final["passthrough"] == (1 if post == 0 else 0)
+    assert final["dropped"] == final["skipped"] == final["overflow"] == final["malformed"] == 0
+    # the recordings hold the same frames
+    raw = read_recording(tmp_path / "rec" / "raw_c1_p1_a001.h5")
+    den = read_recording(tmp_path / "rec" / "denoised_c1_p1_a001.h5")
+    np.testing.assert_array_equal(raw["frames"], mov)
+    np.testing.assert_array_equal(raw["frame"], np.arange(40))
+    np.testing.assert_array_equal(den["frames"], streamed)
+    np.testing.assert_array_equal(den["frame"], np.arange(40))
+    # start / stop forwarded around the frames
+    topics = [getattr(m, "topic", "frame") for m, _ in col.messages if getattr(m, "topic", "") != "stats"]
+    assert topics[0] == "start" and topics[-1] == "stop" and topics.count("frame") == 40
+
+
+def test_renorm_uses_the_first_n_frames_of_the_acquisition(tmp_path, movie, cfg_factory):
+    movie_path, mov = movie
+    model = make_checkpoint(tmp_path / "m.pt", pre=3, post=1, seed=3)
+    cfg = cfg_factory(model=str(model), renorm=10, max_batch=4)
+    svc = RunningService(cfg)
+    col = Collector(cfg.output)
+    try:
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
+        sent = {}
+        replay_movie(movie_path, cfg.input, fps=100, wait_s=20, on_sent=lambda h, t: sent.setdefault(h.frame, t))
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30)
+        svc.stop()
+    finally:
+        col.close()
+    frames = col.frames()
+    assert len(frames) == 40
+    # offline reference with the card's normalisation replaced by the first 10 frames' statistics
+    eng = TorchEngine.from_checkpoint(model)
+    eng.card.norm_mean, eng.card.norm_std = estimate_norm(mov[:10])
+    w = ListWriter()
+    denoise_movie(ArrayMovie(mov), eng, w, batch=4, out_dtype="float32", progress=False)
+    ref = np.concatenate(w.parts)
+    np.testing.assert_allclose(np.stack([f.pixels for f in frames]), ref, rtol=1e-5, atol=1e-3)
+    # no output before the 10th frame had been sent
+    first_out = min(t for m, t in col.messages if hasattr(m, "header"))
+    assert first_out > sent[9]
