@@ -58,9 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--budget", type=float, default=30.0, metavar="S", help="stop timing a configuration after S seconds (default 30)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch / onnxruntime (default: all this process may use)")
-    p.add_argument("--pre", type=int, default=None)
-    p.add_argument("--post", type=int, default=None)
-    p.add_argument("--omission", type=int, default=None)
+    p.add_argument("--pre", type=int, default=None, help="window frames before (named models only; default per model)")
+    p.add_argument("--post", type=int, default=None, help="window frames after (named models only)")
+    p.add_argument("--omission", type=int, default=None, help="hidden frames each side (named models only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -127,7 +127,6 @@ class ImagingWindow(QtWidgets.QMainWindow):
         self.trace_plot.setLabel("bottom", "time", units="s")
         self.trace_plot.setLabel("left", "ROI mean")
         self.trace_plot.addLegend(offset=(5, 5))
-        self.trace_plot.showGrid(x=True, y=True, alpha=0.2)
         split.addWidget(self.trace_plot)
         split.setSizes([620, 260])
         outer.addWidget(split, 1)
@@ -261,7 +260,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
                 s.traces.set_stream(stream)
                 s.mean.set_stream(stream)
             self._seen_seq = {"raw": -1, "denoised": -1}
-            self._bufs["mean"] = None
+            self._shown = {"raw": None, "denoised": None}
 
     def select_stream(self, channel: int, plane: int) -> None:
         self._refresh_stream_boxes()
@@ -444,11 +443,13 @@ class ImagingWindow(QtWidgets.QMainWindow):
             new = True
         raw = None
         if self.raw is not None:
-            if den is not None:  # the raw frame that matches the denoised one, when still kept
-                raw = self.raw.newest.read(stream, self._bufs["raw"], frame=den[1].frame)
+            hd, hr = self._shown["denoised"], self._shown["raw"]
+            if hd is not None and (den is not None or hr is None or hr.frame != hd.frame):
+                # the raw frame that matches the denoised one (it may arrive a moment later)
+                raw = self.raw.newest.read(stream, self._bufs["raw"], frame=hd.frame)
             den_live = self.den is not None and time.monotonic() - self._den_drawn_at < 1.0
-            if (raw is None and not den_live and self.raw.newest.seq(stream) != self._seen_seq["raw"]) or (
-                    raw is None and den is not None):
+            if raw is None and (den is not None or not den_live) and \
+                    self.raw.newest.seq(stream) != self._seen_seq["raw"]:
                 raw = self.raw.newest.read(stream, self._bufs["raw"])
         if raw is not None:
             seq, hdr, self._bufs["raw"] = raw

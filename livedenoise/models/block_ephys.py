@@ -141,10 +141,12 @@ def build(card) -> nn.Module:
 
 
 def example_input(card, frame_shape=None, samples: int = 1024) -> torch.Tensor:
-    """(1, 1, C, T_in) for ONNX export: C from frame_shape[0] or the training channel count."""
-    c = int(frame_shape[0]) if frame_shape else int(card.params.get("n_channels", 384))
+    """(1, 1, C, T_in) for ONNX export. frame_shape = (C, T_in) when given (the time axis is
+    dynamic in the export anyway); otherwise the training channel count and 1024 outputs."""
     before, after = int(card.params["ctx_before"]), int(card.params["ctx_after"])
-    return torch.zeros(1, 1, c, before + samples + after)
+    c = int(frame_shape[0]) if frame_shape else int(card.params.get("n_channels", 384))
+    t_in = int(frame_shape[1]) if frame_shape is not None and len(frame_shape) > 1 else before + samples + after
+    return torch.zeros(1, 1, c, max(t_in, before + after + 64))
 
 
 def dynamic_axes() -> dict:

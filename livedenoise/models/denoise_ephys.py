@@ -54,22 +54,15 @@ class _TorchRunner:
         return f"torch on {self.device}: {self.card.summary()}"
 
 
-def open_ephys_engine(model: str | os.PathLike, backend: str = "auto", device: str | None = None):
-    """An engine for a checkpoint (.pt) or an exported model, via export.engine when it can."""
-    path = Path(model)
-    if path.suffix == ".pt" and backend in ("auto", "torch"):
-        from livedenoise.models.checkpoint import load_model
-
-        card, net = load_model(path)
-        if device is None:
-            device = "cpu"
-        return _TorchRunner(card, net, device)
+def open_ephys_engine(model: str | os.PathLike, backend: str = "auto", device: str | None = None, threads: int | None = None):
+    """An engine (export.engine.open_engine) for a .pt / .onnx / .engine ephys model."""
     from livedenoise.export.engine import open_engine
 
-    try:
-        return open_engine(path, backend)  # type: ignore[call-arg]
-    except TypeError:
-        return open_engine(path)
+    eng = open_engine(Path(model), backend, device=device, threads=threads)
+    if eng.card.modality != "ephys":
+        raise UserError(f"{model} is a {eng.card.modality} model ({eng.card.arch}); the ephys denoiser needs "
+                        "interp-ephys or block-ephys (train one with `livedenoise train --arch block-ephys REC`)")
+    return eng
 
 
 class SampleRing:

@@ -431,9 +431,6 @@ def _open_npy(path: Path) -> Movie:
     if arr.ndim != 3:
         movie_shape = _squeeze_to_movie(path, shape)
         arr = arr.reshape(movie_shape)
-    if not arr.flags.c_contiguous:
-        # Fortran order: still memory-mapped, frame reads just gather strided pixels
-        pass
     return ArrayMovie(arr, path)
 
 

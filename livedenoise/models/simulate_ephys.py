@@ -106,8 +106,8 @@ class EphysSimulator:
             [waveform(t_ms, rng.uniform(0.08, 0.16), rng.uniform(0.2, 0.45), rng.uniform(0.25, 0.6)) for _ in range(n_units)]
         )
         d = np.sqrt(((self.geom[None, :, :] - pos[:, None, :]) ** 2).sum(-1) + 15.0**2)  # 15 µm off the shank plane
-        foot = amps[:, None] * (15.0 / d) ** 1.6
-        foot[foot < 0.02 * amps[:, None]] = 0.0
+        foot = amps[:, None] * (15.0 / d) ** 2
+        foot[foot < 0.05 * amps[:, None]] = 0.0
         # spike trains
         times, units = [], []
         for u in range(n_units):

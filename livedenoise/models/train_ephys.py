@@ -142,10 +142,11 @@ def train_ephys(
         loss.backward()
         opt.step()
         sched.step()
-        hist["loss"].append(float(loss))
+        lv = float(loss.detach())
+        hist["loss"].append(lv)
         done = step + 1
         if log_every and (step % log_every == 0 or step == steps - 1):
-            log(f"step {step + 1}/{steps} loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
+            log(f"step {step + 1}/{steps} loss {lv:.4f} ({time.perf_counter() - t0:.0f} s)")
         if time_limit and time.perf_counter() - t0 > time_limit:
             log(f"time limit reached after {step + 1} steps")
             break

@@ -289,14 +289,13 @@ class Service:
         if acq.mean is None:
             self._estimate_norm(acq)
         lo = acq.next_out
+        if self.cfg.policy == "latest" and hi - lo + 1 > self.cfg.max_batch:  # keep only the newest
+            new_lo = hi - self.cfg.max_batch + 1
+            self.stats.skipped += sum(1 for j in range(lo, new_lo) if not (ring.holds(j) and ring.filled[ring.slot(j)]))
+            lo = new_lo
         if lo < ring.oldest:  # the ring overwrote frames before their turn
             self.stats.overflow += ring.oldest - lo
             lo = ring.oldest
-        ready = hi - lo + 1
-        if self.cfg.policy == "latest" and ready > self.cfg.max_batch:
-            skip = ready - self.cfg.max_batch
-            self.stats.skipped += int(np.count_nonzero(~ring.filled[[ring.slot(j) for j in range(lo, lo + skip) if ring.holds(j)]]))
-            lo += skip
         job = _Job(acq)
         last = acq.last
         t = lo

@@ -1,4 +1,3 @@
-import hashlib
 import json
 import subprocess
 import sys
@@ -11,10 +10,6 @@ from livedenoise.models.simulate import load_truth
 
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "livedenoise", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_simulate_writes_movie_and_truth(tmp_path):

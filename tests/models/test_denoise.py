@@ -138,3 +138,22 @@ def test_denoise_file_h5_and_float32(tmp_path, model):
         assert m.shape == data.shape and m.dtype == np.float32
     with pytest.raises(UserError, match="unknown output format"):
         denoise_file(src, tmp_path / "out.npy", model, progress=False)
+
+
+def test_reads_are_bounded_by_chunk_plus_window(tmp_path, model):
+    data = movie(t=60)
+
+    class Recording(ArrayMovie):
+        sizes: list = []
+
+        def read(self, start, stop):
+            self.sizes.append(stop - start)
+            return super().read(start, stop)
+
+    src = Recording(data, tmp_path / "in.npy")
+    engine = open_engine(model, "torch")
+    with open_writer(tmp_path / "o.tif", len(data), data.shape[1:], data.dtype) as wr:
+        denoise_movie(src, engine, wr, batch=4, chunk=8, progress=False)
+    lo, hi = engine.card.window.span  # (-3, 1)
+    assert len(src.sizes) == 60 // 8 + 1
+    assert max(src.sizes) <= 8 + (hi - lo)

@@ -140,15 +140,21 @@ sd = hSI.hDisplay.lastStripeData;
 if iscell(sd)
     sd = sd{end};
 end
-frame = round(double(sd.frameNumberAcq));
+frame = round(double(sd.frameNumberAcq(end)));  % a vector when stripes were merged
 if frame == st.last_frame
     return  % the same frame again (ScanImage re-notified): nothing new
 end
+zi = double(field_or(sd, 'zIdx', []));
+if (~isempty(zi) && isnan(zi(1))) || isempty(sd.roiData)
+    st.last_frame = frame;   % a flyback frame of a fast-z volume: no image data
+    put_state(st);
+    return
+end
 t = double(field_or(sd, 'frameTimestamp', []));
-if isempty(t) || ~isfinite(t(1))
+if isempty(t) || ~isfinite(t(end))
     t = toc(st.t0);
 end
-t = t(1);
+t = t(end);
 chans = double(sd.channelNumbers(:)');
 roi = sd.roiData{1};
 if numel(sd.roiData) > 1
@@ -183,7 +189,8 @@ if ~isempty(missing)
     warn_once('missing', sprintf(['channel %s is not acquired (this frame has ' ...
         'channels %s): it is not published'], list_str(missing), list_str(chans)));
 end
-transposed = logical(field_or(sd, 'transposed', true));
+transposed = field_or(sd, 'transposed', true);
+transposed = isempty(transposed) || logical(transposed(1));
 plane_auto = [];
 for k = 1:numel(chans)
     if ~any(want == chans(k))
@@ -206,6 +213,9 @@ for k = 1:numel(chans)
             continue  % a flyback frame of a fast-z volume: not data
         end
         img = zimgs{z};
+        if isempty(img)
+            continue  % this channel has no data in this stripe
+        end
         [bytes, dtype] = payload_bytes(img);
         if transposed
             shape = [size(img, 2), size(img, 1)];  % pixels x lines in memory = C order lines x pixels
@@ -331,18 +341,19 @@ if nplanes <= 1
     plane = 1;
     return
 end
-zi = field_or(sd, 'zIdx', []);
-if ~isempty(zi) && isfinite(zi(1)) && zi(1) >= 1
-    plane = double(zi(1));
-    if plane > nplanes
-        plane = 0;
-    end
-    return
-end
 sm = hSI.hStackManager;
 fps = double(field_or(sm, 'framesPerSlice', 1));
 if isempty(fps) || ~isfinite(fps) || fps < 1
     fps = 1;
+end
+zi = double(field_or(sd, 'zIdx', []));
+if ~isempty(zi) && isfinite(zi(1)) && zi(1) >= 1
+    % ScanImage's index into the frames of a volume (1-based; NaN for flyback)
+    plane = ceil(zi(1) / fps);
+    if plane > nplanes
+        plane = 0;
+    end
+    return
 end
 if fps == 1
     plane = mod(frame - 1, per_volume) + 1;   % fast z: one frame per plane per volume

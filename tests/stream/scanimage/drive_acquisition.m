@@ -10,7 +10,9 @@ function drive_acquisition(cfg)
 %   function skipped), dt (s per frame), args (the Arguments cell), transposed,
 %   start (call acqModeStart), finish ('done' / 'abort' / 'none'), malformed
 %   (frames whose lastStripeData is broken), acquisitions (how many times the
-%   whole acquisition is played, with `clear functions` in between).
+%   whole acquisition is played, with `clear functions` in between), flyback
+%   (flyback frames per fast-z volume: empty roiData), zidx (set
+%   lastStripeData.zIdx as ScanImage 2020+ does: NaN for flyback).
 hSI = FakeScanImage();
 hSI.hRoiManager.linesPerFrame = cfg.lines;
 hSI.hRoiManager.pixelsPerLine = cfg.pixels;
@@ -24,8 +26,9 @@ if cfg.planes > 1
     hSI.hStackManager.numSlices = cfg.planes;
     hSI.hStackManager.actualNumSlices = cfg.planes;
     hSI.hStackManager.zs = (0:cfg.planes - 1) * 20;
-    hSI.hStackManager.numFramesPerVolumeWithFlyback = cfg.planes;
+    hSI.hStackManager.numFramesPerVolumeWithFlyback = cfg.planes + cfg.flyback;
 end
+per_volume = cfg.planes + cfg.flyback;
 src = FakeUserFunctionSource(hSI);
 % register as a user would (the User Functions table), then fire events the
 % way ScanImage does: every enabled row for the event, f(src, evt, Arguments{:})
@@ -53,6 +56,13 @@ for acq = 1:cfg.acquisitions
         sd.startOfVolume = true;
         sd.endOfVolume = true;
         sd.transposed = cfg.transposed;
+        zidx = mod(f - 1, per_volume) + 1;   % ScanImage's zIdx: frame within the volume
+        if cfg.zidx
+            sd.zIdx = zidx;
+            if zidx > cfg.planes
+                sd.zIdx = NaN;   % flyback
+            end
+        end
         imgs = cell(1, numel(cfg.channels));
         for k = 1:numel(cfg.channels)
             ch = cfg.channels(k);
@@ -62,7 +72,7 @@ for acq = 1:cfg.acquisitions
                     zs{z} = orient(si_test_image(cfg.lines, cfg.pixels, f, ch, z, cfg.cls), cfg.transposed);
                 end
             else
-                z = mod(f - 1, cfg.planes) + 1;
+                z = min(mod(f - 1, per_volume) + 1, cfg.planes);
                 zs = {orient(si_test_image(cfg.lines, cfg.pixels, f, ch, z, cfg.cls), cfg.transposed)};
             end
             imgs{k} = zs;
@@ -71,6 +81,9 @@ for acq = 1:cfg.acquisitions
         roi.imageData = imgs;
         roi.channels = cfg.channels;
         sd.roiData = {roi};
+        if zidx > cfg.planes && ~strcmp(cfg.layout, 'zcell')
+            sd.roiData = {};   % flyback frames carry no image data
+        end
         if any(cfg.malformed == f)
             sd = rmfield(sd, 'roiData');   % a broken stripe: the user function must not throw
         end

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from octave_harness import expected_image, free_port, octave, run_acquisition  # noqa: F401 (fixture)
+from octave_harness import expected_image, free_port, require_octave, run_acquisition
+
+
+@pytest.fixture(scope="module")
+def octave() -> str:
+    return require_octave()
+
 
 LINES, PIXELS = 24, 40  # non-square: a transpose changes the shape, the ramp catches flips
 
@@ -64,6 +70,17 @@ def test_fast_z_stack_one_event_per_plane(octave, tmp_path):
     assert start["planes"] == 3 and start["z"] == [0, 20, 40] and start["frame_step"] == 3
     assert start["volume_rate"] == pytest.approx(10.0)
     check_frames(run, [(f, c, (f - 1) % 3 + 1) for f in frames for c in (1, 2)])
+
+
+@pytest.mark.parametrize("zidx", [False, True])
+def test_fast_z_flyback_frames_are_skipped(octave, tmp_path, zidx):
+    # 2 planes + 1 flyback frame per volume; with zidx the plane comes from lastStripeData.zIdx
+    frames = tuple(range(1, 10))
+    run = run_acquisition(octave, tmp_path, planes=2, flyback=1, zidx=zidx, frames=frames)
+    assert run.returncode == 0, run.stderr
+    assert run.control("start")[0].meta["frame_step"] == 3
+    check_frames(run, [(f, 1, (f - 1) % 3 + 1) for f in frames if (f - 1) % 3 < 2])
+    assert run.warnings() == [], run.stderr
 
 
 def test_planes_in_imagedata_cells(octave, tmp_path):

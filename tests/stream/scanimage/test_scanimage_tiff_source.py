@@ -115,3 +115,46 @@ def test_missing_and_truncated_files(tmp_path):
     with pytest.raises(UserError):
         meta, frames = scanimage_acquisition(path)
         list(frames)
+
+
+def test_livedenoise_replay_publishes_the_recorded_stream(tmp_path):
+    """`livedenoise replay` of a ScanImage TIFF: what a subscriber gets equals the recording."""
+    import socket
+    import threading
+
+    import zmq
+
+    replay = pytest.importorskip("livedenoise.stream.replay")
+    from livedenoise.stream.protocol import ControlMessage, decode
+
+    data = volumes(3, 2, 2)
+    path = write_scanimage_tiff(tmp_path / "rep.tif", data, channels=(1, 2), frame_rate=60.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    result = {}
+    th = threading.Thread(target=lambda: result.update(replay.replay_movie(path, endpoint, fps=None, wait_s=10.0)))
+    th.start()
+    msgs = []
+    try:
+        while sub.poll(10_000):
+            msg = decode(sub.recv_multipart())
+            msgs.append(msg)
+            if isinstance(msg, ControlMessage) and msg.topic == "stop":
+                break
+    finally:
+        th.join(30)
+        sub.close(0)
+        ctx.term()
+    assert msgs[0].topic == "start" and msgs[0].meta["planes"] == 2 and msgs[0].meta["channels"] == [1, 2]
+    frames = [m for m in msgs if not isinstance(m, ControlMessage)]
+    assert len(frames) == 12
+    for m in frames:
+        h = m.header
+        t, z = divmod(h.frame - 1, 2)
+        assert h.plane == z + 1 and h.t == pytest.approx((h.frame - 1) / 60.0, abs=1e-6)
+        np.testing.assert_array_equal(m.pixels, data[t, z, h.channel - 1])

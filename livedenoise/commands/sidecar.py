@@ -1,0 +1,103 @@
+"""`livedenoise sidecar openephys --model M`: denoise Open Ephys data live, beside the GUI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+from livedenoise.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sidecar",
+        help="run beside acquisition software: `sidecar openephys --model M` denoises Open Ephys data live",
+        description=(
+            "Subscribe to the Open Ephys ZMQ Interface plugin, denoise the chosen stream with an ephys model "
+            "(interp-ephys or block-ephys) and send it back into the GUI through an Ephys Socket server, "
+            "on a ZMQ PUB in the plugin's own format, and optionally to disk as Open Ephys Binary recordings."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("target", choices=["openephys"], help="acquisition software to attach to")
+    p.add_argument("--model", required=True, help="ephys model: .pt checkpoint, .onnx or TensorRT .engine")
+    p.add_argument("--input", default="tcp://127.0.0.1:5556",
+                   help="the ZMQ Interface plugin's data port (heartbeats go to port + 1)")
+    p.add_argument("--stream", default=None, help="stream to denoise (default: the first one seen)")
+    p.add_argument("--channels", type=int, default=None,
+                   help="expected channel count (default: learned from the first block)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "cuda", "tensorrt"],
+                   help="inference backend")
+    p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
+    p.add_argument("--socket-port", type=int, default=9001,
+                   help="Ephys Socket server port the GUI connects to (-1: off)")
+    p.add_argument("--socket-host", default="127.0.0.1", help="address of the Ephys Socket server")
+    p.add_argument("--socket-samples", type=int, default=None,
+                   help="samples per Ephys Socket packet (default: the input block size)")
+    p.add_argument("--zmq-output", default="tcp://127.0.0.1:5560",
+                   help="PUB endpoint for denoised data in the ZMQ Interface format ('off' to disable)")
+    p.add_argument("--zmq-stream-name", default=None, help="stream name on the ZMQ output (default: the input's)")
+    p.add_argument("--record", default=None, metavar="DIR",
+                   help="write raw and denoised Open Ephys Binary recordings under DIR/raw and DIR/denoised")
+    p.add_argument("--record-bit-volts", type=float, default=0.195, help="µV per bit of the recorded int16 data")
+    p.add_argument("--stats-every", type=float, default=5.0, help="seconds between stats lines (0: only at the end)")
+    p.add_argument("--stats-file", default=None, help="append every stats snapshot as a JSON line to this file")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--idle-flush", type=float, default=0.5,
+                   help="seconds without data after which the last `lag` samples are flushed (end of acquisition)")
+    p.add_argument("--json", action="store_true", help="print the final stats as JSON on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no periodic stats lines")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
+
+    if args.socket_port is not None and args.socket_port < 0:
+        args.socket_port = None
+    if args.socket_samples is not None and args.socket_samples < 1:
+        raise UserError(f"--socket-samples must be >= 1, got {args.socket_samples}")
+    logger = logging.getLogger("livedenoise.stream.openephys")
+    if not logger.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("livedenoise sidecar: %(message)s"))
+        logger.addHandler(h)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    cfg = SidecarConfig(
+        model=args.model, input=args.input, stream=args.stream, channels=args.channels, backend=args.backend,
+        device=args.device, threads=args.threads, socket_port=args.socket_port, socket_host=args.socket_host,
+        socket_samples=args.socket_samples,
+        zmq_output=None if str(args.zmq_output).lower() in ("off", "none", "") else args.zmq_output,
+        zmq_stream_name=args.zmq_stream_name, record=args.record, record_bit_volts=args.record_bit_volts,
+        stats_every=args.stats_every, stats_file=args.stats_file, duration=args.duration, idle_flush_s=args.idle_flush,
+        quiet=args.quiet,
+    )
+    try:
+        sc = Sidecar(cfg)
+    except OSError as exc:
+        raise UserError(f"cannot open the sidecar's sockets: {exc} (is another sidecar running on these ports?)") from None
+    except Exception as exc:
+        import zmq
+
+        if isinstance(exc, zmq.ZMQError):
+            raise UserError(f"cannot bind {cfg.zmq_output}: {exc} (use --zmq-output to pick another port)") from None
+        raise
+    print(f"livedenoise sidecar: {sc.engine.describe()}", file=sys.stderr)
+    print(f"livedenoise sidecar: listening to {cfg.input}; Ephys Socket on "
+          f"{'off' if sc.socket is None else f'{cfg.socket_host}:{sc.socket.port}'}; ZMQ out on {cfg.zmq_output or 'off'}"
+          + (f"; recording to {cfg.record}" if cfg.record else "") + " (Ctrl-C stops)", file=sys.stderr, flush=True)
+    prev = {s: signal.signal(s, lambda *_: sc.stop_event.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sc.receiver.start()
+        stats = sc.run()
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h)
+    if args.json:
+        print(json.dumps(stats))
+    return 0

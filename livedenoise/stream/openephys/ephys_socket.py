@@ -1,0 +1,200 @@
+"""Output back into the Open Ephys GUI through its Ephys Socket plugin.
+
+The GUI's Ephys Socket source is a TCP *client* to localhost:<port> (default
+9001); we are the server. Every packet is a 22-byte little-endian header
+`struct '<iihiii'`: offset (0), num_bytes, depth (5 = F32), element_size (4),
+num_channels, num_samples; then float32 data channel-major [channels][samples].
+The header never changes within a connection, so output is re-chunked into
+packets of exactly `packet_samples` samples. Each client has its own sender
+thread and a bounded queue: a slow or vanished GUI never stalls the sidecar
+(its packets are dropped and counted), and a GUI may connect late, disconnect
+and reconnect at any time (it gets packets from the next one on).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import struct
+import threading
+
+import numpy as np
+
+log = logging.getLogger("livedenoise.stream.openephys")
+
+HEADER = struct.Struct("<iihiii")
+DEPTH_F32 = 5
+DEFAULT_PORT = 9001
+
+
+def pack_header(n_channels: int, n_samples: int) -> bytes:
+    return HEADER.pack(0, n_channels * n_samples * 4, DEPTH_F32, 4, n_channels, n_samples)
+
+
+def read_packet(sock: socket.socket) -> tuple[tuple, np.ndarray]:
+    """Client side, as the GUI does it: header, then num_bytes of data. Returns (header, (channels, samples))."""
+    head = _recv_exact(sock, HEADER.size)
+    offset, num_bytes, depth, elem, nch, nsamp = HEADER.unpack(head)
+    if depth != DEPTH_F32 or elem != 4 or num_bytes != nch * nsamp * elem:
+        raise ValueError(f"unexpected Ephys Socket header {(offset, num_bytes, depth, elem, nch, nsamp)}")
+    data = np.frombuffer(_recv_exact(sock, num_bytes), "<f4").reshape(nch, nsamp)
+    return (offset, num_bytes, depth, elem, nch, nsamp), data
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+class _Client(threading.Thread):
+    def __init__(self, conn: socket.socket, addr, server: "EphysSocketServer", max_queue: int):
+        super().__init__(name=f"ephys-socket-{addr}", daemon=True)
+        self.conn, self.addr, self.server = conn, addr, server
+        self.q: queue.Queue = queue.Queue(max_queue)
+        self.alive = True
+
+    def send(self, packet: bytes) -> bool:
+        if not self.alive:
+            return False
+        try:
+            self.q.put_nowait(packet)
+            return True
+        except queue.Full:
+            return False
+
+    def run(self) -> None:
+        try:
+            while self.alive:
+                pkt = self.q.get()
+                if pkt is None:
+                    break
+                self.conn.sendall(pkt)
+        except OSError as exc:
+            log.info("Ephys Socket client %s disconnected (%s)", self.addr, exc)
+        finally:
+            self.alive = False
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            self.server._gone(self)
+
+    def close(self) -> None:
+        self.alive = False
+        try:
+            self.q.put_nowait(None)
+        except queue.Full:
+            pass
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class EphysSocketServer:
+    """TCP server feeding any number of Ephys Socket clients with fixed-size float32 packets."""
+
+    def __init__(self, port: int = DEFAULT_PORT, host: str = "127.0.0.1", packet_samples: int | None = None,
+                 max_queue: int = 256):
+        self.host, self.port = host, int(port)
+        self.packet_samples = packet_samples
+        self.max_queue = max_queue
+        self.n_channels: int | None = None
+        self.clients: list[_Client] = []
+        self.lock = threading.Lock()
+        self.buf: np.ndarray | None = None
+        self.fill = 0
+        self.packets = self.dropped_packets = self.connections = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, self.port))
+        self.port = self.sock.getsockname()[1]
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, name="ephys-socket-accept", daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = _Client(conn, addr, self, self.max_queue)
+            with self.lock:
+                self.clients.append(c)
+                self.connections += 1
+            c.start()
+            log.info("Ephys Socket client connected from %s:%s", *addr[:2])
+
+    def _gone(self, c: _Client) -> None:
+        with self.lock:
+            if c in self.clients:
+                self.clients.remove(c)
+
+    @property
+    def n_clients(self) -> int:
+        with self.lock:
+            return len(self.clients)
+
+    def configure(self, n_channels: int, packet_samples: int) -> None:
+        """Fix the packet shape; a different shape closes the connections (the GUI reconnects)."""
+        if self.n_channels == n_channels and self.buf is not None and (self.packet_samples or packet_samples) == self.buf.shape[1]:
+            return
+        if self.n_channels is not None:
+            self.reset_connections()
+        self.n_channels = n_channels
+        self.packet_samples = self.packet_samples or packet_samples
+        self.buf = np.zeros((n_channels, self.packet_samples), np.float32)
+        self.fill = 0
+        self.header = pack_header(n_channels, self.packet_samples)
+
+    def reset_connections(self) -> None:
+        with self.lock:
+            clients = list(self.clients)
+        for c in clients:
+            c.close()
+
+    def write(self, block: np.ndarray) -> None:
+        """(samples, channels) float32 µV, in order; sends every full packet."""
+        if self.buf is None:
+            self.configure(block.shape[1], self.packet_samples or block.shape[0])
+        x = block.T  # (channels, samples)
+        s = self.packet_samples
+        i = 0
+        n = x.shape[1]
+        while i < n:
+            k = min(s - self.fill, n - i)
+            self.buf[:, self.fill:self.fill + k] = x[:, i:i + k]
+            self.fill += k
+            i += k
+            if self.fill == s:
+                self._send(self.header + self.buf.tobytes())
+                self.fill = 0
+
+    def _send(self, pkt: bytes) -> None:
+        self.packets += 1
+        with self.lock:
+            clients = list(self.clients)
+        for c in clients:
+            if not c.send(pkt):
+                self.dropped_packets += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.reset_connections()
+        self.thread.join(1.0)

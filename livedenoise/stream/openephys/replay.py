@@ -1,0 +1,160 @@
+"""`livedenoise replay openephys RECORDING`: be the ZMQ Interface plugin.
+
+Publishes a recording (Open Ephys Binary, SpikeGLX, .dat) exactly as the
+plugin does while the GUI acquires: a PUB socket on the data port with one
+[b"DATA\\0", JSON, float32 µV] message per channel per block (message_num from 0,
+the recording's sample numbers, sender timestamps in ms), and a REP socket on
+data port + 1 answering client heartbeats with `heartbeat received`. Blocks are
+paced at the sample rate (x --speed; 0 = as fast as possible).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+
+import zmq
+
+from livedenoise.errors import UserError
+from livedenoise.stream.openephys.zmq_interface import DEFAULT_DATA_PORT, DataEncoder, encode_ttl
+from livedenoise.stream.openephys.zmq_out import HeartbeatResponder
+
+
+def add_arguments(group) -> None:
+    """Options of `replay openephys` (added to the shared replay parser)."""
+    group.add_argument("--port", type=int, default=DEFAULT_DATA_PORT, help="data port (PUB); heartbeats on port + 1")
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (use * for every interface, as the plugin)")
+    group.add_argument("--block", type=int, default=1024, help="samples per block (the GUI's buffer size)")
+    group.add_argument("--speed", type=float, default=1.0, help="pace at SPEED x the sample rate; 0 = as fast as possible")
+    group.add_argument("--stream", default=None, help="Open Ephys stream to publish (name or index; default the first)")
+    group.add_argument("--stream-name", default=None, help="stream name in the messages (default the recording's)")
+    group.add_argument("--channels", type=int, default=None, help="channel count of a flat .dat file")
+    group.add_argument("--sample-rate", type=float, default=None, help="sample rate of a flat .dat file (default 30000)")
+    group.add_argument("--seconds", type=float, default=None, help="publish only the first SECONDS of the recording")
+    group.add_argument("--ttl-every", type=float, default=0.0, metavar="S", help="also send a TTL event every S seconds")
+
+
+class OpenEphysReplay:
+    """Publisher + heartbeat responder; `run()` blocks until done or `stop()`."""
+
+    def __init__(self, rec, port: int = DEFAULT_DATA_PORT, host: str = "127.0.0.1", block: int = 1024, speed: float = 1.0,
+                 stream_name: str | None = None, loop: bool = False, wait: float = 0.0, n_samples: int | None = None,
+                 ttl_every: float = 0.0, ctx: zmq.Context | None = None):
+        if block < 1:
+            raise UserError(f"--block must be >= 1, got {block}")
+        self.rec, self.block, self.speed, self.loop, self.wait = rec, int(block), float(speed), loop, float(wait)
+        self.n_samples = rec.n_samples if n_samples is None else min(int(n_samples), rec.n_samples)
+        self.ctx = ctx or zmq.Context.instance()
+        self.stop_event = threading.Event()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 1_000_000)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        try:
+            self.pub.bind(f"tcp://{host}:{port}")
+        except zmq.ZMQError as exc:
+            raise UserError(f"cannot bind tcp://{host}:{port} ({exc}); is the GUI or another replay using the port?") from None
+        self.endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+        hb_host = "127.0.0.1" if host in ("*", "0.0.0.0") else host
+        self.rep = HeartbeatResponder(self.ctx, f"tcp://{host}:{port + 1}", self.stop_event)
+        self.rep.start()
+        self.heartbeat_endpoint = f"tcp://{hb_host}:{port + 1}"
+        self.stream_name = stream_name or rec.stream_name or "example_data"
+        self.encoder = DataEncoder(self.stream_name, list(rec.channel_names), rec.sample_rate)
+        self.ttl_every = float(ttl_every)
+        self.sent_blocks = self.sent_messages = self.sent_samples = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> dict:
+        if self.wait > 0:
+            self.rep.first.wait(self.wait)  # a client said hello (its SUB is connected by then)
+            time.sleep(0.2)
+        fs = self.rec.sample_rate
+        t0 = time.monotonic()
+        sent_time = 0.0
+        next_ttl = self.ttl_every
+        ttl_state = False
+        offset = 0
+        try:
+            while not self.stop_event.is_set():
+                for a in range(0, self.n_samples, self.block):
+                    if self.stop_event.is_set():
+                        break
+                    b = min(self.n_samples, a + self.block)
+                    x = self.rec.read(a, b).T  # (channels, samples) µV
+                    sample_num = int(self.rec.sample_numbers[a]) + offset
+                    if self.speed > 0:
+                        due = t0 + sent_time / self.speed
+                        delay = due - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                    for parts in self.encoder.encode_block(sample_num, x):
+                        self.pub.send_multipart(parts, copy=False)
+                    self.sent_messages += x.shape[0]
+                    if self.ttl_every and sent_time >= next_ttl:
+                        ttl_state = not ttl_state
+                        self.pub.send_multipart(encode_ttl(self.encoder.message_num, self.stream_name, sample_num, 0, ttl_state))
+                        self.encoder.message_num += 1
+                        next_ttl += self.ttl_every
+                    self.sent_blocks += 1
+                    self.sent_samples += b - a
+                    sent_time += (b - a) / fs
+                if not self.loop:
+                    break
+                offset += self.n_samples
+        finally:
+            time.sleep(0.05)
+        return {"blocks": self.sent_blocks, "messages": self.sent_messages, "samples": self.sent_samples,
+                "seconds": round(time.monotonic() - t0, 3), "heartbeats": self.rep.count}
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.rep.join(1.0)
+        self.pub.close(linger=200)
+
+
+def run(args) -> int:
+    """Entry point for `livedenoise replay openephys RECORDING`."""
+    import signal
+
+    from livedenoise.models.readers_ephys import open_recording
+
+    rec = open_recording(args.path, stream=getattr(args, "stream", None), channels=getattr(args, "channels", None),
+                         sample_rate=getattr(args, "sample_rate", None))
+    port = getattr(args, "port", DEFAULT_DATA_PORT)
+    host = getattr(args, "host", "127.0.0.1")
+    endpoint = getattr(args, "endpoint", None)
+    if endpoint:  # tcp://host:port overrides --host/--port
+        h, _, p = endpoint.replace("tcp://", "").rpartition(":")
+        host, port = (h or host), int(p)
+    seconds = getattr(args, "seconds", None)
+    n = int(seconds * rec.sample_rate) if seconds else None
+    wait = getattr(args, "wait", 0.0) or 0.0
+    rp = OpenEphysReplay(rec, port, host, getattr(args, "block", 1024), getattr(args, "speed", 1.0),
+                         getattr(args, "stream_name", None), bool(getattr(args, "loop", False)), wait, n,
+                         getattr(args, "ttl_every", 0.0) or 0.0)
+    prev = {s: signal.signal(s, lambda *_: rp.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+    if not getattr(args, "json", False):
+        print(f"livedenoise replay: emulating the Open Ephys ZMQ Interface on {rp.endpoint} (heartbeats on "
+              f"{rp.heartbeat_endpoint}): {rec.describe()}, blocks of {rp.block} samples"
+              + (" (looping; Ctrl-C stops)" if rp.loop else ""), file=sys.stderr, flush=True)
+    try:
+        summary = rp.run()
+    finally:
+        rp.close()
+        for s, h in prev.items():
+            signal.signal(s, h)
+    if getattr(args, "json", False):
+        print(json.dumps(summary))
+    else:
+        print(f"livedenoise replay: sent {summary['samples']} samples in {summary['blocks']} blocks "
+              f"({summary['messages']} messages) in {summary['seconds']} s; {summary['heartbeats']} heartbeats answered",
+              file=sys.stderr)
+    return 0
+
+
+

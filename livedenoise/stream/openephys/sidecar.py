@@ -1,0 +1,335 @@
+"""The Open Ephys sidecar: ZMQ Interface in, denoised Ephys Socket / ZMQ out.
+
+    Open Ephys GUI ──ZMQ Interface (PUB :5556, REP :5557)──> Receiver thread
+        (SUB b"DATA"/b"EVENT", heartbeat REQ, BlockAssembler) ──queue──>
+    processing loop: blocks concatenated while it is behind (batches as large as
+        needed), EphysStream (ring buffer in samples, engine) ──> sinks:
+        Ephys Socket server (:9001, the GUI reads it as a new source),
+        ZMQ Interface-format PUB (:5560, REP :5561), --record raw + denoised Binary.
+
+Output latency: a sample leaves once `lag` later samples exist, i.e. at most
+lag samples + one block after it was acquired (plus compute). When input stops
+for `idle_flush_s` the tail is flushed with the end-of-recording rule, so a
+finished acquisition is denoised exactly like `livedenoise denoise` would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from livedenoise.models.denoise_ephys import EphysStream, open_ephys_engine
+from livedenoise.stream.openephys.ingest import Block, Receiver, Restart
+
+log = logging.getLogger("livedenoise.stream.openephys")
+
+DEFAULT_INPUT = "tcp://127.0.0.1:5556"
+
+
+def default_threads() -> int:
+    """Compute threads for the engine: all cores but one (the receiver's), at most 8."""
+    import os
+
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class SidecarConfig:
+    model: str | None = None
+    input: str = DEFAULT_INPUT
+    stream: str | None = None
+    channels: int | None = None
+    backend: str = "auto"
+    device: str | None = None
+    threads: int | None = None
+    socket_port: int | None = 9001
+    """Ephys Socket server port; None disables it, 0 picks a free port."""
+    socket_host: str = "127.0.0.1"
+    socket_samples: int | None = None
+    """Samples per Ephys Socket packet (default: the first input block's size)."""
+    zmq_output: str | None = "tcp://127.0.0.1:5560"
+    zmq_stream_name: str | None = None
+    record: str | None = None
+    record_bit_volts: float = 0.195
+    stats_every: float = 5.0
+    stats_file: str | None = None
+    duration: float | None = None
+    heartbeat_s: float = 2.0
+    idle_flush_s: float = 0.5
+    max_block: int = 4096
+    max_pending: int = 3
+    quiet: bool = False
+
+
+class SidecarStats:
+    def __init__(self):
+        self.started = time.monotonic()
+        self.processed_samples = 0
+        self.output_samples = 0
+        self.busy_s = 0.0
+        self.batches = 0
+        self.latency_ms: list[float] = []
+        self.first_data: float | None = None
+        self.engine_errors = 0
+        self.segments = 0
+
+
+class Sidecar:
+    def __init__(self, cfg: SidecarConfig, engine=None, ctx: zmq.Context | None = None):
+        self.cfg = cfg
+        self.ctx = ctx or zmq.Context.instance()
+        if engine is None:
+            threads = cfg.threads or default_threads()
+            if cfg.backend in ("auto", "torch"):
+                import torch
+
+                torch.set_num_threads(threads)  # leave a core to the receiver; oversubscription is ruinous
+            engine = open_ephys_engine(cfg.model, cfg.backend, device=cfg.device, threads=threads)
+        self.engine = engine
+        self.card = self.engine.card
+        self.stop_event = threading.Event()
+        self.q: queue.Queue = queue.Queue()
+        self.receiver = Receiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels, heartbeat_s=cfg.heartbeat_s,
+                                 idle_flush_s=cfg.idle_flush_s, ctx=self.ctx, max_pending=cfg.max_pending)
+        self.socket = None
+        if cfg.socket_port is not None:
+            from livedenoise.stream.openephys.ephys_socket import EphysSocketServer
+
+            self.socket = EphysSocketServer(cfg.socket_port, cfg.socket_host, cfg.socket_samples)
+        self.zout = None
+        if cfg.zmq_output:
+            from livedenoise.stream.openephys.zmq_out import ZmqInterfaceOutput
+
+            self.zout = ZmqInterfaceOutput(cfg.zmq_output, self.ctx, stream_name=cfg.zmq_stream_name)
+        self.stats = SidecarStats()
+        self.stream: EphysStream | None = None
+        self.base_sample = 0
+        self.stream_name = ""
+        self.sample_rate = 0.0
+        self.names: list[str] = []
+        self.rec_raw = self.rec_den = None
+        self.thread: threading.Thread | None = None
+        self._stats_fh = open(cfg.stats_file, "a") if cfg.stats_file else None
+        self.final_stats: dict | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Sidecar":
+        self.receiver.start()
+        self.receiver.ready.wait(5)
+        self.thread = threading.Thread(target=self.run, name="openephys-sidecar", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> dict:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(10)
+        return self.final_stats or self.snapshot()
+
+    def run(self) -> dict:
+        """Process until stop() / duration; returns the final stats."""
+        if not self.receiver.is_alive() and not self.receiver.ready.is_set():
+            self.receiver.start()
+        t_end = None if not self.cfg.duration else time.monotonic() + self.cfg.duration
+        next_stats = time.monotonic() + self.cfg.stats_every if self.cfg.stats_every else None
+        try:
+            while not self.stop_event.is_set():
+                if t_end is not None and time.monotonic() > t_end:
+                    break
+                try:
+                    items = [self.q.get(timeout=0.1)]
+                except queue.Empty:
+                    items = []
+                while True:
+                    try:
+                        items.append(self.q.get_nowait())
+                    except queue.Empty:
+                        break
+                self._handle(items)
+                if next_stats is not None and time.monotonic() >= next_stats:
+                    self._emit_stats()
+                    next_stats = time.monotonic() + self.cfg.stats_every
+        finally:
+            self.stop_event.set()
+            self.receiver.join(2)
+            self._close_segment()
+            self.final_stats = self.snapshot(final=True)
+            self._emit_stats(self.final_stats)
+            if self.socket is not None:
+                self.socket.close()
+            if self.zout is not None:
+                self.zout.close()
+            if self._stats_fh:
+                self._stats_fh.close()
+        return self.final_stats
+
+    # ------------------------------------------------------------------ processing
+
+    def _handle(self, items: list) -> None:
+        run: list[Block] = []
+        for it in items:
+            if isinstance(it, Block):
+                if run and (it.data.shape[0] != run[0].data.shape[0]):
+                    self._process(run)
+                    run = []
+                run.append(it)
+                continue
+            if run:
+                self._process(run)
+                run = []
+            if isinstance(it, Restart):
+                self._close_segment()
+                if self.zout is not None:
+                    self.zout.restart()
+            elif it == "idle":
+                self._finish_segment()
+        if run:
+            self._process(run)
+
+    def _process(self, blocks: list[Block]) -> None:
+        t0 = time.perf_counter()
+        first = blocks[0]
+        C = first.data.shape[0]
+        if self.stream is None or self.stream.C != C or self.stream.finished:
+            self._open_segment(first)
+        raw = np.concatenate([b.data for b in blocks], axis=1).T  # (samples, C)
+        if self.rec_raw is not None:
+            self.rec_raw.write(raw)
+        try:
+            idx, out = self.stream.push(raw)
+        except Exception as exc:  # an engine failure must not kill the acquisition-side process
+            self.stats.engine_errors += 1
+            log.error("engine failed on a block: %s", exc)
+            return
+        self.stats.processed_samples += raw.shape[0]
+        self._emit(idx, out, blocks[-1].arrival)
+        self.stats.busy_s += time.perf_counter() - t0
+        self.stats.batches += 1
+
+    def _emit(self, idx: int, out: np.ndarray, arrival: float | None) -> None:
+        if not len(out):
+            return
+        sn = self.base_sample + idx
+        if self.socket is not None:
+            self.socket.write(out)
+        if self.zout is not None:
+            self.zout.write(sn, out)
+        if self.rec_den is not None:
+            self.rec_den.write(out, np.arange(sn, sn + len(out), dtype=np.int64))
+        self.stats.output_samples += len(out)
+        if arrival is not None:
+            self.stats.latency_ms.append((time.monotonic() - arrival) * 1000)
+            if len(self.stats.latency_ms) > 4096:
+                del self.stats.latency_ms[:2048]
+
+    def _open_segment(self, first: Block) -> None:
+        self._close_segment()
+        C = first.data.shape[0]
+        self.stream = EphysStream(self.engine, C, max_block=self.cfg.max_block)
+        self.base_sample = first.sample_num
+        self.stream_name, self.sample_rate, self.names = first.stream, first.sample_rate, list(first.channel_names)
+        self.stats.segments += 1
+        if self.stats.first_data is None:
+            self.stats.first_data = time.monotonic()
+        if self.socket is not None:
+            self.socket.configure(C, self.cfg.socket_samples or first.data.shape[1])
+        if self.zout is not None:
+            self.zout.configure(first.stream, self.names, first.sample_rate)
+        if self.cfg.record:
+            from livedenoise.models.writers_ephys import BinaryWriter
+
+            root = Path(self.cfg.record)
+            if self.stats.segments > 1:
+                root = root / f"segment{self.stats.segments}"
+            bv = np.full(C, self.cfg.record_bit_volts)
+            kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num)
+            self.rec_raw = BinaryWriter(root / "raw", first.sample_rate, bv, self.names, source_processor_name="ZMQ_Interface",
+                                        description="raw input recorded by the livedenoise sidecar", **kw)
+            self.rec_den = BinaryWriter(root / "denoised", first.sample_rate, bv, self.names,
+                                        source_processor_name="livedenoise",
+                                        description=f"denoised live by livedenoise {self.card.summary()}", **kw)
+        log.info("stream %r: %d channels at %g Hz from sample %d; model %s, lag %d samples",
+                 first.stream, C, first.sample_rate, first.sample_num, self.card.arch, self.card.lag)
+
+    def _finish_segment(self) -> None:
+        """Input went idle: flush the tail like the end of a file."""
+        if self.stream is not None and not self.stream.finished:
+            idx, out = self.stream.finish()
+            self._emit(idx, out, None)
+            for w in (self.rec_raw, self.rec_den):
+                if w is not None:
+                    w.flush() if hasattr(w, "flush") else None
+
+    def _close_segment(self) -> None:
+        if self.stream is not None and not self.stream.finished:
+            self._finish_segment()
+        for w in (self.rec_raw, self.rec_den):
+            if w is not None:
+                w.close()
+        self.rec_raw = self.rec_den = None
+
+    # ------------------------------------------------------------------ stats
+
+    def snapshot(self, final: bool = False) -> dict:
+        st = self.stats
+        c = self.receiver.counters()
+        rate = self.sample_rate or 30000.0
+        now = time.monotonic()
+        wall = now - (st.first_data or now)
+        lat = np.asarray(st.latency_ms[-2048:]) if st.latency_ms else np.zeros(0)
+        out = {
+            **c,
+            "processed_samples": st.processed_samples,
+            "output_samples": st.output_samples,
+            "batches": st.batches,
+            "engine_errors": st.engine_errors,
+            "segments": st.segments,
+            "lag_samples": int(self.card.lag),
+            "lag_ms": round(self.card.lag / rate * 1000, 3),
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+            "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+            "realtime_factor": round((st.processed_samples / rate) / st.busy_s, 3) if st.busy_s > 0 else None,
+            "stream_factor": round((st.processed_samples / rate) / wall, 3) if wall > 0 else None,
+            "queue": self.q.qsize(),
+            "socket_clients": self.socket.n_clients if self.socket is not None else 0,
+            "socket_packets": self.socket.packets if self.socket is not None else 0,
+            "socket_dropped_packets": self.socket.dropped_packets if self.socket is not None else 0,
+            "zmq_messages_out": self.zout.messages if self.zout is not None else 0,
+            "channels": self.stream.C if self.stream is not None else None,
+            "sample_rate": self.sample_rate or None,
+            "stream": self.stream_name,
+            "model": self.card.summary(),
+            "uptime_s": round(now - st.started, 2),
+        }
+        return out
+
+    def _emit_stats(self, s: dict | None = None) -> None:
+        s = s or self.snapshot()
+        if self._stats_fh:
+            self._stats_fh.write(json.dumps(s) + "\n")
+            self._stats_fh.flush()
+        if not self.cfg.quiet:
+            print(stats_line(s), file=sys.stderr, flush=True)
+
+
+def stats_line(s: dict) -> str:
+    def f(v, fmt="{:.1f}"):
+        return "-" if v is None else fmt.format(v)
+
+    return (
+        f"sidecar: {s['samples_in']} samples in, {s['output_samples']} out | realtime x{f(s['realtime_factor'], '{:.2f}')} "
+        f"| latency p50 {f(s['latency_p50_ms'])} ms p99 {f(s['latency_p99_ms'])} ms (lag {s['lag_ms']} ms) "
+        f"| malformed {s['malformed']} dup {s['duplicates']} late {s['late']} gaps {s['gaps']} "
+        f"missing-ch {s['missing_channels']} restarts {s['restarts']} events {s['events']} | GUI clients {s['socket_clients']} "
+        f"| queue {s['queue']}"
+    )

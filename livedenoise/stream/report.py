@@ -1,0 +1,123 @@
+"""A one-page picture of a live session: what a user looks at after the demo.
+
+Reads the service's recording (raw and denoised HDF5 of one stream), the
+simulator's ground truth when there is one, and the per-frame latencies seen
+by a subscriber; writes a PNG with a raw vs denoised frame, a few ROI traces
+and the latency histogram, and returns the numbers it drew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from livedenoise.models import metrics
+
+
+@dataclass
+class SessionFiles:
+    raw: Path
+    denoised: Path
+
+
+def find_recording(record_dir: Path, channel: int = 1, plane: int = 1) -> SessionFiles | None:
+    """The newest acquisition's raw and denoised files of one stream, if both exist."""
+    raws = sorted(record_dir.glob(f"raw_c{channel}_p{plane}_a*.h5"))
+    for raw in reversed(raws):
+        den = raw.with_name(raw.name.replace("raw_", "denoised_", 1))
+        if den.exists():
+            return SessionFiles(raw, den)
+    return None
+
+
+def _frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return f["frames"][()], f["frame"][()]
+
+
+def session_numbers(files: SessionFiles, truth=None) -> dict:
+    """Frame counts, and PSNR / trace r against ground truth when given (truth: a Simulation)."""
+    raw, raw_idx = _frames(files.raw)
+    den, den_idx = _frames(files.denoised)
+    out = {"raw_frames": int(len(raw_idx)), "denoised_frames": int(len(den_idx))}
+    if truth is not None and len(den_idx):
+        common = np.intersect1d(raw_idx, den_idx)
+        common = common[common < truth.clean.shape[0]]
+        clean = truth.clean[common]
+        r_raw = raw[np.searchsorted(raw_idx, common)].astype(np.float32)
+        r_den = den[np.searchsorted(den_idx, common)].astype(np.float32)
+        rng = metrics.robust_range(clean)
+        out.update(
+            psnr_raw=metrics.psnr(r_raw, clean, rng),
+            psnr_denoised=metrics.psnr(r_den, clean, rng),
+            trace_r_raw=float(np.nanmedian(metrics.trace_correlations(r_raw, clean, truth.masks))),
+            trace_r_denoised=float(np.nanmedian(metrics.trace_correlations(r_den, clean, truth.masks))),
+        )
+    return out
+
+
+def write_summary_png(path: Path, files: SessionFiles, latencies_ms: np.ndarray, truth=None,
+                      fps: float = 30.0, title: str = "livedenoise live session") -> dict:
+    """Draw the session summary; returns the numbers shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw, raw_idx = _frames(files.raw)
+    den, den_idx = _frames(files.denoised)
+    numbers = session_numbers(files, truth)
+    k = int(np.argmin(np.abs(den_idx - den_idx[len(den_idx) // 2]))) if len(den_idx) else 0
+    frame_no = int(den_idx[k]) if len(den_idx) else 0
+    raw_k = raw[int(np.searchsorted(raw_idx, frame_no))] if len(raw_idx) else np.zeros((8, 8))
+    lo, hi = np.percentile(den[k] if len(den_idx) else raw_k, [1, 99.5])
+
+    panels = 3 if truth is not None else 2
+    fig = plt.figure(figsize=(4 * panels, 8.5), constrained_layout=True)
+    grid = fig.add_gridspec(3, panels)
+    images = [("raw", raw_k), ("denoised", den[k] if len(den_idx) else raw_k)]
+    if truth is not None and frame_no < truth.clean.shape[0]:
+        images.append(("ground truth", truth.clean[frame_no]))
+    for i, (name, img) in enumerate(images):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+        ax.set_title(f"{name}, frame {frame_no}")
+        ax.axis("off")
+
+    ax = fig.add_subplot(grid[1, :])
+    if truth is not None and len(truth.masks):
+        order = np.argsort([-len(s) for s in truth.spikes])[:3] if truth.spikes else range(min(3, len(truth.masks)))
+        masks = truth.masks[list(order)]
+        t_raw = metrics.roi_traces(raw.astype(np.float32), masks)
+        t_den = metrics.roi_traces(den.astype(np.float32), masks)
+        t_true = metrics.roi_traces(truth.clean, masks)
+        spread = float(np.nanmax(t_true) - np.nanmin(t_true)) or 1.0
+        for j in range(len(masks)):
+            off = j * spread
+            ax.plot(raw_idx / fps, t_raw[j] + off, color="0.75", lw=0.6, label="raw" if j == 0 else None)
+            ax.plot(den_idx / fps, t_den[j] + off, color="C0", lw=1.0, label="denoised" if j == 0 else None)
+            ax.plot(np.arange(t_true.shape[1]) / fps, t_true[j] + off, color="C3", lw=0.8, ls="--",
+                    label="truth" if j == 0 else None)
+        ax.legend(loc="upper right")
+    ax.set_xlabel("time (s)")
+    ax.set_title("ROI traces")
+
+    ax = fig.add_subplot(grid[2, :])
+    lat = np.asarray(latencies_ms, dtype=float)
+    if lat.size:
+        ax.hist(lat, bins=50, color="C2")
+        p50, p99 = np.percentile(lat, [50, 99])
+        ax.axvline(p50, color="k", ls="--", lw=1)
+        ax.set_title(f"latency frame received -> denoised frame sent: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        numbers.update(latency_ms_p50=float(p50), latency_ms_p99=float(p99))
+    ax.set_xlabel("ms")
+    if "psnr_raw" in numbers:
+        title += (f"   PSNR {numbers['psnr_raw']:.1f} -> {numbers['psnr_denoised']:.1f} dB, "
+                  f"trace r {numbers['trace_r_raw']:.2f} -> {numbers['trace_r_denoised']:.2f}")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return numbers

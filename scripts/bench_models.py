@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Quality benchmark: raw vs best classic filter vs trained models, per lag.
+
+Simulates a training movie (seed 1) and a DIFFERENT test movie (seed 2), both
+256x256 x 2000 frames at ~1 photon/pixel/frame by default; trains interp2d
+`lite` for each lag (post=1 short-lag, post=0 causal) within a wall-clock
+budget on a fixed number of CPU threads; tunes every classic filter per lag
+against the TRAINING movie's ground truth (so neither side sees the test
+truth); then scores everything on the first `--eval-frames` frames of the
+test movie (denoised as a movie of its own, edges reflected as in
+`livedenoise denoise`) with livedenoise.models.metrics: PSNR, pixel SNR,
+median per-neuron trace r, spike-rise fraction.
+
+    python scripts/bench_models.py --minutes 5 --threads 2 --out docs/bench-models.md
+
+Writes a markdown table (and a .json beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=2000)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--photons", type=float, default=1.0)
+    p.add_argument("--train-seed", type=int, default=1)
+    p.add_argument("--test-seed", type=int, default=2)
+    p.add_argument("--eval-frames", type=int, default=600, help="frames of the test movie scored (from its start)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training budget per model")
+    p.add_argument("--steps", type=int, default=None, help="step budget per model (with or instead of --minutes)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--posts", type=int, nargs="+", default=[1, 0])
+    p.add_argument("--pre", type=int, default=8)
+    p.add_argument("--preset", default="lite")
+    p.add_argument("--crop", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--loss", default=None)
+    p.add_argument("--cad3d-minutes", type=float, default=0.0, help="also train cad3d per lag (0: skip)")
+    p.add_argument("--no-classic", action="store_true")
+    p.add_argument("--workdir", default=None, help="keeps the simulated movies and checkpoints (default: a temp folder)")
+    p.add_argument("--out", default=None, help="markdown table to write (and .json beside it)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def simulate(seed, args):
+    from livedenoise.models.simulate import SimConfig, simulate_movie
+
+    return simulate_movie(SimConfig(frames=args.frames, height=args.size, width=args.size, photons=args.photons, seed=seed))
+
+
+class _Collect:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, frames):
+        self.parts.append(np.asarray(frames, np.float32))
+
+    def array(self):
+        return np.concatenate(self.parts)
+
+
+def run_card(card, net, movie):
+    """Denoise an in-memory movie the way `livedenoise denoise` does (float32 output)."""
+    from livedenoise.export.engine import TorchEngine
+    from livedenoise.models.denoise import denoise_movie
+    from livedenoise.models.readers import ArrayMovie
+
+    eng = TorchEngine(card, net)
+    sink = _Collect()
+    t0 = time.perf_counter()
+    denoise_movie(ArrayMovie(movie), eng, sink, batch=8, out_dtype=np.float32, progress=False)
+    return sink.array(), (time.perf_counter() - t0) / len(movie)
+
+
+def score(est, test, name, lag, extra=None):
+    from livedenoise.models import metrics
+
+    s = metrics.summary(est, test["clean"], test["masks"], test["spikes"], data_range=test["range"])
+    row = {"name": name, "lag": lag, "psnr_db": s["psnr_db"], "pixel_snr_db": s["pixel_snr_db"],
+           "trace_r": s.get("trace_r_median", math.nan), "rise": s.get("spike_rise_fraction", math.nan)}
+    row.update(extra or {})
+    print(f"{name:40s} lag {lag}  PSNR {row['psnr_db']:.2f}  pixSNR {row['pixel_snr_db']:.2f}  "
+          f"r {row['trace_r']:.3f}  rise {row['rise']:.2f}", flush=True)
+    return row
+
+
+def table(rows, raw, args, meta):
+    lines = [
+        "| filter / model | lag (frames) | PSNR (dB) | gain (dB) | pixel SNR (dB) | median trace r | Δr | spike-rise fraction | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gain = r["psnr_db"] - raw["psnr_db"]
+        dr = r["trace_r"] - raw["trace_r"]
+        lines.append(
+            f"| {r['name']} | {r['lag']} | {r['psnr_db']:.2f} | {gain:+.2f} | {r['pixel_snr_db']:.2f} | "
+            f"{r['trace_r']:.3f} | {dr:+.3f} | {r['rise']:.2f} | {r.get('notes', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from livedenoise.models import baselines, metrics
+    from livedenoise.models.checkpoint import save_checkpoint
+    from livedenoise.models.registry import build_network
+    from livedenoise.models.train import TrainConfig, train
+
+    work = Path(args.workdir) if args.workdir else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train_sim = simulate(args.train_seed, args)
+    test_sim = simulate(args.test_seed, args)
+    print(f"simulated 2 movies in {time.time() - t0:.0f} s", flush=True)
+    k = min(args.eval_frames, args.frames)
+    tspikes = [s[s < k] for s in test_sim.spikes]
+    test = {"noisy": test_sim.noisy[:k], "clean": test_sim.clean[:k], "masks": test_sim.masks, "spikes": tspikes}
+    test["range"] = metrics.robust_range(test["clean"])
+
+    rows = []
+    raw = score(test["noisy"].astype(np.float32), test, "raw", 0, {"notes": "noisy input"})
+    rows.append(raw)
+
+    for post in args.posts:
+        if not args.no_classic:
+            t1 = time.time()
+            n_tune = min(600, args.frames)
+            card, s_train, results = baselines.tune(train_sim.noisy[:n_tune].astype(np.float32), train_sim.clean[:n_tune],
+                                                    post=post, n_frames=48)
+            net = build_network(card).eval()
+            est, per_frame = run_card(card, net, test["noisy"])
+            p = {k2: v for k2, v in card.params.items() if k2 not in ("preset",)}
+            desc = ", ".join(f"{k2}={v:g}" if isinstance(v, float) else f"{k2}={v}" for k2, v in p.items())
+            rows.append(score(est, test, f"best classic, post≤{post} ({desc}, pre={card.pre})", card.lag,
+                              {"notes": f"tuned on the training movie's truth ({len(results)} candidates, {time.time() - t1:.0f} s)",
+                               "ms_per_frame": 1000 * per_frame, "params": p, "pre": card.pre}))
+
+        cfg = TrainConfig(arch="interp2d", preset=args.preset, pre=args.pre, post=post, max_minutes=args.minutes,
+                          steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr, loss=args.loss,
+                          seed=args.seed, progress=False, device="cpu", sources=[f"sim seed {args.train_seed}"])
+        t1 = time.time()
+        card, state, hist = train([train_sim.noisy], cfg)
+        secs = time.time() - t1
+        if work:
+            save_checkpoint(work / f"interp2d_{args.preset}_post{post}.pt", card, state)
+        net = build_network(card)
+        net.load_state_dict(state)
+        net.eval()
+        est, per_frame = run_card(card, net, test["noisy"])
+        rows.append(score(est, test, f"interp2d {args.preset}, pre={args.pre} post={post}", card.lag,
+                          {"notes": f"{hist['steps']} steps in {secs / 60:.1f} min (best at {hist['best_step']}), "
+                                    f"{1000 * per_frame:.0f} ms/frame inference",
+                           "steps": hist["steps"], "train_s": secs, "ms_per_frame": 1000 * per_frame}))
+
+        if args.cad3d_minutes > 0:
+            cfg = TrainConfig(arch="cad3d", preset="rt", pre=args.pre, post=post, max_minutes=args.cad3d_minutes,
+                              seed=args.seed, progress=False, device="cpu")
+            t1 = time.time()
+            card, state, hist = train([train_sim.noisy], cfg)
+            secs = time.time() - t1
+            net = build_network(card)
+            net.load_state_dict(state)
+            net.eval()
+            est, per_frame = run_card(card, net, test["noisy"])
+            rows.append(score(est, test, f"cad3d rt, pre={args.pre} post={post}", card.lag,
+                              {"notes": f"{hist['steps']} steps in {secs / 60:.1f} min, {1000 * per_frame:.0f} ms/frame",
+                               "steps": hist["steps"], "train_s": secs, "ms_per_frame": 1000 * per_frame}))
+
+    meta = {"command": "python scripts/bench_models.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "threads": args.threads, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "load_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "total_s": time.time() - t0}
+    md = table(rows, raw, args, meta)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.write_text(md + "\n")
+        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "meta": meta, "args": vars(args)}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

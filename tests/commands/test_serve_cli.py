@@ -1,0 +1,116 @@
+"""`livedenoise serve` / `listen` as a user runs them: subprocesses, real sockets, one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from tests.stream.streamkit import endpoints, free_port, make_checkpoint
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "livedenoise", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def popen(*args):
+    return subprocess.Popen([sys.executable, "-m", "livedenoise", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def one_line_error(r, verb, *words):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"livedenoise {verb}: error: ")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("serve") / "m.pt", pre=3, post=1)
+
+
+@pytest.mark.parametrize("endpoint, words", [
+    ("tcp://bad:x", ["--output"]),
+    ("tcp://127.0.0.1:99999", ["port from 1 to 65535"]),
+    ("nonsense", ["not a ZeroMQ endpoint"]),
+])
+def test_bad_output_endpoint_is_one_line(model, endpoint, words):
+    one_line_error(cli("serve", "--model", model, "--output", endpoint, "--duration", 1), "serve", *words)
+
+
+def test_bad_input_endpoint_is_one_line(model):
+    one_line_error(cli("serve", "--model", model, "--input", "tcp://127.0.0.1:", "--duration", 1), "serve", "--input")
+
+
+def test_output_port_in_use_is_one_line(model):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PUB)
+    port = free_port()
+    s.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        r = cli("serve", "--model", model, "--output", f"tcp://127.0.0.1:{port}", "--duration", 1)
+    finally:
+        s.close(linger=0)
+        ctx.term()
+    one_line_error(r, "serve", "already in use", "--output")
+
+
+def test_missing_model_and_bad_options(tmp_path, model):
+    one_line_error(cli("serve", "--model", tmp_path / "nope.pt", "--duration", 1), "serve", "does not exist")
+    one_line_error(cli("serve", "--model", model, "--renorm", 500, "--ring", 64, "--duration", 1), "serve", "--ring")
+    one_line_error(cli("serve", "--model", model, "--max-batch", 0), "serve", "--max-batch")
+
+
+def test_replay_serve_listen_end_to_end(tmp_path, model):
+    i, o = endpoints()
+    movie = np.random.default_rng(0).normal(100, 10, (30, 24, 32)).astype(np.int16)
+    np.save(tmp_path / "movie.npy", movie)
+    serve = popen("serve", "--model", model, "--input", i, "--output", o, "--record", tmp_path / "rec", "--json",
+                  "--stats-interval", 0.5)
+    listen = None
+    try:
+        listen = popen("listen", "--endpoint", o, "--json", "--timeout", 60, "--duration", 60)
+        # listen is subscribed once it sees serve's stats
+        time.sleep(1.5)
+        r = cli("replay", tmp_path / "movie.npy", "--endpoint", i, "--fps", 60, "--wait", 30, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1])["frames"] == 30
+        time.sleep(1.5)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        out, err = serve.communicate(timeout=60)
+        if listen is not None:
+            listen.send_signal(signal.SIGINT)
+            lout, lerr = listen.communicate(timeout=30)
+    assert serve.returncode == 0, err
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["final"] and final["frames_in"] == 30 and final["frames_out"] == 30
+    assert final["dropped"] == final["malformed"] == 0
+    assert sorted(os.listdir(tmp_path / "rec")) == ["denoised_c1_p1_a001.h5", "raw_c1_p1_a001.h5"]
+    assert listen.returncode == 0, lerr
+    lines = [json.loads(x) for x in lout.strip().splitlines()]
+    frames = [x for x in lines if x.get("topic") == "frame"]
+    assert [f["frame"] for f in frames] == list(range(30))
+    assert all(f["dtype"] == "float32" and f["lag"] == 1 and "latency_ms" in f for f in frames)
+    assert lines[-1]["summary"]["frames"] == 30
+
+
+def test_listen_gives_up_when_nothing_arrives():
+    r = cli("listen", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--timeout", 0.5)
+    one_line_error(r, "listen", "nothing arrived")
+
+
+def test_serve_duration_stops_and_prints_final_stats(model):
+    i, o = endpoints()
+    r = cli("serve", "--model", model, "--input", i, "--output", o, "--duration", 1)
+    assert r.returncode == 0, r.stderr
+    assert "final:" in r.stdout and "frames 0 in 0 out" in r.stdout

@@ -1,0 +1,95 @@
+"""`livedenoise sidecar openephys` and `livedenoise replay openephys` as a user runs them."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from livedenoise.cli import main
+
+C = 16
+
+
+def _free_pair():
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", p + 1))
+            if p < 65000:
+                return p
+        except OSError:
+            pass
+    raise RuntimeError("no free ports")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from livedenoise.models import block_ephys
+    from livedenoise.models.checkpoint import save_checkpoint
+    from livedenoise.models.registry import build_network
+    from livedenoise.models.simulate_ephys import simulate_ephys
+
+    d = tmp_path_factory.mktemp("cli_ephys")
+    simulate_ephys(d / "rec", n_channels=C, duration=0.5, save_clean=False)
+    card = block_ephys.make_card(C, 30, 30, 1, "fast", norm_std=10.0)
+    save_checkpoint(d / "m.pt", card, build_network(card).state_dict())
+    return d
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_sidecar_and_replay_from_the_command_line(setup, tmp_path):
+    d = setup
+    data, out = _free_pair(), _free_pair()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        sock_port = s.getsockname()[1]
+    side = subprocess.Popen(
+        [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(d / "m.pt"), "--input",
+         f"tcp://127.0.0.1:{data}", "--socket-port", str(sock_port), "--zmq-output", f"tcp://127.0.0.1:{out}",
+         "--duration", "12", "--stats-every", "0", "--json", "--record", str(tmp_path / "live"), "--idle-flush", "0.3",
+         "--stats-file", str(tmp_path / "stats.jsonl")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        time.sleep(1.0)
+        rp = subprocess.run(
+            [sys.executable, "-m", "livedenoise", "replay", "openephys", str(d / "rec"), "--port", str(data), "--speed", "2",
+             "--wait", "10", "--block", "500", "--json"],
+            capture_output=True, text=True, env=_env(), timeout=60)
+        assert rp.returncode == 0, rp.stderr
+        summary = json.loads(rp.stdout)
+        assert summary["samples"] == 15000 and summary["messages"] == 30 * C and summary["heartbeats"] >= 1
+        stdout, stderr = side.communicate(timeout=60)
+    finally:
+        side.kill()
+    assert side.returncode == 0, stderr
+    stats = json.loads(stdout.strip().splitlines()[-1])
+    assert stats["samples_in"] == stats["output_samples"] == 15000
+    assert stats["malformed"] == 0 and stats["realtime_factor"] > 0
+    for key in ("latency_p50_ms", "lag_samples", "realtime_factor", "gaps", "restarts", "missing_channels", "uptime_s"):
+        assert key in stats
+    assert json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])["output_samples"] == 15000
+    from livedenoise.models.readers_ephys import open_recording
+
+    assert open_recording(tmp_path / "live" / "denoised").shape == (15000, C)
+    assert open_recording(tmp_path / "live" / "raw").shape == (15000, C)
+
+
+def test_sidecar_help_and_errors(setup, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["sidecar", "--help"])
+    assert "openephys" in capsys.readouterr().out
+    assert main(["sidecar", "openephys", "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["replay", "openephys", str(tmp_path / "nothing-here")]) == 2

@@ -1,0 +1,87 @@
+"""Self-supervised ephys training and file denoising in every format (same length, same format out)."""
+
+import numpy as np
+import pytest
+
+from livedenoise.models.checkpoint import load_model
+from livedenoise.models.denoise_ephys import denoise_recording
+from livedenoise.models.readers_ephys import open_recording
+from livedenoise.models.simulate_ephys import simulate_ephys, simulate_ephys_arrays
+from livedenoise.models.train_ephys import train_ephys
+from livedenoise.models.writers_ephys import write_openephys
+
+C = 16
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sim_ephys")
+    s = simulate_ephys(d, n_channels=C, duration=0.5, seed=1)
+    return d, s
+
+
+def test_simulator_has_local_spikes_and_realistic_noise(sim):
+    d, s = sim
+    rec = open_recording(d)
+    clean = open_recording(d / "clean")
+    assert rec.shape == (15000, C) and rec.sample_rate == 30000.0 and rec.bit_volts[0] == 0.195
+    noise = rec.read() - clean.read()
+    assert 6 < noise.std() < 14  # µV rms, Neuropixels-like
+    t = s.truth
+    assert len(t.spike_samples) > 0 and np.all(np.diff(t.spike_samples) >= 0)
+    spread = (t.footprints > 0).sum(1)
+    assert spread.min() >= 1 and spread.max() < C  # a unit covers neighbouring sites, not the whole probe
+    assert np.all(t.templates.min(1) == pytest.approx(-1.0))
+    noisy, clean_arr, truth = simulate_ephys_arrays(8, 3000, seed=2)
+    assert noisy.shape == clean_arr.shape == (3000, 8)
+    # thermal noise is independent across sites; the background is correlated between neighbours
+    bg = noisy - clean_arr
+    assert abs(np.corrcoef(bg[:, 0], bg[:, 2])[0, 1]) > abs(np.corrcoef(bg[:, 0], bg[:, 7])[0, 1]) - 0.05
+
+
+@pytest.mark.parametrize("arch,kw", [("block-ephys", {"crop": 128, "batch": 2}), ("interp-ephys", {"pre": 4, "post": 2, "batch": 8})])
+def test_train_saves_a_card_and_denoise_writes_the_same_format(arch, kw, sim, tmp_path):
+    d, _ = sim
+    model = tmp_path / "m.pt"
+    card, hist = train_ephys(d, arch, model, steps=12, log=lambda m: None, **kw)
+    card2, net = load_model(model)
+    assert card2.arch == arch and card2.modality == "ephys" and card2.norm_std > 0
+    assert card2.training["steps_done"] == 12 and np.isfinite(hist["loss"]).all()
+    rep = denoise_recording(d, model, tmp_path / "out", progress=False)
+    out = open_recording(tmp_path / "out")
+    src = open_recording(d)
+    assert out.shape == src.shape and rep["samples"] == src.n_samples
+    assert np.array_equal(out.sample_numbers, src.sample_numbers)
+    assert list(out.bit_volts) == list(src.bit_volts) and out.stream_name == src.stream_name
+
+
+def test_spikeglx_and_dat_inputs_are_written_back_in_their_format(tmp_path):
+    from livedenoise.models import block_ephys
+    from livedenoise.models.checkpoint import save_checkpoint
+    from livedenoise.models.registry import build_network
+
+    card = block_ephys.make_card(6, 5, 2, 1, "fast", norm_std=20.0)
+    save_checkpoint(tmp_path / "m.pt", card, build_network(card).state_dict())
+    raw = (np.random.default_rng(0).standard_normal((500, 6)) * 100).astype(np.int16)
+    raw.tofile(tmp_path / "x.dat")
+    denoise_recording(tmp_path / "x.dat", tmp_path / "m.pt", tmp_path / "y.dat", channels=6, progress=False)
+    assert open_recording(tmp_path / "y.dat", channels=6).shape == (500, 6)
+    meta = ("imAiRangeMax=0.6\nimMaxInt=512\nimSampRate=30000\nnSavedChans=6\nsnsApLfSy=5,0,1\n"
+            "~imroTbl=(0,5)" + "".join(f"({k} 0 0 500 250 1)" for k in range(5)) + "\n")
+    (tmp_path / "a.ap.meta").write_text(meta)
+    raw.tofile(tmp_path / "a.ap.bin")
+    denoise_recording(tmp_path / "a.ap.bin", tmp_path / "m.pt", tmp_path / "b.ap.bin", progress=False)
+    out = open_recording(tmp_path / "b.ap.bin")
+    assert out.shape == (500, 6) and out.format == "spikeglx"
+    assert "fileSizeBytes=6000" in (tmp_path / "b.ap.meta").read_text()
+
+
+def test_training_denoises_simulated_data(tmp_path):
+    """A short training already beats the raw data against the ground truth (thermal noise is removed)."""
+    noisy, clean, _ = simulate_ephys_arrays(16, 60000, seed=4, thermal_uv=10.0, background_uv=3.0)
+    write_openephys(tmp_path / "rec", noisy, 30000.0, 0.195)
+    train_ephys(tmp_path / "rec", "block-ephys", tmp_path / "m.pt", steps=150, crop=256, batch=4, lr=3e-3,
+                log=lambda m: None)
+    denoise_recording(tmp_path / "rec", tmp_path / "m.pt", tmp_path / "den", progress=False)
+    den = open_recording(tmp_path / "den").read()
+    assert np.sqrt(((den - clean) ** 2).mean()) < 0.9 * np.sqrt(((noisy - clean) ** 2).mean())

@@ -1,0 +1,65 @@
+"""Fixtures for the Open Ephys sidecar tests: free ports, a small recording, tiny models."""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from livedenoise.models import block_ephys, interp_ephys
+from livedenoise.models.checkpoint import save_checkpoint
+from livedenoise.models.registry import build_network
+from livedenoise.models.simulate_ephys import simulate_ephys
+
+C = 16
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 both free on 127.0.0.1 (data + heartbeat)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p > 65000:
+            continue
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture
+def ports():
+    return [free_port_pair() for _ in range(2)]
+
+
+@pytest.fixture(scope="session")
+def small_recording(tmp_path_factory):
+    d = tmp_path_factory.mktemp("oe_sim")
+    simulate_ephys(d, n_channels=C, duration=0.4, save_clean=False, seed=3)
+    return d
+
+
+def _model(path, card):
+    torch.manual_seed(0)
+    net = build_network(card)
+    with torch.no_grad():  # make the untrained nets non-trivial but bounded
+        for p in net.parameters():
+            p.mul_(0.5)
+    save_checkpoint(path, card, net.state_dict())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("oe_models")
+    return {
+        "block-ephys": _model(d / "block.pt", block_ephys.make_card(C, 30, 30, 1, "fast", norm_mean=0.0, norm_std=10.0)),
+        "interp-ephys": _model(d / "interp.pt", interp_ephys.make_card(C, 4, 2, 1, "lite", norm_mean=0.0, norm_std=10.0)),
+    }
+
+
+__all__ = ["free_port_pair", "C", "np"]

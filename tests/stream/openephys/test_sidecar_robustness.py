@@ -1,0 +1,89 @@
+"""The live sidecar survives what a real network and GUI throw at it, and counts it."""
+
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from livedenoise.stream.openephys.ephys_socket import read_packet
+from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
+from livedenoise.stream.openephys.zmq_interface import DATA, DataEncoder, encode_ttl
+from livedenoise.stream.openephys.zmq_out import HeartbeatResponder
+
+C, N, BLOCKS = 16, 500, 24
+
+
+def test_malformed_wrong_size_missing_channel_duplicates_and_events(tiny_models, ports):
+    data_port, out_port = ports
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{data_port}")
+    stop = threading.Event()
+    rep = HeartbeatResponder(ctx, f"tcp://127.0.0.1:{data_port + 1}", stop)
+    rep.start()
+    sc = Sidecar(SidecarConfig(model=str(tiny_models["block-ephys"]), backend="torch", input=f"tcp://127.0.0.1:{data_port}",
+                               socket_port=0, zmq_output=None, stats_every=0, quiet=True, idle_flush_s=0.3)).start()
+    got = []
+
+    def client():
+        import socket
+
+        s = socket.create_connection(("127.0.0.1", sc.socket.port), timeout=10)
+        try:
+            while True:
+                got.append(read_packet(s)[1])
+        except OSError:
+            pass
+
+    th = threading.Thread(target=client, daemon=True)
+    th.start()
+    assert rep.first.wait(10)  # the sidecar's heartbeat arrived: its SUB is connected
+    time.sleep(0.3)
+    enc = DataEncoder("ProbeA-AP", [f"CH{k + 1}" for k in range(C)], 30000.0)
+    rng = np.random.default_rng(0)
+    for b in range(BLOCKS):
+        parts = enc.encode_block(b * N, rng.standard_normal((C, N)).astype(np.float32) * 10)
+        if b == 5:
+            pub.send_multipart([DATA, b"{this is not json", b"\0" * 8])
+        if b == 7:
+            bad = list(parts[3])
+            bad[2] = bad[2][:-4]  # payload shorter than data_size
+            parts[3] = bad
+        if b == 9:
+            parts = parts[:6] + parts[7:]  # channel 6 never arrives
+        if b == 11:
+            parts = parts + [parts[2]]  # a duplicated message
+        if b == 13:
+            pub.send_multipart(encode_ttl(enc.message_num, "ProbeA-AP", b * N, 0, True))
+        for p in parts:
+            pub.send_multipart(p)
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    while sc.snapshot()["output_samples"] < BLOCKS * N and time.monotonic() - t0 < 30:
+        time.sleep(0.05)
+    stats = sc.stop()
+    th.join(5)
+    stop.set()
+    rep.join(2)
+    pub.close(0)
+    assert stats["malformed"] == 2  # bad JSON + wrong data_size
+    assert stats["missing_channels"] == 2  # channel 3 of block 7 (dropped as malformed) + channel 6 of block 9
+    assert stats["duplicates"] == 1
+    assert stats["events"] == 1
+    assert stats["restarts"] == 0 and stats["engine_errors"] == 0
+    assert stats["samples_in"] == stats["output_samples"] == BLOCKS * N  # nothing stalled, nothing lost
+    out = np.concatenate(got, axis=1)
+    assert out.shape == (C, BLOCKS * N) and np.isfinite(out).all()
+
+
+def test_sidecar_without_any_plugin_stops_cleanly(tiny_models, ports):
+    data_port, out_port = ports
+    sc = Sidecar(SidecarConfig(model=str(tiny_models["interp-ephys"]), backend="torch", input=f"tcp://127.0.0.1:{data_port}",
+                               socket_port=0, zmq_output=f"tcp://127.0.0.1:{out_port}", stats_every=0, quiet=True,
+                               heartbeat_s=0.1)).start()
+    time.sleep(0.6)
+    t0 = time.monotonic()
+    stats = sc.stop()
+    assert time.monotonic() - t0 < 5
+    assert stats["samples_in"] == 0 and stats["heartbeats"] >= 1 and stats["heartbeat_replies"] == 0

@@ -1,0 +1,241 @@
+"""The service stays up and counts every fault: malformed messages, dropped frames, restarts, slow sinks and engines."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from streamkit import MeanEngine, RawPublisher, RunningService, frame_parts, lite_card
+
+from livedenoise.stream.protocol import DTYPES, ProtocolError, decode
+from livedenoise.stream.receiver import Receiver, StreamTable
+from livedenoise.stream.recorder import read_recording
+from livedenoise.stream.stats import ServiceStats
+
+# ---------------------------------------------------------------- malformed message strategies
+_dtype = st.sampled_from(sorted(DTYPES))
+_shape = st.tuples(st.integers(1, 6), st.integers(1, 6))
+
+
+def _hdr(**kw):
+    h = {"v": 1, "frame": 5, "t": 0.1, "shape": [2, 3], "dtype": "int16", "channel": 1, "plane": 1}
+    h.update(kw)
+    return json.dumps(h).encode()
+
+
+@st.composite
+def wrong_payload(draw):
+    shp, dt = draw(_shape), draw(_dtype)
+    need = shp[0] * shp[1] * DTYPES[dt].itemsize
+    size = draw(st.integers(0, need + 16).filter(lambda n: n != need))
+    return [b"frame", _hdr(shape=list(shp), dtype=dt), b"\1" * size]
+
+
+_bad_field = st.one_of(
+    st.builds(lambda v: _hdr(frame=v), st.one_of(st.integers(max_value=-1), st.text(max_size=3), st.none(), st.floats(allow_nan=False))),
+    st.builds(lambda v: _hdr(shape=v), st.one_of(st.lists(st.integers(-2, 4), max_size=4).filter(lambda s: not (len(s) == 2 and min(s) > 0)), st.text(max_size=4))),
+    st.builds(lambda v: _hdr(dtype=v), st.text(max_size=8).filter(lambda s: s not in DTYPES)),
+    st.builds(lambda v: _hdr(order=v), st.text(max_size=3).filter(lambda s: s not in ("C", "F"))),
+    st.builds(lambda v: _hdr(v=v), st.integers(2, 99)),
+    st.builds(lambda v: _hdr(t=v), st.one_of(st.text(max_size=3), st.booleans(), st.lists(st.integers(), max_size=2))),
+    st.builds(lambda v: _hdr(channel=v), st.one_of(st.integers(max_value=-1), st.text(max_size=2))),
+)
+
+malformed = st.one_of(
+    wrong_payload(),
+    _bad_field.map(lambda h: [b"frame", h, b"\0" * 12]),
+    st.binary(max_size=40).map(lambda b: [b"frame", b"\xff" + b, b"\0" * 12]),            # not UTF-8 JSON
+    st.sampled_from([b"[]", b"3", b'"x"', b"null"]).map(lambda h: [b"frame", h, b""]),   # JSON but not an object
+    st.lists(st.binary(max_size=12), max_size=5).filter(lambda p: len(p) != 2).map(lambda p: [b"frame", *p]),
+    st.sampled_from([b"start", b"stop"]).map(lambda t: [t, b"{bad", b""]),
+    st.tuples(st.sampled_from([b"start", b"stop"]), st.binary(min_size=1, max_size=4)).map(lambda p: [p[0], b"{}", p[1]]),
+    st.binary(min_size=1, max_size=6).map(lambda s: [b"frame" + s, _hdr(), b"\0" * 12]),  # passes the SUB filter
+)
+
+
+def _is_malformed(parts):
+    try:
+        decode(parts)
+    except ProtocolError:
+        return True
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(malformed, st.lists(st.binary(max_size=30), max_size=5)), max_size=12))
+def test_receiver_counts_every_malformed_message_and_keeps_frames(messages):
+    stats = ServiceStats()
+    table = StreamTable(16, stats)
+    rx = Receiver(None, table, stats, threading.Event())
+    expected_bad = 0
+    for k, parts in enumerate(messages):
+        rx.handle(frame_parts(k, np.full((2, 3), k, np.int16)))
+        expected_bad += _is_malformed(parts)
+        if not _is_malformed(parts) and decode(parts).__class__.__name__ == "ControlMessage":
+            continue  # an (accidentally) valid start/stop message is not a fault
+        rx.handle(parts)
+    assert stats.malformed == expected_bad
+    assert stats.frames_in == len(messages)
+
+
+# ---------------------------------------------------------------- over real sockets
+def _send_and_wait(svc, pub, plan, expected_in):
+    for parts in plan:
+        pub.send(parts)
+        time.sleep(0.001)
+    svc.wait_frames_in(expected_in)
+    svc.wait_idle()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.lists(malformed, min_size=1, max_size=4), min_size=3, max_size=3))
+def test_service_survives_faults_and_records_every_valid_frame(tmp_path_factory, bad):
+    tmp = tmp_path_factory.mktemp("robust")
+    from streamkit import endpoints
+    from livedenoise.stream.service import ServeConfig
+
+    i, o = endpoints()
+    cfg = ServeConfig(input=i, output=o, record=str(tmp / "rec"), stats_interval=0.2, ring=32)
+    svc = RunningService(cfg, MeanEngine(lite_card(2, 0)))
+    pub = RawPublisher(cfg.input)
+    try:
+        pub.wait_subscriber()
+        img = lambda k, shape=(6, 8): np.full(shape, k, np.int16)  # noqa: E731
+        plan = [[b"start", json.dumps({"v": 1, "frame_rate": 30}).encode()]]
+        plan += [frame_parts(k, img(k)) for k in range(10)] + bad[0]
+        plan += [frame_parts(k, img(k)) for k in range(12, 20)] + bad[1]          # 10 and 11 dropped upstream
+        plan += [frame_parts(k, img(100 + k)) for k in range(0, 10)] + bad[2]     # publisher restart (no start)
+        plan += [frame_parts(10, img(7, (4, 4)))]                                 # frame size change
+        plan += [[b"stop", json.dumps({"v": 1}).encode()]]
+        n_bad = sum(len(b) for b in bad)
+        _send_and_wait(svc, pub, plan, 10 + 8 + 10 + 1)
+        final = svc.stop()
+    finally:
+        pub.close()
+        if svc.thread.is_alive():
+            svc.stop()
+    assert final["frames_in"] == 29
+    assert final["malformed"] == n_bad
+    assert final["dropped"] == 2
+    assert final["restarts"] == 2
+    assert final["frames_out"] == 29 and final["skipped"] == final["overflow"] == 0
+    assert final["record_dropped"] == 0
+    rec = tmp / "rec"
+    a1, a2, a3 = (read_recording(rec / f"raw_c1_p1_a00{n}.h5") for n in (1, 2, 3))
+    assert list(a1["frame"]) == list(range(10)) + list(range(12, 20))
+    assert [int(f[0, 0]) for f in a1["frames"]] == list(range(10)) + list(range(12, 20))
+    assert list(a2["frame"]) == list(range(10)) and int(a2["frames"][3, 0, 0]) == 103
+    assert a3["frames"].shape == (1, 4, 4)
+    d1 = read_recording(rec / "denoised_c1_p1_a001.h5")
+    assert list(d1["frame"]) == list(range(10)) + list(range(12, 20))  # dropped frames are inputs, never outputs
+    # causal mean of the two previous frames; after the gap the repeated frame 9 stands in for 10 and 11
+    assert d1["frames"][10, 0, 0] == pytest.approx((9 + 9) / 2)  # frame 12 <- 10, 11 (both repeats of 9)
+    assert d1["frames"][11, 0, 0] == pytest.approx((9 + 12) / 2)  # frame 13 <- 11, 12
+
+
+def _stream(pub, n, shape=(16, 16), fps=None):
+    t0 = time.perf_counter()
+    for k in range(n):
+        if fps:
+            due = t0 + k / fps
+            while time.perf_counter() < due:
+                time.sleep(0.0005)
+        pub.send(frame_parts(k, np.full(shape, k % 1000, np.int16)))
+
+
+@pytest.mark.parametrize("policy", ["all", "latest"])
+def test_slow_engine_batches_then_counts_skips_or_overflow(tmp_path, cfg_factory, policy):
+    engine = MeanEngine(lite_card(2, 0), sleep_s=0.03)
+    cfg = cfg_factory(policy=policy, max_batch=4, ring=16, record=str(tmp_path / "rec"))
+    svc = RunningService(cfg, engine)
+    pub = RawPublisher(cfg.input)
+    try:
+        pub.wait_subscriber()
+        _stream(pub, 200, fps=500)  # ~130 frames/s is the engine's best (4 per 30 ms)
+        pub.control("stop")
+        svc.wait_frames_in(200)
+        svc.wait_idle()
+        final = svc.stop()
+    finally:
+        pub.close()
+    assert final["frames_in"] == 200 and final["malformed"] == 0
+    assert max(engine.batch_sizes) == 4 and final["batches"] < 200  # it caught up in batches
+    if policy == "all":
+        assert final["skipped"] == 0 and final["overflow"] > 0
+        assert final["frames_out"] + final["overflow"] == 200
+    else:
+        assert final["overflow"] == 0 and final["skipped"] > 0
+        assert final["frames_out"] + final["skipped"] == 200
+    raw = read_recording(tmp_path / "rec" / "raw_c1_p1_a001.h5")
+    assert list(raw["frame"]) == list(range(200))  # every raw frame, denoised or not
+
+
+def test_slow_engine_with_a_big_ring_denoises_every_frame(cfg_factory):
+    engine = MeanEngine(lite_card(2, 0), sleep_s=0.02)
+    cfg = cfg_factory(policy="all", max_batch=8, ring=256)
+    svc = RunningService(cfg, engine)
+    pub = RawPublisher(cfg.input)
+    try:
+        pub.wait_subscriber()
+        _stream(pub, 150, fps=400)
+        svc.wait_frames_in(150)
+        svc.wait_idle()
+        final = svc.stop()
+    finally:
+        pub.close()
+    assert final["frames_out"] == 150 and final["overflow"] == final["skipped"] == 0
+    assert final["batches"] < 150
+
+
+def test_a_consumer_that_never_reads_does_not_stall_the_service(cfg_factory):
+    import zmq
+
+    cfg = cfg_factory(sndhwm=4)
+    svc = RunningService(cfg, MeanEngine(lite_card(2, 0)))
+    ctx = zmq.Context()
+    lazy = ctx.socket(zmq.SUB)
+    lazy.setsockopt(zmq.SUBSCRIBE, b"")
+    lazy.setsockopt(zmq.RCVHWM, 1)
+    lazy.setsockopt(zmq.RCVBUF, 4096)
+    lazy.connect(cfg.output)
+    pub = RawPublisher(cfg.input)
+    try:
+        pub.wait_subscriber()
+        time.sleep(0.2)
+        _stream(pub, 300, shape=(128, 128), fps=1000)  # 32 KB frames: the lazy reader's buffers fill at once
+        svc.wait_frames_in(300)
+        svc.wait_idle()
+        final = svc.stop()
+    finally:
+        pub.close()
+        lazy.close(linger=0)
+        ctx.term()
+    assert final["frames_in"] == 300 and final["frames_out"] == 300
+
+
+def test_multiple_channels_and_planes_are_separate_streams(tmp_path, cfg_factory):
+    cfg = cfg_factory(record=str(tmp_path / "rec"))
+    svc = RunningService(cfg, MeanEngine(lite_card(2, 0)))
+    pub = RawPublisher(cfg.input)
+    try:
+        pub.wait_subscriber()
+        pub.control("start", frame_rate=30, channels=[1, 2], planes=2)
+        for k in range(12):
+            for ch in (1, 2):
+                for pl in (1, 2):
+                    pub.send(frame_parts(k, np.full((4, 6), 10 * ch + pl + k, np.int16), channel=ch, plane=pl))
+        pub.control("stop")
+        svc.wait_frames_in(48)
+        svc.wait_idle()
+        final = svc.stop()
+    finally:
+        pub.close()
+    assert final["frames_in"] == 48 and final["frames_out"] == 48 and final["restarts"] == 0
+    for ch in (1, 2):
+        for pl in (1, 2):
+            den = read_recording(tmp_path / "rec" / f"denoised_c{ch}_p{pl}_a001.h5")
+            assert list(den["frame"]) == list(range(12))
+            assert den["frames"][5, 0, 0] == pytest.approx(10 * ch + pl + 3.5)  # mean of frames 3, 4
