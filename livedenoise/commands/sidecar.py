@@ -11,6 +11,14 @@ import sys
 from livedenoise.errors import UserError
 
 
+def _backends() -> tuple[str, ...]:
+    try:
+        from livedenoise.export.engine import BACKENDS
+    except ImportError:
+        return ("auto", "torch", "onnxruntime", "tensorrt")
+    return tuple(BACKENDS)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sidecar",
@@ -29,8 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--stream", default=None, help="stream to denoise (default: the first one seen)")
     p.add_argument("--channels", type=int, default=None,
                    help="expected channel count (default: learned from the first block)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "cuda", "tensorrt"],
-                   help="inference backend")
+    p.add_argument("--backend", default="auto", choices=_backends(), help="inference backend")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
     p.add_argument("--socket-port", type=int, default=9001,
@@ -47,6 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--stats-every", type=float, default=5.0, help="seconds between stats lines (0: only at the end)")
     p.add_argument("--stats-file", default=None, help="append every stats snapshot as a JSON line to this file")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--stop-after-idle", type=float, default=None, metavar="S",
+                   help="exit once data has arrived and then stopped for S seconds (scripted runs)")
     p.add_argument("--idle-flush", type=float, default=0.5,
                    help="seconds without data after which the last `lag` samples are flushed (end of acquisition)")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON on stdout")
@@ -74,7 +83,8 @@ def run(args) -> int:
         socket_samples=args.socket_samples,
         zmq_output=None if str(args.zmq_output).lower() in ("off", "none", "") else args.zmq_output,
         zmq_stream_name=args.zmq_stream_name, record=args.record, record_bit_volts=args.record_bit_volts,
-        stats_every=args.stats_every, stats_file=args.stats_file, duration=args.duration, idle_flush_s=args.idle_flush,
+        stats_every=args.stats_every, stats_file=args.stats_file, duration=args.duration,
+        stop_after_idle=args.stop_after_idle, idle_flush_s=args.idle_flush,
         quiet=args.quiet,
     )
     try:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 
 from livedenoise.errors import UserError
+from livedenoise.gui.ephys_source import DEFAULT_DENOISED as EPHYS_DENOISED  # the sidecar's PUB (5560)
+from livedenoise.gui.ephys_source import DEFAULT_RAW as EPHYS_RAW  # the ZMQ Interface plugin (5556)
 from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT
-
-EPHYS_RAW = "tcp://127.0.0.1:5556"
-"""Open Ephys ZMQ Interface plugin PUB (its data_port)."""
-EPHYS_DENOISED = "tcp://127.0.0.1:5560"
-"""The sidecar's denoised PUB, same wire format."""
 
 
 def register(sub) -> None:

@@ -126,8 +126,19 @@ def time_engine(engine, sample: tuple[int, ...], batch: int, repeats: int, warmu
     }
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _machine(threads: int) -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "cpu_threads": threads, "python": platform.python_version()}
+    info = {"cpu": _cpu_name(), "cpu_threads": threads, "python": platform.python_version()}
     try:
         import onnxruntime as ort
         import torch

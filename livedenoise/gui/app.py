@@ -41,11 +41,21 @@ def import_qt():
                         "pip install 'livedenoise[gui]'") from None
 
 
+_QUIET = ("propagateSizeHints",)
+"""Qt messages that say nothing to a user (the offscreen platform's)."""
+
+
+def _qt_messages(mode, context, message):
+    if not any(q in message for q in _QUIET):
+        print(f"qt: {message}", file=sys.stderr)
+
+
 def qt_app():
-    from PySide6 import QtWidgets
+    from PySide6 import QtCore, QtWidgets
 
     app = QtWidgets.QApplication.instance()
     if app is None:
+        QtCore.qInstallMessageHandler(_qt_messages)
         app = QtWidgets.QApplication(["livedenoise view"])
     return app
 
@@ -159,6 +169,7 @@ def run(opts: ViewOptions) -> int:
     app = qt_app()
     win = build_ephys(opts) if opts.ephys else build_imaging(opts)
     win.resize(*opts.size)
+    win.warn_stderr = not opts.screenshot  # a screenshot run ends with one error line instead
     outcome: dict = {}
     if opts.screenshot:
         from PySide6 import QtCore

@@ -49,6 +49,7 @@ class EphysWindow(QtWidgets.QMainWindow):
         self.no_data_timeout = no_data_timeout
         self.no_data: list[str] = []
         self._warned: set[str] = set()
+        self.warn_stderr = True
         self.paused = False
         self.rendered = 0
         self._heat = None
@@ -82,7 +83,7 @@ class EphysWindow(QtWidgets.QMainWindow):
             row.addWidget(box)
             return box
 
-        self.first_box = spin("channels from", 0, 4095, first, tip="first channel (in the chosen order)")
+        self.first_box = spin("channels from", 0, 4095, first, tip="the stack starts at this channel and goes on in the chosen order")
         self.count_box = spin("count", 1, 4096, count)
         self.window_box = spin("window", 0.001, 60.0, window_s, " s", 3)
         self.gain_box = spin("gain", 0.1, 1e6, uv_per_div, " µV/div", 1,
@@ -157,15 +158,18 @@ class EphysWindow(QtWidgets.QMainWindow):
         self.pause_btn.setText("Resume" if paused else "Pause")
 
     # ---------------------------------------------------------------- data
-    def order(self, n: int) -> np.ndarray:
-        if self.order_box.currentText() == "channel number":
-            return np.arange(n)
-        pos = self.positions if self.positions is not None and len(self.positions) >= n else neuropixels_positions(n)
-        o = depth_order(pos[:n])
-        return o
+    def order(self, channels: np.ndarray) -> np.ndarray:
+        """The channels with data, by channel number or by probe depth."""
+        channels = np.asarray(channels)
+        if self.order_box.currentText() == "channel number" or not len(channels):
+            return channels
+        top = int(channels.max()) + 1
+        pos = self.positions if self.positions is not None and len(self.positions) >= top else neuropixels_positions(top)
+        return channels[depth_order(pos[channels])]
 
-    def _n_channels(self) -> int:
-        return max([s.ring.channels_seen() for s in self.sources] + [0])
+    def _channels(self) -> np.ndarray:
+        ids = [s.ring.channel_ids() for s in self.sources]
+        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
 
     def tick(self) -> None:
         self._tick_n += 1
@@ -175,16 +179,18 @@ class EphysWindow(QtWidgets.QMainWindow):
             self.update_status()
 
     def render_now(self) -> bool:
-        n_ch = self._n_channels()
+        seen = self._channels()
         heads = [s.ring.head for s in self.sources if s.ring.head > 0]
-        if not n_ch or not heads:
+        if not len(seen) or not heads:
             return False
         rate = max(s.ring.sample_rate for s in self.sources) or 1.0
         end = min(heads)  # the same samples on both sides: the denoised stream lags
         cap = min(s.ring.capacity for s in self.sources)
         n = int(min(cap, max(2, round(self.window_box.value() * rate))))
-        order = self.order(n_ch)
-        first = min(int(self.first_box.value()), max(0, n_ch - 1))
+        order = self.order(seen)
+        at = np.flatnonzero(order >= int(self.first_box.value())) if self.order_box.currentText() == "channel number" \
+            else np.flatnonzero(order == int(self.first_box.value()))
+        first = int(at[0]) if len(at) else 0
         chans = order[first:first + int(self.count_box.value())]
         spacing = float(self.gain_box.value())
         t0 = (end - n) / rate
@@ -228,6 +234,8 @@ class EphysWindow(QtWidgets.QMainWindow):
         self.heat_item.setImage(img, autoLevels=False, levels=(-lim, lim))
         self.heat_item.setRect(QtCore.QRectF((end - n) / rate, 0, n / rate, img.shape[0]))
         self.heat_plot.setTitle(f"all {img.shape[0]} channels: {which}")
+        step = max(1, len(order) // 8)
+        self.heat_plot.getAxis("left").setTicks([[(i + 0.5, str(int(order[i]))) for i in range(0, len(order), step)], []])
 
     # ---------------------------------------------------------------- status
     def status_fields(self) -> dict:
@@ -272,7 +280,7 @@ class EphysWindow(QtWidgets.QMainWindow):
             if st.first_message_s is None and s.seconds_since_start() > self.no_data_timeout:
                 msg = f"no data on {s.endpoint} ({s.name}) after {self.no_data_timeout:g} s"
                 self.no_data.append(msg)
-                if msg not in self._warned:
+                if msg not in self._warned and self.warn_stderr:
                     self._warned.add(msg)
                     print(f"livedenoise view: {msg}; is the publisher running?", file=sys.stderr)
 

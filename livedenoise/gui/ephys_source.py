@@ -3,7 +3,8 @@
 Wire format (DESIGN.md section 6): three parts, `b"DATA\\0"`, a JSON header with
 `content.channel_num / num_samples / sample_num / sample_rate`, and a
 float32[num_samples] payload. The Open Ephys ZMQ Interface plugin (port 5556) and
-our sidecar's denoised PUB (port 5560) both speak it.
+our sidecar's denoised PUB (port 5560) both speak it; messages are decoded by
+`livedenoise.stream.openephys.zmq_interface.decode`, the sidecar's own decoder.
 
 The receiver thread writes every block into a preallocated (channels, capacity)
 float32 ring indexed by absolute sample number; the GUI copies the window it
@@ -12,7 +13,6 @@ draws at screen rate. The thread never touches Qt.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,66 +20,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.gui.sources import connectable
+from livedenoise.stream.openephys.zmq_interface import (
+    DEFAULT_DATA_PORT, DEFAULT_OUTPUT_PORT, DataMessage, ProtocolError, decode,
+)
 
-DATA_TOPIC = b"DATA\0"
-DEFAULT_RAW = "tcp://127.0.0.1:5556"
-DEFAULT_DENOISED = "tcp://127.0.0.1:5560"
+DEFAULT_RAW = f"tcp://127.0.0.1:{DEFAULT_DATA_PORT}"
+DEFAULT_DENOISED = f"tcp://127.0.0.1:{DEFAULT_OUTPUT_PORT}"
 RCVHWM = 100_000
 """384 channels at ~30 blocks/s is ~10k messages/s: keep several seconds queued."""
-
-
-class WireError(ValueError):
-    """A message that does not follow the ZMQ Interface format (counted, never fatal)."""
-
-
-@dataclass(frozen=True)
-class DataBlock:
-    channel: int
-    sample_num: int
-    sample_rate: float
-    message_num: int | None
-    stream: str
-    channel_name: str
-    data: np.ndarray  # float32[num_samples], read-only view of the payload
-
-
-def parse_data_message(parts) -> DataBlock:
-    """Decode one ZMQ Interface `DATA` message; raises WireError."""
-    if len(parts) != 3:
-        raise WireError(f"DATA message needs 3 parts, got {len(parts)}")
-    if bytes(parts[0]) != DATA_TOPIC:
-        raise WireError(f"not a DATA message: {bytes(parts[0])[:16]!r}")
-    try:
-        h = json.loads(bytes(parts[1]).decode("utf-8"))
-        c = h["content"]
-        ch, n, s0, rate = c["channel_num"], c["num_samples"], c["sample_num"], c["sample_rate"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise WireError("header is not ZMQ Interface JSON (content.channel_num/num_samples/sample_num/sample_rate)") from None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ch, n, s0)) or ch < 0 or n < 0:
-        raise WireError(f"bad channel_num/num_samples/sample_num: {ch!r}/{n!r}/{s0!r}")
-    if not isinstance(rate, (int, float)) or rate <= 0:
-        raise WireError(f"bad sample_rate {rate!r}")
-    payload = parts[2]
-    if len(payload) != 4 * n:
-        raise WireError(f"payload is {len(payload)} bytes, num_samples {n} needs {4 * n}")
-    mn = h.get("message_num")
-    return DataBlock(ch, s0, float(rate), mn if isinstance(mn, int) else None,
-                     str(c.get("stream", "")), str(c.get("channel_name", "")),
-                     np.frombuffer(payload, "<f4"))
-
-
-def encode_data_message(channel: int, sample_num: int, data: np.ndarray, sample_rate: float,
-                        message_num: int = 0, stream: str = "ProbeA-AP") -> list[bytes]:
-    """The inverse of `parse_data_message` (used by tests and the synthetic demo)."""
-    d = np.ascontiguousarray(data, "<f4")
-    header = {
-        "message_num": message_num, "type": "data",
-        "content": {"stream": stream, "channel_num": channel, "channel_name": f"CH{channel + 1}",
-                    "num_samples": int(d.shape[0]), "sample_num": int(sample_num),
-                    "sample_rate": sample_rate},
-        "data_size": int(d.nbytes), "timestamp": int(time.time() * 1000),
-    }
-    return [DATA_TOPIC, json.dumps(header).encode(), d.tobytes()]
 
 
 class EphysRing:
@@ -157,6 +106,11 @@ class EphysRing:
         with self._lock:
             return int(np.count_nonzero(self.next_sample >= 0))
 
+    def channel_ids(self) -> np.ndarray:
+        """Indices of the channels that have data (the plugin may send a subset)."""
+        with self._lock:
+            return np.flatnonzero(self.next_sample >= 0)
+
     def channel_head(self) -> np.ndarray:
         with self._lock:
             return self.next_sample.copy()
@@ -228,7 +182,7 @@ class ZmqInterfaceSource:
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
         sock.setsockopt(zmq.SUBSCRIBE, b"DATA")
         try:
-            sock.connect(self.endpoint)
+            sock.connect(connectable(self.endpoint))
         except zmq.ZMQError as exc:
             sock.close(0)
             raise UserError(f"cannot connect to {self.endpoint}: {exc}") from None
@@ -251,25 +205,27 @@ class ZmqInterfaceSource:
         """Parse one message and write it to the ring (called on the receiver thread)."""
         now = time.monotonic()
         try:
-            blk = parse_data_message(parts)
-        except WireError as exc:
+            msg = decode(parts)
+            if not isinstance(msg, DataMessage):
+                raise ProtocolError("not a DATA message")
+        except ProtocolError as exc:
             with self._lock:
                 self._malformed += 1
                 self._error = str(exc)
                 if self._first is None:
                     self._first = now - self._t0
             return
-        self.ring.write(blk.channel, blk.sample_num, blk.data, blk.sample_rate)
+        self.ring.write(msg.channel_num, msg.sample_num, msg.samples, msg.sample_rate)
         with self._lock:
             if self._first is None:
                 self._first = now - self._t0
             self._messages += 1
-            self._samples += blk.data.shape[0]
-            self._stream = blk.stream
-            if blk.message_num is not None:
-                if self._last_mn is not None and blk.message_num > self._last_mn + 1:
-                    self._missing += blk.message_num - self._last_mn - 1
-                self._last_mn = blk.message_num
+            self._samples += msg.num_samples
+            self._stream = msg.stream
+            if msg.message_num >= 0:
+                if self._last_mn is not None and msg.message_num > self._last_mn + 1:
+                    self._missing += msg.message_num - self._last_mn - 1
+                self._last_mn = msg.message_num
             self._rate_n += 1
             if now - self._rate_t >= 1.0:
                 self._rate = self._rate_n / (now - self._rate_t)

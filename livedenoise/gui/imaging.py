@@ -24,6 +24,7 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
 ROI_COLORS = [(255, 200, 0), (0, 200, 255), (255, 80, 200), (120, 255, 80), (255, 120, 40),
               (160, 120, 255), (0, 255, 200), (255, 255, 255)]
+TRACE_PERIOD_S = 0.1
 PANEL_TITLES = {"raw": "raw", "denoised": "denoised", "residual": "residual (raw - denoised)",
                 "meansub": "mean-subtracted"}
 
@@ -74,12 +75,15 @@ class ImagingWindow(QtWidgets.QMainWindow):
         self.levels: tuple[float, float] | None = None
         self.no_data: list[str] = []
         self._warned: set[str] = set()
+        self.warn_stderr = True
         self._seen_seq = {"raw": -1, "denoised": -1}
         self._bufs: dict[str, np.ndarray | None] = {"raw": None, "denoised": None, "residual": None,
                                                     "meansub": None, "mean": None}
         self._shown: dict[str, object] = {"raw": None, "denoised": None}
         self._den_drawn_at = -1e9
-        self._shape: tuple | None = None
+        self._fit_key: tuple | None = None
+        self._user_zoomed = False
+        self._traces_drawn_at = -1e9
         self._rois: dict[int, list[pg.RectROI]] = {}
         self._roi_curves: dict[int, tuple[pg.PlotDataItem, pg.PlotDataItem]] = {}
         self._next_roi = 0
@@ -119,6 +123,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
                 vb.setXLink(first)
                 vb.setYLink(first)
             vb.rectDrawn.connect(self._on_rect_drawn)
+            vb.sigRangeChangedManually.connect(self._on_manual_zoom)
             row.addWidget(widget)
             self.panels[name] = _Panel(name, vb, item, label, widget)
         self._relayout()
@@ -189,6 +194,10 @@ class ImagingWindow(QtWidgets.QMainWindow):
         self.draw_btn.setToolTip("drag on any image to add a rectangle ROI; right-click an ROI to remove it")
         self.draw_btn.toggled.connect(self._set_draw_mode)
         row.addWidget(self.draw_btn)
+        fit = QtWidgets.QPushButton("Fit")
+        fit.setToolTip("show the whole frame again after zooming (mouse wheel) or panning (drag)")
+        fit.clicked.connect(lambda *_: self.fit_view())
+        row.addWidget(fit)
         clear = QtWidgets.QPushButton("Clear ROIs")
         clear.clicked.connect(lambda *_: self.clear_rois())
         row.addWidget(clear)
@@ -210,6 +219,9 @@ class ImagingWindow(QtWidgets.QMainWindow):
         row.addWidget(png)
         row.addWidget(csvb)
         return row
+
+    def _on_manual_zoom(self, *_):
+        self._user_zoomed = True
 
     def visible_panels(self) -> list[str]:
         names = []
@@ -397,6 +409,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
     # ----------------------------------------------------------------- export
     def export_png(self, path: str) -> None:
         self.render_now()
+        self._update_traces()
         if not self.grab().save(str(path)):
             raise OSError(f"could not write {path}")
 
@@ -465,13 +478,12 @@ class ImagingWindow(QtWidgets.QMainWindow):
                 self.panels[name].item.setImage(self._bufs[name], autoLevels=False, levels=self.levels)
         self._render_residual()
         self._render_meansub()
-        shape = next(b.shape for b in shown)
-        if shape != self._shape:  # a new frame size: show the whole frame
-            self._shape = shape
-            for name in self.visible_panels():
-                self.panels[name].vb.autoRange(padding=0.01)
+        self._fit_if_needed(next(b.shape for b in shown))
         self.rendered += 1
-        self._update_traces()
+        now = time.monotonic()
+        if now - self._traces_drawn_at >= TRACE_PERIOD_S:  # traces hold every frame; 10 redraws/s suffice
+            self._traces_drawn_at = now
+            self._update_traces()
         return True
 
     def _render_residual(self) -> None:
@@ -501,6 +513,26 @@ class ImagingWindow(QtWidgets.QMainWindow):
         np.subtract(f, mean, out=ms)
         self.panels["meansub"].label.setText(f"{key} - running mean ({self.tau_box.value():g} s)")
         self.panels["meansub"].item.setImage(ms, autoLevels=False, levels=_symmetric(ms))
+
+    def _fit_if_needed(self, shape) -> None:
+        """Show the whole frame on a new frame size or panel size, unless the user zoomed or panned."""
+        vb = self.panels["raw" if self.raw is not None else "denoised"].vb
+        key = (shape, tuple(self.visible_panels()), int(vb.width()), int(vb.height()))
+        if key != self._fit_key and not self._user_zoomed:
+            self._fit_key = key
+            vb.autoRange(padding=0.01)
+
+    def fit_view(self) -> None:
+        self._user_zoomed = False
+        self._fit_key = None
+        if self._shape_shown() is not None:
+            self._fit_if_needed(self._shape_shown())
+
+    def _shape_shown(self):
+        for k in ("raw", "denoised"):
+            if self._bufs[k] is not None and self._shown[k] is not None:
+                return self._bufs[k].shape
+        return None
 
     def _update_traces(self) -> None:
         if not self._roi_curves:
@@ -534,13 +566,13 @@ class ImagingWindow(QtWidgets.QMainWindow):
         }
         f["fps_in"] = _pick(st.get("fps_in"), rs.fps if rs else None)
         f["fps_out"] = _pick(st.get("fps_out"), ds.fps if ds else None)
-        f["latency_p50_ms"] = _pick(st.get("latency_p50_ms"), ds.latency_p50 if ds else None)
-        f["latency_p99_ms"] = _pick(st.get("latency_p99_ms"), ds.latency_p99 if ds else None)
+        f["latency_p50_ms"] = _pick(_stat(st, "latency_ms_p50", "latency_p50_ms"), ds.latency_p50 if ds else None)
+        f["latency_p99_ms"] = _pick(_stat(st, "latency_ms_p99", "latency_p99_ms"), ds.latency_p99 if ds else None)
         f["lag"] = ds.lag if ds and ds.lag is not None else st.get("lag")
-        f["dropped"] = _pick(st.get("dropped"), rs.gaps if rs else None)
+        f["dropped"] = _pick(_stat(st, "dropped_upstream", "dropped"), rs.gaps if rs else None)
         f["skipped"] = _pick(st.get("skipped"), ds.gaps if ds else None)
-        f["malformed"] = st.get("malformed", 0) + sum(s.malformed for s in (rs, ds) if s)
         f["viewer_malformed"] = sum(s.malformed for s in (rs, ds) if s)
+        f["malformed"] = _pick(st.get("malformed"), f["viewer_malformed"])
         f["model"] = (ds.model if ds else None) or st.get("model")
         f["backend"] = st.get("backend") or (ds.backend if ds else None)
         f["no_data"] = list(self.no_data)
@@ -549,6 +581,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
     def update_status(self) -> str:
         self._check_no_data()
         f = self.status_fields()
+        st_has_malformed = self.den is not None and self.den.status().stats.get("malformed") is not None
 
         def num(v, fmt="{:.1f}"):
             return "-" if v is None else fmt.format(v)
@@ -558,7 +591,8 @@ class ImagingWindow(QtWidgets.QMainWindow):
             f"latency p50 {num(f['latency_p50_ms'])} ms p99 {num(f['latency_p99_ms'])} ms",
             f"lag {num(f['lag'], '{}')}",
             f"dropped {num(f['dropped'], '{}')}", f"skipped {num(f['skipped'], '{}')}",
-            f"malformed {f['malformed']}",
+            f"malformed {f['malformed']}" + (f" (viewer {f['viewer_malformed']})"
+                                              if st_has_malformed and f["viewer_malformed"] else ""),
             f"model {f['model'] or '-'}", f"backend {f['backend'] or '-'}",
             f"frames raw {num(f['raw_frames'], '{}')} / denoised {num(f['denoised_frames'], '{}')}"
             f" / drawn {f['rendered']}",
@@ -583,7 +617,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
             elif st.first_frame_s is None and s.seconds_since_start() > self.no_data_timeout:
                 msg = f"no data on {s.endpoint} ({s.name}) after {self.no_data_timeout:g} s"
                 self.no_data.append(msg)
-                if msg not in self._warned:
+                if msg not in self._warned and self.warn_stderr:
                     self._warned.add(msg)
                     print(f"livedenoise view: {msg}; is the publisher running?", file=sys.stderr)
 
@@ -598,6 +632,14 @@ def qimage_array(img: QtGui.QImage) -> np.ndarray:
     img = img.convertToFormat(QtGui.QImage.Format.Format_RGB888)
     w, h, bpl = img.width(), img.height(), img.bytesPerLine()
     return np.frombuffer(img.constBits(), np.uint8, count=h * bpl).reshape(h, bpl)[:, : 3 * w].reshape(h, w, 3).copy()
+
+
+def _stat(stats: dict, *keys):
+    """The first of `keys` present in a stats message (names as in COMMON.md first, older ones after)."""
+    for k in keys:
+        if stats.get(k) is not None:
+            return stats[k]
+    return None
 
 
 def _pick(service, viewer):

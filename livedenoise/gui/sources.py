@@ -31,6 +31,14 @@ MAX_BATCH = 512
 """Messages drained before the newest frames are published to the slots."""
 
 
+def connectable(endpoint: str) -> str:
+    """A bind address (`tcp://*:5571`, `tcp://0.0.0.0:5571`) turned into one a SUB can connect to."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint[len(wildcard):]
+    return endpoint
+
+
 class NewestFrames:
     """The newest frames of each (channel, plane) stream, in preallocated buffers.
 
@@ -328,7 +336,7 @@ class ZmqFrameSource(FrameSource):
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         try:
-            sock.connect(self.endpoint)
+            sock.connect(connectable(self.endpoint))
         except zmq.ZMQError as exc:
             sock.close(0)
             raise UserError(f"cannot connect to {self.endpoint}: {exc}") from None

@@ -10,13 +10,16 @@ shares all intermediate work between neighbouring outputs:
         t + omission + 1    ...  t + omission + post   (future branch, post > 0)
     and never t itself, the omission band, nor anything after t + omission + post.
 
-- past branch: input shifted by omission + 1, then a stack of causal dilated
-  convolutions (time kernel 2, dilations 1, 2, 4, ... with the last cut so the
-  reach is exactly pre - 1); the first layer mixes a local neighbourhood of
-  `kc` channels, the others are per-channel (kernel 1 across channels), with
-  residual connections.
-- future branch (post > 0): the mirror image, anti-causal, reach post - 1.
-- mixer: (kc x 1) convolutions over the concatenated branch features, i.e.
+- preset `fast` (CPU-friendly: a few large operations): ONE per-channel
+  convolution over the whole window, (pre + hidden band + post) samples, whose
+  taps on the hidden band (t - omission .. t + omission) are multiplied by a
+  fixed zero mask (a blind-spot kernel), then the mixer below.
+- preset `base` (capacity, GPU): a past branch (input shifted by omission + 1,
+  a stack of causal dilated convolutions, time kernel 2, dilations 1, 2, 4, ...
+  with the last cut so the reach is exactly pre - 1; the first layer mixes `kc`
+  neighbouring channels, the others are per channel, with residual
+  connections) and, when post > 0, its mirror image, anti-causal, reach post - 1.
+- mixer: (kc x 1) convolutions over the (concatenated) features, i.e.
   1x1 in time across a local channel neighbourhood, then a linear 1x1 output.
 All time convolutions are 'valid' (no padding), so nothing leaks in from
 outside the window; channel padding is zeros.
@@ -42,8 +45,10 @@ from livedenoise.models.window import WindowSpec
 ARCH = "block-ephys"
 LAYOUTS = ("block",)
 PRESETS: dict[str, dict] = {
-    "fast": {"width": 8, "kc": 3, "mix": 1},
-    "base": {"width": 24, "kc": 3, "mix": 2},
+    # one wide convolution per branch spanning the whole window (few, large, CPU-friendly ops)
+    "fast": {"width": 8, "kc": 3, "mix": 1, "full_span": True, "window_kc": 1},
+    # deep dilated stacks: more capacity, many small ops (GPU)
+    "base": {"width": 24, "kc": 3, "mix": 2, "full_span": False},
 }
 DEFAULTS = {"pre": 30, "post": 30, "omission": 1}
 
@@ -77,8 +82,8 @@ def preset_params(preset: str, pre: int = 30, post: int = 30, omission: int = 1)
     return {
         "preset": preset,
         **PRESETS[preset],
-        "past_dilations": dilations(pre - 1),
-        "future_dilations": dilations(post - 1) if post > 0 else [],
+        "past_dilations": [] if PRESETS[preset].get("full_span") else dilations(pre - 1),
+        "future_dilations": [] if (post == 0 or PRESETS[preset].get("full_span")) else dilations(post - 1),
         "ctx_before": before,
         "ctx_after": after,
         "io": "input (B, 1, C, T_in) normalised; output (B, 1, C, T_in - ctx_before - ctx_after) = "
@@ -87,39 +92,66 @@ def preset_params(preset: str, pre: int = 30, post: int = 30, omission: int = 1)
 
 
 class Stack(nn.Module):
-    """Causal valid stack: output j (time j + reach) sees input j .. j + reach."""
+    """Causal valid stack: output j (time j + reach) sees input j .. j + reach, reach = span - 1 + sum(dils).
 
-    def __init__(self, width: int, kc: int, dils: list[int]):
+    The first layer spans `span` samples x `kc` channels (the whole window when
+    `span` = pre and there are no dilated layers: the `fast` preset); the
+    dilated layers are per channel, kernel 2, with residual connections.
+    """
+
+    def __init__(self, width: int, kc: int, dils: list[int], span: int = 1):
         super().__init__()
         self.kc = kc
-        self.first = nn.Conv2d(1, width, (kc, 1))
+        self.first = nn.Conv2d(1, width, (kc, span), padding=(kc // 2, 0))
         self.layers = nn.ModuleList(nn.Conv2d(width, width, (1, 2), dilation=(1, d)) for d in dils)
         self.dils = list(dils)
 
     def forward(self, x):
-        p = self.kc // 2
-        h = F.relu(self.first(F.pad(x, (0, 0, p, p))))
+        h = F.relu(self.first(x))
         for conv, d in zip(self.layers, self.dils):
             h = F.relu(conv(h)) + h[..., d:]
         return h
 
 
 class BlockEphys(nn.Module):
-    def __init__(self, pre: int, post: int, omission: int, width: int = 8, kc: int = 3, mix: int = 1):
+    def __init__(self, pre: int, post: int, omission: int, width: int = 8, kc: int = 3, mix: int = 1,
+                 full_span: bool = False, window_kc: int | None = None):
         super().__init__()
         self.pre, self.post, self.omission, self.kc = pre, post, omission, kc
         self.before, self.after = context(pre, post, omission)
-        self.past = Stack(width, kc, dilations(pre - 1))
-        self.future = Stack(width, kc, dilations(post - 1)) if post > 0 else None
-        cin = width * (2 if post > 0 else 1)
+        self.full_span = full_span
+        if full_span:
+            # one conv over the whole window [t - before, t + after] whose hidden taps are held at zero
+            span = self.before + self.after + 1
+            self.wkc = kc if window_kc is None else window_kc
+            self.window_conv = nn.Conv2d(1, width, (self.wkc, span), padding=(self.wkc // 2, 0))
+            mask = torch.ones(1, 1, 1, span)
+            mask[..., self.before - omission:self.before + omission + 1] = 0.0
+            self.register_buffer("mask", mask, persistent=False)
+            self.past = self.future = None
+            cin = width
+        else:
+            self.past = Stack(width, kc, dilations(pre - 1))
+            self.future = Stack(width, kc, dilations(post - 1)) if post > 0 else None
+            cin = width * (2 if post > 0 else 1)
         mixers: list[nn.Module] = []
         for _ in range(mix):
-            mixers += [nn.Conv2d(cin, width, (kc, 1)), nn.ReLU()]
+            mixers.append(nn.Conv2d(cin, width, (kc, 1), padding=(kc // 2, 0)))
             cin = width
-        self.mixers = nn.ModuleList(m for m in mixers if isinstance(m, nn.Conv2d))
+        self.mixers = nn.ModuleList(mixers)
         self.head = nn.Conv2d(cin, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.full_span:
+            w = self.window_conv.weight * self.mask
+            h = F.relu(F.conv2d(x, w, self.window_conv.bias, padding=(self.wkc // 2, 0)))
+        else:
+            h = self._stacks(x)
+        for conv in self.mixers:
+            h = F.relu(conv(h))
+        return self.head(h)
+
+    def _stacks(self, x: torch.Tensor) -> torch.Tensor:
         # past: output t uses x[t .. t + pre - 1] (input coords: t + before - omission - pre ...)
         cut = self.omission + 1 + self.after
         xp = x[..., :-cut]
@@ -129,15 +161,13 @@ class BlockEphys(nn.Module):
             hf = self.future(torch.flip(xf, dims=[-1]))
             hf = torch.flip(hf, dims=[-1])
             h = torch.cat([h, hf], dim=1)
-        p = self.kc // 2
-        for conv in self.mixers:
-            h = F.relu(conv(F.pad(h, (0, 0, p, p))))
-        return self.head(h)
+        return h
 
 
 def build(card) -> nn.Module:
     p = card.params
-    return BlockEphys(card.pre, card.post, card.omission, int(p["width"]), int(p["kc"]), int(p.get("mix", 1)))
+    return BlockEphys(card.pre, card.post, card.omission, int(p["width"]), int(p["kc"]), int(p.get("mix", 1)),
+                      bool(p.get("full_span", False)), p.get("window_kc"))
 
 
 def example_input(card, frame_shape=None, samples: int = 1024) -> torch.Tensor:

@@ -131,6 +131,8 @@ class EphysStream:
         self.n_out = 0
         self.finished = False
         self.offsets = np.asarray(self.spec.offsets, np.int64)
+        self.passthrough = 0
+        """Samples output raw (a causal per-sample model's very first sample has no input)."""
 
     @property
     def pending(self) -> int:
@@ -138,7 +140,7 @@ class EphysStream:
 
     def reset(self) -> None:
         self.ring.end = self.raw.end = 0
-        self.n_in = self.n_out = 0
+        self.n_in = self.n_out = self.passthrough = 0
         self.finished = False
 
     def push(self, uv: np.ndarray) -> tuple[int, np.ndarray]:
@@ -203,6 +205,7 @@ class EphysStream:
         out = denormalise(out, self.mean, self.std)
         if passthrough.any():
             out[passthrough] = self.raw.take(ts[passthrough])
+            self.passthrough += int(passthrough.sum())
         return out
 
 
@@ -269,3 +272,27 @@ def denoise_recording(
         "out": str(getattr(w, "path", out)),
         "model": card.summary(),
     }
+
+
+# --------------------------------------------------------------------------- CLI (`livedenoise denoise REC OUT --model M`)
+
+
+def run_cli(args) -> int:
+    """`livedenoise denoise` for ephys recordings (dispatched from commands/denoise.py)."""
+    import json
+
+    from livedenoise.models.train_ephys import open_from_args
+
+    rec = open_from_args(args.input, args)
+    out = Path(args.output)
+    if out.exists() and rec.format == "openephys" and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new folder for the denoised recording")
+    eng = open_ephys_engine(args.model, args.backend)
+    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+    rep = denoise_recording(rec, args.model, out, engine=eng, progress=not quiet)
+    if getattr(args, "json", False):
+        print(json.dumps({"input": str(args.input), "output": rep["out"], "model": str(args.model), **rep}))
+    else:
+        print(f"denoised {rep['samples']} samples x {rep['channels']} channels -> {rep['out']} in {rep['seconds']:.1f} s "
+              f"({rep['realtime_factor']:.2f}x real time)")
+    return 0

@@ -203,3 +203,56 @@ def _batch(card, data: np.ndarray, batch: int, crop: int, cpc: int, rng: np.rand
 
 
 
+
+
+# --------------------------------------------------------------------------- CLI (`livedenoise train --arch block-ephys REC`)
+
+IMAGING_WINDOW_DEFAULTS = (8, 1, 0)
+
+
+def add_reading_arguments(parser) -> None:
+    """--stream / --channels / --sample-rate / --bit-volts for ephys inputs (shared by train and denoise)."""
+    g = parser.add_argument_group("extracellular recordings (Open Ephys Binary, SpikeGLX .bin, flat .dat)")
+    g.add_argument("--stream", default=None, help="Open Ephys stream to read (name or index; default the first)")
+    g.add_argument("--channels", type=int, default=None, help="channel count of a flat int16 .dat file")
+    g.add_argument("--sample-rate", type=float, default=None, help="sample rate of a flat .dat file (default 30000)")
+    g.add_argument("--bit-volts", type=float, default=0.195, help="µV per bit of a flat .dat file")
+
+
+def open_from_args(path, args):
+    from livedenoise.models.readers_ephys import open_recording
+
+    return open_recording(path, stream=getattr(args, "stream", None), channels=getattr(args, "channels", None),
+                          sample_rate=getattr(args, "sample_rate", None), bit_volts=getattr(args, "bit_volts", 0.195))
+
+
+def run_cli(args, out) -> int:
+    """`livedenoise train` for ephys recordings (dispatched from commands/train.py)."""
+    import json as _json
+
+    arch = args.arch if args.arch in EPHYS_ARCHS else "block-ephys"
+    if len(args.movies) > 1:
+        raise UserError("ephys training takes one recording (concatenate sessions or train on the longest)")
+    rec = open_from_args(args.movies[0], args)
+    pre, post, omission = args.pre, args.post, args.omission
+    if (pre, post, omission) == IMAGING_WINDOW_DEFAULTS:
+        pre, post, omission = 30, 30, 1  # DeepInterpolation's Neuropixels window
+    device = args.device
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+    log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log(f"training {arch} on {rec.describe()}; window pre={pre} post={post} omission={omission}")
+    steps = args.steps or 2000
+    card, hist = train_ephys(
+        rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
+        lr=args.lr or 1e-3, crop=args.crop or 512, seed=args.seed, device=device, val_fraction=args.val_fraction,
+        log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None),
+    )
+    if getattr(args, "json", False):
+        print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),
+                           "val_loss": hist["val_loss"], "seconds": card.training.get("train_seconds")}))
+    else:
+        print(f"wrote {out}: {card.summary()}; {card.training.get('steps_done')} steps in "
+              f"{card.training.get('train_seconds')} s" + (f", validation loss {hist['val_loss']:.4f}" if hist["val_loss"] else ""))
+    return 0

@@ -14,7 +14,7 @@ Acquisition rules (docs/serve.md):
   number is not after the previous one (a publisher restart: ZeroMQ keeps
   order, so a counter going back means a new acquisition), closes that stream
   and opens a new one (counted in `restarts`);
-- a skipped frame number is a frame dropped upstream (counted in `dropped`);
+- a skipped frame number is a frame dropped upstream (counted in `dropped_upstream`);
   its slot repeats the previous frame so windows stay regular.
 """
 
@@ -108,7 +108,7 @@ class StreamTable:
             gap = acq.ring.put(i, pixels, h.frame, h.t, arrival)
             acq.last_frame_no = h.frame
             self.stats.frames_in += 1
-            self.stats.dropped += gap
+            self.stats.dropped_upstream += gap
             number = acq.number
             meta = acq.meta
             self.cond.notify_all()

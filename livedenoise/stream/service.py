@@ -162,7 +162,6 @@ class Service:
         self._recv_stop = threading.Event()
         self.receiver = Receiver(self.sub, self.table, self.stats, self._recv_stop)
         self._batch = _Batch()
-        self._failed_logged: set = set()
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:
@@ -205,8 +204,7 @@ class Service:
         if self.recorder is not None:
             self.recorder.close()
         final = self.stats.snapshot(final=True)
-        final["model"] = self.model_name
-        final["backend"] = getattr(self.engine, "backend", "?")
+        final.update(self._identity())
         if self.recorder is not None:
             final["recorded"] = [str(p) for p in self.recorder.paths]
         try:
@@ -223,16 +221,25 @@ class Service:
         if self.sub is not None and (receiver is None or receiver.thread.ident is None):
             self.sub.close(linger=0)  # otherwise the receiver thread closes its own socket
         if self._own_ctx:
-            self.ctx.term()
+            if receiver is not None and receiver.thread.is_alive():
+                self.ctx.destroy(linger=0)  # the receiver is stuck: do not wait for it
+            else:
+                self.ctx.term()
 
     def _emit_stats(self) -> None:
         with self.table.cond:
-            self.stats.queue = sum(self._backlog(a) for a in self.table.pending())
+            self.stats.queue_depth = sum(self._backlog(a) for a in self.table.pending())
         snap = self.stats.snapshot()
-        snap["model"] = self.model_name
+        snap.update(self._identity())
         self.out.control("stats", snap)
         if self.on_stats is not None:
-            self.on_stats(snap)
+            try:
+                self.on_stats(snap)
+            except Exception as exc:  # a caller's callback must not take the service down
+                log.error("stats callback failed: %s", exc)
+
+    def _identity(self) -> dict:
+        return {"model": self.model_name, "backend": getattr(self.engine, "backend", "?"), "lag": self.lag}
 
     def _backlog(self, acq: Acquisition) -> int:
         hi = acq.last if acq.closed else acq.ring.newest - self.lag
@@ -287,6 +294,14 @@ class Service:
         if hi < acq.next_out:
             return None
         if acq.mean is None:
+            fs = self.card.frame_shape
+            if fs is not None and tuple(fs) != acq.shape:
+                acq.failed = True
+                self.stats.engine_errors += 1
+                log.error("stream ch%d plane%d sends %dx%d frames but the model was built for %s frames; "
+                          "this acquisition is only recorded (use a model exported at this size)",
+                          acq.stream[0], acq.stream[1], *acq.shape, "x".join(map(str, fs)))
+                return None
             self._estimate_norm(acq)
         lo = acq.next_out
         if self.cfg.policy == "latest" and hi - lo + 1 > self.cfg.max_batch:  # keep only the newest

@@ -73,7 +73,7 @@ class RecentWindow:
 COUNTERS = (
     "frames_in",       # valid frame messages received
     "frames_out",      # denoised frames published
-    "dropped",         # frames missing upstream (skipped frame numbers)
+    "dropped_upstream",  # frames missing upstream (skipped frame numbers)
     "skipped",         # frames not denoised under --policy latest
     "overflow",        # frames not denoised because the ring overwrote them (--policy all)
     "malformed",       # messages that broke the protocol
@@ -96,7 +96,7 @@ class ServiceStats:
         self.recent_engine = RecentWindow()
         self.engine_total_ms = 0.0
         self._last = {"time": self.started, "frames_in": 0, "frames_out": 0}
-        self.queue = 0
+        self.queue_depth = 0
         self.record_queue = 0
         self.record_queue_mb = 0.0
 
@@ -111,7 +111,8 @@ class ServiceStats:
     def snapshot(self, final: bool = False) -> dict:
         """Counters plus rates and percentiles since the previous snapshot (whole run if final)."""
         now = time.monotonic()
-        out: dict = {k: int(getattr(self, k)) for k in COUNTERS}
+        out: dict = {"v": 1, "t": round(time.time(), 3)}
+        out.update({k: int(getattr(self, k)) for k in COUNTERS})
         dt = max(now - self._last["time"], 1e-9)
         lat = self.recent_latency.take()
         eng = self.recent_engine.take()
@@ -120,17 +121,17 @@ class ServiceStats:
             out["fps_in"] = round(out["frames_in"] / dt, 2)
             out["fps_out"] = round(out["frames_out"] / dt, 2)
             p50, p99 = self.latency.percentile(50), self.latency.percentile(99)
-            out["latency_p50_ms"] = None if p50 is None else round(p50, 2)
-            out["latency_p99_ms"] = None if p99 is None else round(p99, 2)
+            out["latency_ms_p50"] = None if p50 is None else round(p50, 2)
+            out["latency_ms_p99"] = None if p99 is None else round(p99, 2)
             out["engine_ms"] = round(self.engine_total_ms / out["frames_out"], 3) if out["frames_out"] else None
             out["latency_hist"] = self.latency.as_dict()
         else:
             out["fps_in"] = round((out["frames_in"] - self._last["frames_in"]) / dt, 2)
             out["fps_out"] = round((out["frames_out"] - self._last["frames_out"]) / dt, 2)
-            out["latency_p50_ms"] = round(float(np.percentile(lat, 50)), 2) if len(lat) else None
-            out["latency_p99_ms"] = round(float(np.percentile(lat, 99)), 2) if len(lat) else None
+            out["latency_ms_p50"] = round(float(np.percentile(lat, 50)), 2) if len(lat) else None
+            out["latency_ms_p99"] = round(float(np.percentile(lat, 99)), 2) if len(lat) else None
             out["engine_ms"] = round(float(np.mean(eng)), 3) if len(eng) else None
-        out["queue"] = int(self.queue)
+        out["queue_depth"] = int(self.queue_depth)
         out["record_queue"] = int(self.record_queue)
         out["record_queue_mb"] = round(float(self.record_queue_mb), 1)
         out["uptime_s"] = round(now - self.started, 2)
@@ -144,10 +145,10 @@ def stats_line(s: dict) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     line = (
-        f"in {s['fps_in']:.1f} fps, out {s['fps_out']:.1f} fps | latency p50 {ms(s['latency_p50_ms'])} ms "
-        f"p99 {ms(s['latency_p99_ms'])} ms | engine {ms(s['engine_ms'])} ms/frame | frames {s['frames_in']} in "
-        f"{s['frames_out']} out | dropped {s['dropped']} skipped {s['skipped']} overflow {s['overflow']} "
-        f"malformed {s['malformed']} | queue {s['queue']}"
+        f"in {s['fps_in']:.1f} fps, out {s['fps_out']:.1f} fps | latency p50 {ms(s['latency_ms_p50'])} ms "
+        f"p99 {ms(s['latency_ms_p99'])} ms | engine {ms(s['engine_ms'])} ms/frame | frames {s['frames_in']} in "
+        f"{s['frames_out']} out | dropped {s['dropped_upstream']} skipped {s['skipped']} overflow {s['overflow']} "
+        f"malformed {s['malformed']} | queue {s['queue_depth']}"
     )
     if s.get("record_dropped") or s.get("record_queue_mb", 0) > 64:
         line += f" | recorder behind: {s['record_queue_mb']:.0f} MB queued, {s['record_dropped']} lost"

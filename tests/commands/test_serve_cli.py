@@ -94,7 +94,7 @@ def test_replay_serve_listen_end_to_end(tmp_path, model):
     assert serve.returncode == 0, err
     final = json.loads(out.strip().splitlines()[-1])
     assert final["final"] and final["frames_in"] == 30 and final["frames_out"] == 30
-    assert final["dropped"] == final["malformed"] == 0
+    assert final["dropped_upstream"] == final["malformed"] == 0
     assert sorted(os.listdir(tmp_path / "rec")) == ["denoised_c1_p1_a001.h5", "raw_c1_p1_a001.h5"]
     assert listen.returncode == 0, lerr
     lines = [json.loads(x) for x in lout.strip().splitlines()]

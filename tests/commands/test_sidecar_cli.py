@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from livedenoise.cli import main
@@ -58,7 +57,7 @@ def test_sidecar_and_replay_from_the_command_line(setup, tmp_path):
     side = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(d / "m.pt"), "--input",
          f"tcp://127.0.0.1:{data}", "--socket-port", str(sock_port), "--zmq-output", f"tcp://127.0.0.1:{out}",
-         "--duration", "12", "--stats-every", "0", "--json", "--record", str(tmp_path / "live"), "--idle-flush", "0.3",
+         "--duration", "40", "--stop-after-idle", "1.5", "--stats-every", "0", "--json", "--record", str(tmp_path / "live"), "--idle-flush", "0.3",
          "--stats-file", str(tmp_path / "stats.jsonl")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import frame, stats, wait_until
+from gui_helpers import frame, stats, wait_until
 
 from livedenoise.gui.app import ViewOptions, build_imaging
 from livedenoise.gui.imaging import ImagingWindow
@@ -76,15 +76,16 @@ def test_status_counts_roi_traces_and_screenshot(qapp, publishers, tmp_path):
         np.testing.assert_allclose(tr["denoised"][2], [50 + k for k in sent])
 
         # the service's stats message takes over the counts it knows
-        pd.send(stats(frames_in=39, frames_out=39, dropped=1, skipped=3, malformed=0, fps_in=30.0, fps_out=29.0,
-                      latency_p50_ms=4.5, latency_p99_ms=9.5, model="toy-model", backend="onnxruntime"))
+        pd.send(stats(frames_in=39, frames_out=39, dropped_upstream=1, skipped=3, malformed=0, fps_in=30.0,
+                      fps_out=29.0, latency_ms_p50=4.5, latency_ms_p99=9.5, model="toy-model", backend="onnxruntime"))
         assert _settle(qapp, win, lambda: win.den.status().stats_messages == 1)
         f = win.status_fields()
         assert (f["skipped"], f["fps_in"], f["fps_out"], f["backend"]) == (3, 30.0, 29.0, "onnxruntime")
         assert (f["latency_p50_ms"], f["latency_p99_ms"]) == (4.5, 9.5)
+        assert (f["malformed"], f["viewer_malformed"]) == (0, 2)
         text = win.update_status()
         for piece in ("in 30.0 fps", "out 29.0 fps", "p50 4.5 ms", "p99 9.5 ms", "lag 2", "dropped 1",
-                      "skipped 3", "malformed 2", "toy-model", "onnxruntime"):
+                      "skipped 3", "malformed 0 (viewer 2)", "toy-model", "onnxruntime"):
             assert piece in text, (piece, text)
 
         # the displayed raw frame is the one that matches the displayed denoised frame
@@ -176,7 +177,7 @@ def test_channel_and_plane_selectors(qapp, publishers):
 
 
 def test_no_data_message_names_the_endpoint(qapp, capsys):
-    from conftest import free_endpoint
+    from gui_helpers import free_endpoint
 
     ep = free_endpoint()  # nothing publishes here
     raw = ZmqFrameSource("raw", ep).start()
@@ -219,3 +220,66 @@ def test_file_playback_records_and_npy(qapp, tmp_path):
     src = FileFrameSource("raw", np.load(tmp_path / "raw.npy", mmap_mode="r"), fps=200).start()
     assert wait_until(lambda: src.status().finished, 5)
     assert src.status().frames == 12 and src.newest.read((1, 1))[1].frame == 11
+
+
+def test_repaints_do_not_leak_references_to_none(qapp):
+    """PySide6 6.12.0 dropped a reference to None/True on every repaint until Python aborted."""
+    import sys
+
+    from livedenoise.stream.protocol import FrameHeader
+
+    raw, den = FileFrameSource("raw", np.zeros((1, H, W), np.int16)), FileFrameSource("denoised", np.zeros((1, H, W)))
+    win = ImagingWindow(raw, den)
+    win.timer.stop()
+    win.add_roi(*ROI)
+    win.show()
+    try:
+        def step(k):
+            hdr = FrameHeader(frame=k, t=k / 30, shape=(H, W), dtype="float32")
+            img = np.full((H, W), float(k % 7), np.float32)
+            raw.newest.put(hdr, img)
+            den.newest.put(hdr, img * 0.5)
+            win.stream = (1, 1)
+            win.render_now()
+            win.update_status()
+            qapp.processEvents()
+
+        for k in range(20):
+            step(k)
+        before = sys.getrefcount(None), sys.getrefcount(True)
+        for k in range(20, 220):
+            step(k)
+        after = sys.getrefcount(None), sys.getrefcount(True)
+        assert after[0] - before[0] > -100 and after[1] - before[1] > -100, (before, after)
+    finally:
+        win.close()
+
+
+def test_drawn_roi_appears_on_every_panel_moves_together_and_is_removed(qapp):
+    from PySide6 import QtCore
+
+    from livedenoise.gui.rois import RectRoi
+    from livedenoise.stream.protocol import FrameHeader
+
+    raw = FileFrameSource("raw", np.zeros((1, H, W), np.int16))
+    win = ImagingWindow(raw, None)
+    win.timer.stop()
+    try:
+        win.draw_btn.setChecked(True)
+        assert all(p.vb.draw_mode for p in win.panels.values())
+        win.panels["meansub"].vb.rectDrawn.emit(QtCore.QRectF(5.2, 4.1, 9.5, 5.6))  # a drag that ended
+        assert not win.draw_btn.isChecked()
+        (rid,) = win._rois
+        assert raw.traces._rois[rid] == RectRoi(4, 10, 5, 15)  # floor/ceil of the dragged rectangle
+        first, *others = win._rois[rid]
+        first.setPos((20, 12))  # moved on one panel: follows on all, and the trace starts over
+        assert all(tuple(r.pos()) == (20.0, 12.0) for r in others)
+        roi = raw.traces._rois[rid]
+        assert (roi.y0, roi.x0) == (12, 20)
+        raw.newest.put(FrameHeader(frame=0, t=0.0, shape=(H, W), dtype="int16"), np.zeros((H, W), np.int16))
+        raw._on_frame(FrameHeader(frame=0, t=0.0, shape=(H, W), dtype="int16"), np.full((H, W), 3, np.int16))
+        assert list(win.roi_traces(rid)["raw"][2]) == [3.0]
+        win.remove_roi(rid)
+        assert not win._rois and raw.traces.roi_ids() == []
+    finally:
+        win.close()

@@ -183,3 +183,22 @@ def frame_parts(frame: int, img: np.ndarray, t: float | None = None, channel: in
     return encode_frame(h, img)
 
 
+
+
+# -- fixtures (imported by the test modules: `from streamkit import cfg_factory`) --
+import pytest  # noqa: E402
+
+from livedenoise.stream.service import ServeConfig as _ServeConfig  # noqa: E402
+
+
+@pytest.fixture
+def cfg_factory():
+    """ServeConfig on two fresh loopback ports, stats every 0.2 s."""
+
+    def make(**kw) -> _ServeConfig:
+        i, o = endpoints()
+        base = dict(input=i, output=o, stats_interval=0.2)
+        base.update(kw)
+        return _ServeConfig(**base)
+
+    return make

@@ -5,7 +5,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
-from streamkit import Collector, RunningService, make_checkpoint
+from streamkit import Collector, RunningService, cfg_factory, make_checkpoint  # noqa: F401
 
 from livedenoise.export.engine import TorchEngine
 from livedenoise.models.denoise import denoise_file, denoise_movie
@@ -67,7 +67,7 @@ def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, po
     assert all(f.header.extra["lag"] == post for f in frames)
     assert final["frames_in"] == 40 and final["frames_out"] == 40
     assert final["passthrough"] == (1 if post == 0 else 0)
-    assert final["dropped"] == final["skipped"] == final["overflow"] == final["malformed"] == 0
+    assert final["dropped_upstream"] == final["skipped"] == final["overflow"] == final["malformed"] == 0
     # the recordings hold the same frames
     raw = read_recording(tmp_path / "rec" / "raw_c1_p1_a001.h5")
     den = read_recording(tmp_path / "rec" / "denoised_c1_p1_a001.h5")

@@ -296,6 +296,8 @@ class Receiver(threading.Thread):
         self.heart = Heartbeat(self.ctx, heartbeat_endpoint(endpoint), self.uuid, stop, heartbeat_s) if heartbeat_s else None
         self.last_reason = ""
         self.ready = threading.Event()
+        self.cpu_s = 0.0
+        """CPU seconds this thread used (receive + decode + assemble), set when it ends."""
 
     def run(self) -> None:
         sock = self.ctx.socket(zmq.SUB)
@@ -307,6 +309,7 @@ class Receiver(threading.Thread):
         if self.heart is not None:
             self.heart.start()
         self.ready.set()
+        cpu0 = time.thread_time()
         last_data = time.monotonic()
         flushed = True
         try:
@@ -337,6 +340,7 @@ class Receiver(threading.Thread):
                     last_data = time.monotonic()
                     flushed = False
         finally:
+            self.cpu_s = time.thread_time() - cpu0
             sock.close(linger=0)
 
     def counters(self) -> dict:

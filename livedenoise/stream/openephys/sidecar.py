@@ -63,6 +63,8 @@ class SidecarConfig:
     stats_every: float = 5.0
     stats_file: str | None = None
     duration: float | None = None
+    stop_after_idle: float | None = None
+    """Stop once data has come and then stopped for this many seconds (scripted runs)."""
     heartbeat_s: float = 2.0
     idle_flush_s: float = 0.5
     max_block: int = 4096
@@ -81,6 +83,8 @@ class SidecarStats:
         self.first_data: float | None = None
         self.engine_errors = 0
         self.segments = 0
+        self.emits = 0
+        self.passthrough_done = 0
 
 
 class Sidecar:
@@ -120,6 +124,7 @@ class Sidecar:
         self.thread: threading.Thread | None = None
         self._stats_fh = open(cfg.stats_file, "a") if cfg.stats_file else None
         self.final_stats: dict | None = None
+        self._last_block: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,6 +151,9 @@ class Sidecar:
             while not self.stop_event.is_set():
                 if t_end is not None and time.monotonic() > t_end:
                     break
+                if (self.cfg.stop_after_idle and self._last_block is not None
+                        and time.monotonic() - self._last_block > self.cfg.stop_after_idle):
+                    break
                 try:
                     items = [self.q.get(timeout=0.1)]
                 except queue.Empty:
@@ -162,7 +170,16 @@ class Sidecar:
         finally:
             self.stop_event.set()
             self.receiver.join(2)
-            self._close_segment()
+            rest = []
+            while True:  # what was received before the stop is still processed
+                try:
+                    rest.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._handle(rest)
+            finally:
+                self._close_segment()
             self.final_stats = self.snapshot(final=True)
             self._emit_stats(self.final_stats)
             if self.socket is not None:
@@ -198,6 +215,7 @@ class Sidecar:
 
     def _process(self, blocks: list[Block]) -> None:
         t0 = time.perf_counter()
+        self._last_block = time.monotonic()
         first = blocks[0]
         C = first.data.shape[0]
         if self.stream is None or self.stream.C != C or self.stream.finished:
@@ -227,6 +245,7 @@ class Sidecar:
         if self.rec_den is not None:
             self.rec_den.write(out, np.arange(sn, sn + len(out), dtype=np.int64))
         self.stats.output_samples += len(out)
+        self.stats.emits += 1
         if arrival is not None:
             self.stats.latency_ms.append((time.monotonic() - arrival) * 1000)
             if len(self.stats.latency_ms) > 4096:
@@ -273,6 +292,9 @@ class Sidecar:
     def _close_segment(self) -> None:
         if self.stream is not None and not self.stream.finished:
             self._finish_segment()
+        if self.stream is not None:
+            self.stats.passthrough_done += self.stream.passthrough
+            self.stream.passthrough = 0
         for w in (self.rec_raw, self.rec_den):
             if w is not None:
                 w.close()
@@ -287,7 +309,21 @@ class Sidecar:
         now = time.monotonic()
         wall = now - (st.first_data or now)
         lat = np.asarray(st.latency_ms[-2048:]) if st.latency_ms else np.zeros(0)
+        up = max(now - st.started, 1e-9)
         out = {
+            # the imaging service's keys (stream/stats.py), in ephys units where they differ
+            "frames_in": c.get("blocks_in", 0),
+            "frames_out": st.emits,
+            "dropped": c.get("dropped_samples", 0),
+            "skipped": 0,
+            "overflow": 0,
+            "passthrough": int(getattr(self.stream, "passthrough", 0) or 0) + st.passthrough_done,
+            "record_dropped": 0,
+            "fps_in": round(c.get("blocks_in", 0) / up, 2),
+            "fps_out": round(st.emits / up, 2),
+            "engine_ms": round(st.busy_s * 1000 / st.batches, 3) if st.batches else None,
+            "record_queue": 0,
+            "record_queue_mb": 0.0,
             **c,
             "processed_samples": st.processed_samples,
             "output_samples": st.output_samples,

@@ -87,3 +87,43 @@ def test_sidecar_without_any_plugin_stops_cleanly(tiny_models, ports):
     stats = sc.stop()
     assert time.monotonic() - t0 < 5
     assert stats["samples_in"] == 0 and stats["heartbeats"] >= 1 and stats["heartbeat_replies"] == 0
+
+
+def test_restarted_acquisition_and_message_gaps_do_not_stall(tiny_models, ports, tmp_path):
+    data_port, _ = ports
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{data_port}")
+    stop = threading.Event()
+    rep = HeartbeatResponder(ctx, f"tcp://127.0.0.1:{data_port + 1}", stop)
+    rep.start()
+    sc = Sidecar(SidecarConfig(model=str(tiny_models["interp-ephys"]), backend="torch", input=f"tcp://127.0.0.1:{data_port}",
+                               socket_port=None, zmq_output=None, stats_every=0, quiet=True, idle_flush_s=5,
+                               record=str(tmp_path / "rec"))).start()
+    assert rep.first.wait(10)
+    time.sleep(0.3)
+    rng = np.random.default_rng(1)
+    for run in range(2):  # the second run starts again at message_num 0 / sample_num 0
+        enc = DataEncoder("ProbeA-AP", [f"CH{k + 1}" for k in range(C)], 30000.0)
+        for b in range(6):
+            parts = enc.encode_block(b * N, rng.standard_normal((C, N)).astype(np.float32) * 10)
+            if run == 0 and b == 3:
+                enc.message_num += 5  # five messages lost upstream (numbered, never sent)
+            for p in parts:
+                pub.send_multipart(p)
+            time.sleep(0.01)
+    t0 = time.monotonic()
+    while sc.snapshot()["samples_in"] < 12 * N and time.monotonic() - t0 < 30:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stats = sc.stop()
+    stop.set()
+    rep.join(2)
+    pub.close(0)
+    assert stats["restarts"] == 1 and stats["segments"] == 2
+    assert stats["gaps"] == 5
+    assert stats["samples_in"] == 12 * N and stats["output_samples"] == 12 * N
+    from livedenoise.models.readers_ephys import open_recording
+
+    assert open_recording(tmp_path / "rec" / "denoised").n_samples == 6 * N
+    assert open_recording(tmp_path / "rec" / "segment2" / "denoised").n_samples == 6 * N

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from streamkit import MeanEngine, RawPublisher, RunningService, frame_parts, lite_card, make_checkpoint
+from streamkit import MeanEngine, RawPublisher, RunningService, cfg_factory, frame_parts, lite_card, make_checkpoint  # noqa: F401
 
 from livedenoise.export.engine import TorchEngine
 

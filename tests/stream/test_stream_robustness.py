@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from streamkit import MeanEngine, RawPublisher, RunningService, frame_parts, lite_card
+from streamkit import MeanEngine, RawPublisher, RunningService, cfg_factory, frame_parts, lite_card  # noqa: F401
 
 from livedenoise.stream.protocol import DTYPES, ProtocolError, decode
 from livedenoise.stream.receiver import Receiver, StreamTable
@@ -119,7 +119,7 @@ def test_service_survives_faults_and_records_every_valid_frame(tmp_path_factory,
             svc.stop()
     assert final["frames_in"] == 29
     assert final["malformed"] == n_bad
-    assert final["dropped"] == 2
+    assert final["dropped_upstream"] == 2
     assert final["restarts"] == 2
     assert final["frames_out"] == 29 and final["skipped"] == final["overflow"] == 0
     assert final["record_dropped"] == 0
@@ -239,3 +239,59 @@ def test_multiple_channels_and_planes_are_separate_streams(tmp_path, cfg_factory
             den = read_recording(tmp_path / "rec" / f"denoised_c{ch}_p{pl}_a001.h5")
             assert list(den["frame"]) == list(range(12))
             assert den["frames"][5, 0, 0] == pytest.approx(10 * ch + pl + 3.5)  # mean of frames 3, 4
+
+
+def test_frames_of_the_wrong_size_for_a_fixed_size_model_are_recorded_not_denoised(tmp_path, cfg_factory):
+    card = lite_card(2, 0)
+    card.frame_shape = [8, 8]
+    cfg = cfg_factory(record=str(tmp_path / "rec"))
+    svc = RunningService(cfg, MeanEngine(card))
+    pub = RawPublisher(cfg.input)
+    try:
+        pub.wait_subscriber()
+        for k in range(5):
+            pub.send(frame_parts(k, np.full((6, 6), k, np.int16)))
+        pub.control("stop")
+        svc.wait_frames_in(5)
+        svc.wait_idle()
+        final = svc.stop()
+    finally:
+        pub.close()
+    assert final["frames_in"] == 5 and final["frames_out"] == 0 and final["engine_errors"] == 1
+    assert list(read_recording(tmp_path / "rec" / "raw_c1_p1_a001.h5")["frame"]) == list(range(5))
+
+
+def test_tiff_recording_holds_frames_numbers_and_times(tmp_path, cfg_factory):
+    cfg = cfg_factory(record=str(tmp_path / "rec"), record_format="tiff")
+    svc = RunningService(cfg, MeanEngine(lite_card(2, 0)))
+    pub = RawPublisher(cfg.input)
+    try:
+        pub.wait_subscriber()
+        for k in range(6):
+            pub.send(frame_parts(k, np.full((4, 5), k, np.uint16), t=k * 0.5))
+        pub.control("stop")
+        svc.wait_frames_in(6)
+        svc.wait_idle()
+        svc.stop()
+    finally:
+        pub.close()
+    raw = read_recording(tmp_path / "rec" / "raw_c1_p1_a001.tif")
+    assert raw["frames"].dtype == np.uint16 and [int(f[0, 0]) for f in raw["frames"]] == list(range(6))
+    assert list(raw["frame"]) == list(range(6)) and list(raw["t"]) == [k * 0.5 for k in range(6)]
+    den = read_recording(tmp_path / "rec" / "denoised_c1_p1_a001.tif")
+    assert den["frames"].dtype == np.float32 and len(den["frames"]) == 6
+
+
+def test_a_recorder_that_cannot_keep_up_says_so_in_the_stats(tmp_path, caplog):
+    from livedenoise.stream.recorder import Recorder
+
+    stats = ServiceStats()
+    rec = Recorder(tmp_path / "rec", max_queue_mb=0.01, stats=stats)  # 10 KB of queue: a 16 KB frame never fits
+    with caplog.at_level("WARNING", logger="livedenoise.stream"):
+        ok = [rec.write("raw", 1, 1, 1, np.zeros((64, 128), np.int16), k, 0.0, 0.0) for k in range(3)]
+        ok.append(rec.write("raw", 1, 1, 1, np.zeros((8, 8), np.int16), 3, 0.0, 0.0))
+    rec.close()
+    assert ok == [False, False, False, True]
+    assert stats.record_dropped == 3 and rec.dropped == 3
+    assert "recorder cannot keep up" in caplog.text
+    assert list(read_recording(tmp_path / "rec" / "raw_c1_p1_a001.h5")["frame"]) == [3]

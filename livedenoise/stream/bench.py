@@ -1,0 +1,271 @@
+"""`livedenoise bench stream`: end-to-end latency and the highest sustained input rate of `serve`.
+
+For every model x backend x frame size it runs the real service (receiver
+thread, ring, engine loop, output PUB) on loopback in this process, fed by a
+paced publisher and read by a subscriber:
+
+- latency: frame sent -> its denoised frame received, p50 / p99, at `--fps`
+  (30 Hz, a typical two-photon rate; a lag-L model adds L frame periods);
+- highest sustained rate: the fastest input rate (frames/s) at which every
+  frame is denoised (`--policy latest` skips nothing and the ring never
+  overflows) for `--seconds`, found by raising the rate x1.3 from half the
+  engine's batched throughput, then one bisection step.
+
+The publisher and subscriber share the process (and, on a small machine, the
+cores) with the service, so the numbers are a lower bound for a dedicated
+machine. Without `--model`, two random-init `interp2d` `lite` checkpoints
+are used (causal pre=4 post=0 and short-lag pre=4 post=1): speed does not
+depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from livedenoise.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "stream",
+        help="live service: end-to-end latency and highest sustained frame rate",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", action="append", default=None, help="model file (repeatable); default: two lite models")
+    p.add_argument("--backend", action="append", default=None,
+                   help="backend (repeatable); default: torch and onnxruntime")
+    p.add_argument("--size", type=int, action="append", default=None, help="frame side in pixels (default 256 and 512)")
+    p.add_argument("--fps", type=float, default=30.0, help="input rate for the latency measurement")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of each run")
+    p.add_argument("--max-batch", type=int, default=8, help="serve --max-batch")
+    p.add_argument("--max-fps", type=float, default=2000.0, help="stop raising the rate here")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- one run
+def _port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_batch: int = 8,
+             policy: str = "latest", warm_fraction: float = 0.1) -> dict:
+    """Publish `fps` x `seconds` frames through a fresh service; latency and counters."""
+    import zmq
+
+    from livedenoise.stream.protocol import FrameHeader, FrameMessage, decode, encode_frame
+    from livedenoise.stream.replay import open_publisher, wait_for_subscriber
+    from livedenoise.stream.service import ServeConfig, Service
+
+    n = max(10, int(round(fps * seconds)))
+    cfg = ServeConfig(input=_port(), output=_port(), policy=policy, max_batch=max_batch, ring=max(256, 4 * max_batch),
+                      stats_interval=0.5)
+    stop = threading.Event()
+    svc = Service(cfg, engine, stop)
+    result: dict = {}
+    th = threading.Thread(target=lambda: result.update(svc.run()), daemon=True)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"frame")
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(cfg.output)
+    received = np.full(n, np.nan)
+    sent = np.full(n, np.nan)
+    done = threading.Event()
+
+    def collect():
+        while not done.is_set():
+            if sub.poll(20):
+                msg = decode(sub.recv_multipart())
+                now = time.perf_counter()
+                if isinstance(msg, FrameMessage) and 0 <= msg.header.frame < n:
+                    received[msg.header.frame] = now
+
+    col = threading.Thread(target=collect, daemon=True)
+    pub = open_publisher(ctx, cfg.input)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 2000, shape).astype(np.int16) for _ in range(8)]
+    msgs = [encode_frame(FrameHeader(frame=0, t=0.0, shape=shape, dtype="int16"), f) for f in frames]
+    th.start()
+    col.start()
+    try:
+        if not wait_for_subscriber(pub, 30):
+            raise UserError("bench: the service did not subscribe within 30 s")
+        time.sleep(0.3)  # the bench subscriber's subscription reaches the service's PUB
+        t0 = time.perf_counter()
+        for k in range(n):
+            due = t0 + k / fps
+            while (now := time.perf_counter()) < due:
+                time.sleep(min(0.0005, due - now))
+            parts = msgs[k % 8]
+            header = FrameHeader(frame=k, t=k / fps, shape=shape, dtype="int16").to_json()
+            sent[k] = time.perf_counter()
+            pub.send_multipart([parts[0], header, parts[2]], copy=False)
+        send_s = time.perf_counter() - t0
+        deadline = time.monotonic() + 10 + seconds
+        while time.monotonic() < deadline and np.isnan(received[: n - engine.card.lag]).any() \
+                and svc.stats.skipped + svc.stats.overflow == 0:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        th.join(60)
+        done.set()
+        col.join(5)
+        pub.close(linger=0)
+        sub.close(linger=0)
+        ctx.term()
+    lat = (received - sent)[int(n * warm_fraction):] * 1000
+    lat = lat[~np.isnan(lat)]
+    return {
+        "fps_target": fps, "fps_sent": round(n / send_s, 1), "frames": n,
+        "frames_out": int(result.get("frames_out", 0)), "skipped": int(result.get("skipped", 0)),
+        "overflow": int(result.get("overflow", 0)),
+        "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
+        "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
+        "engine_ms": result.get("engine_ms"),
+    }
+
+
+def sustained(r: dict) -> bool:
+    return r["skipped"] == 0 and r["overflow"] == 0 and r["frames_out"] == r["frames"] \
+        and r["fps_sent"] >= 0.95 * r["fps_target"]
+
+
+def batched_throughput(engine, shape, max_batch: int) -> float:
+    """Frames per second the engine alone manages in full batches."""
+    x = np.zeros((max_batch, engine.card.n_inputs, *shape), np.float32)
+    engine.run(x)
+    t = time.perf_counter()
+    reps = 0
+    while reps < 2 or time.perf_counter() - t < 1.0:
+        engine.run(x)
+        reps += 1
+    return reps * max_batch / (time.perf_counter() - t)
+
+
+def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, log=None) -> tuple[float, list]:
+    cap = batched_throughput(engine, shape, max_batch)
+    rate = min(max_fps, max(1.0, 0.5 * cap))
+    best, tried = 0.0, []
+    fail = None
+    for _ in range(8):
+        r = run_once(engine, shape, rate, seconds, max_batch)
+        tried.append(r)
+        if log:
+            log(f"    {rate:7.1f} frames/s -> {'ok' if sustained(r) else 'not sustained'} "
+                f"(out {r['frames_out']}/{r['frames']}, skipped {r['skipped']}, p99 {r['latency_ms_p99']} ms)")
+        if sustained(r):
+            best = rate
+            if rate >= max_fps:
+                break
+            rate = min(max_fps, rate * 1.3)
+        else:
+            fail = rate
+            break
+    if best and fail:  # one bisection step
+        mid = (best + fail) / 2
+        r = run_once(engine, shape, mid, seconds, max_batch)
+        tried.append(r)
+        if sustained(r):
+            best = mid
+    elif not best and fail:
+        for _ in range(3):  # even half the batched throughput failed: go down
+            rate /= 2
+            r = run_once(engine, shape, rate, seconds, max_batch)
+            tried.append(r)
+            if sustained(r):
+                best = rate
+                break
+    return round(best, 1), tried
+
+
+# ----------------------------------------------------------------------------- CLI
+def _default_models(tmp: Path) -> list[Path]:
+    import torch
+
+    from livedenoise.models import interp2d
+    from livedenoise.models.card import ModelCard
+    from livedenoise.models.checkpoint import save_checkpoint
+
+    out = []
+    for post in (0, 1):
+        card = ModelCard("interp2d", interp2d.preset_params("lite"), "2p", 4, post, 0,
+                         list(interp2d.window(4, post, 0).offsets), norm_mean=1000.0, norm_std=500.0)
+        torch.manual_seed(0)
+        out.append(save_checkpoint(tmp / f"lite_pre4_post{post}.pt", card, interp2d.build(card).state_dict()))
+    return out
+
+
+def _open(model: Path, backend: str, size: int, tmp: Path):
+    from livedenoise.export.engine import open_engine
+
+    if backend.startswith("onnxruntime") and model.suffix == ".pt":
+        from livedenoise.export.onnx_export import export_onnx
+
+        onnx_path = tmp / f"{model.stem}_{size}.onnx"
+        if not onnx_path.exists():
+            export_onnx(model, onnx_path, frame_shape=(size, size))
+        model = onnx_path
+    return open_engine(model, backend)
+
+
+def run(args) -> int:
+    sizes = args.size or [256, 512]
+    backends = args.backend or ["torch", "onnxruntime"]
+    if any(s < 16 for s in sizes):
+        raise UserError("--size must be >= 16 pixels")
+    if args.seconds <= 0 or args.fps <= 0 or args.max_batch < 1:
+        raise UserError("--seconds and --fps must be > 0 and --max-batch >= 1")
+    rows = []
+
+    def log(msg):
+        if not args.json:
+            print(msg, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="livedenoise-bench-") as d:
+        tmp = Path(d)
+        models = [Path(m) for m in args.model] if args.model else _default_models(tmp)
+        for model in models:
+            for backend in backends:
+                for size in sizes:
+                    engine = _open(model, backend, size, tmp)
+                    log(f"{model.name} [{engine.card.summary()}] on {backend} at {size}x{size}:")
+                    lat = run_once(engine, (size, size), args.fps, args.seconds, args.max_batch)
+                    log(f"  latency at {args.fps:g} Hz: p50 {lat['latency_ms_p50']} ms, p99 {lat['latency_ms_p99']} ms "
+                        f"({lat['frames_out']}/{lat['frames']} frames out)")
+                    best, _ = highest_rate(engine, (size, size), args.seconds, args.max_batch, args.max_fps, log)
+                    log(f"  highest sustained rate: {best:g} frames/s")
+                    rows.append({
+                        "model": model.name, "arch": engine.card.summary(), "backend": backend,
+                        "describe": engine.describe(), "size": size, "lag": engine.card.lag,
+                        "latency_fps": args.fps, "latency_ms_p50": lat["latency_ms_p50"],
+                        "latency_ms_p99": lat["latency_ms_p99"], "latency_all_out": sustained(lat),
+                        "max_sustained_fps": best,
+                    })
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print()
+        print(markdown_table(rows))
+    return 0
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | lag | backend | frame | input rate for latency (Hz) | latency p50 / p99 (ms) | max sustained (frames/s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['lag']} | {r['backend']} | {r['size']}x{r['size']} | "
+                     f"{r['latency_fps']:g} | {r['latency_ms_p50']} / {r['latency_ms_p99']} | {r['max_sustained_fps']:g} |")
+    return "\n".join(lines)
