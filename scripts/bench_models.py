@@ -42,7 +42,8 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=None, help="step budget per model (with or instead of --minutes)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--posts", type=int, nargs="+", default=[1, 0])
-    p.add_argument("--pre", type=int, default=8)
+    p.add_argument("--pre", type=int, default=16)
+    p.add_argument("--tune-crop", type=int, default=128, help="classic tuning on this top-left square of the training movie")
     p.add_argument("--preset", default="lite")
     p.add_argument("--crop", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
@@ -50,6 +51,10 @@ def parse(argv=None):
     p.add_argument("--loss", default=None)
     p.add_argument("--cad3d-minutes", type=float, default=0.0, help="also train cad3d per lag (0: skip)")
     p.add_argument("--no-classic", action="store_true")
+    p.add_argument("--innovation", action="store_true",
+                   help="also score causal models + the opt-in innovation post-step (gain, sigma tuned on the training movie)")
+    p.add_argument("--models-from", default=None, metavar="DIR",
+                   help="load interp2d_<preset>_post<N>.pt from DIR (a previous --workdir) instead of training")
     p.add_argument("--workdir", default=None, help="keeps the simulated movies and checkpoints (default: a temp folder)")
     p.add_argument("--out", default=None, help="markdown table to write (and .json beside it)")
     p.add_argument("--seed", type=int, default=0)
@@ -116,6 +121,9 @@ def table(rows, raw, args, meta):
 def main(argv=None):
     args = parse(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    # On a shared CPU, OpenMP's spin-waiting makes 2 threads several times slower
+    # than 1; passive waiting keeps 2 threads useful (set before torch loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -124,6 +132,7 @@ def main(argv=None):
     from livedenoise.models.registry import build_network
     from livedenoise.models.train import TrainConfig, train
 
+    load_before = os.getloadavg()
     work = Path(args.workdir) if args.workdir else None
     if work:
         work.mkdir(parents=True, exist_ok=True)
@@ -144,8 +153,9 @@ def main(argv=None):
         if not args.no_classic:
             t1 = time.time()
             n_tune = min(600, args.frames)
-            card, s_train, results = baselines.tune(train_sim.noisy[:n_tune].astype(np.float32), train_sim.clean[:n_tune],
-                                                    post=post, n_frames=48)
+            c = args.tune_crop
+            card, s_train, results = baselines.tune(train_sim.noisy[:n_tune, :c, :c].astype(np.float32),
+                                                    train_sim.clean[:n_tune, :c, :c], post=post, n_frames=48)
             net = build_network(card).eval()
             est, per_frame = run_card(card, net, test["noisy"])
             p = {k2: v for k2, v in card.params.items() if k2 not in ("preset",)}
@@ -154,22 +164,38 @@ def main(argv=None):
                               {"notes": f"tuned on the training movie's truth ({len(results)} candidates, {time.time() - t1:.0f} s)",
                                "ms_per_frame": 1000 * per_frame, "params": p, "pre": card.pre}))
 
-        cfg = TrainConfig(arch="interp2d", preset=args.preset, pre=args.pre, post=post, max_minutes=args.minutes,
-                          steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr, loss=args.loss,
-                          seed=args.seed, progress=False, device="cpu", sources=[f"sim seed {args.train_seed}"])
-        t1 = time.time()
-        card, state, hist = train([train_sim.noisy], cfg)
-        secs = time.time() - t1
-        if work:
-            save_checkpoint(work / f"interp2d_{args.preset}_post{post}.pt", card, state)
+        name = f"interp2d_{args.preset}_post{post}.pt"
+        if args.models_from:
+            from livedenoise.models.checkpoint import read_checkpoint
+
+            card, state = read_checkpoint(Path(args.models_from) / name)
+            hist = {"steps": card.training.get("steps"), "best_step": card.training.get("best_step")}
+            secs = float(card.training.get("seconds", 0.0))
+        else:
+            cfg = TrainConfig(arch="interp2d", preset=args.preset, pre=args.pre, post=post, max_minutes=args.minutes,
+                              steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr, loss=args.loss,
+                              seed=args.seed, progress=False, device="cpu", sources=[f"sim seed {args.train_seed}"])
+            t1 = time.time()
+            card, state, hist = train([train_sim.noisy], cfg)
+            secs = time.time() - t1
+            if work:
+                save_checkpoint(work / name, card, state)
         net = build_network(card)
         net.load_state_dict(state)
         net.eval()
         est, per_frame = run_card(card, net, test["noisy"])
-        rows.append(score(est, test, f"interp2d {args.preset}, pre={args.pre} post={post}", card.lag,
+        rows.append(score(est, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post}", card.lag,
                           {"notes": f"{hist['steps']} steps in {secs / 60:.1f} min (best at {hist['best_step']}), "
                                     f"{1000 * per_frame:.0f} ms/frame inference",
                            "steps": hist["steps"], "train_s": secs, "ms_per_frame": 1000 * per_frame}))
+        if args.innovation and card.lag == 0:
+            n_tune = min(300, args.frames)
+            pred_tr, _ = run_card(card, net, train_sim.noisy[:n_tune])
+            params, _ = baselines.tune_innovation(pred_tr, train_sim.noisy[:n_tune], train_sim.clean[:n_tune])
+            est2 = baselines.innovation_update(est, test["noisy"], **params)
+            rows.append(score(est2, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post} + innovation "
+                                          f"(gain={params['gain']:g}, sigma_xy={params['sigma_xy']:g})", 0,
+                              {"notes": "opt-in post-step: prediction + gain x smoothed (raw - prediction); uses frame t"}))
 
         if args.cad3d_minutes > 0:
             cfg = TrainConfig(arch="cad3d", preset="rt", pre=args.pre, post=post, max_minutes=args.cad3d_minutes,
@@ -187,7 +213,7 @@ def main(argv=None):
 
     meta = {"command": "python scripts/bench_models.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "threads": args.threads, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "load_before": load_before, "load_after": os.getloadavg(),
             "total_s": time.time() - t0}
     md = table(rows, raw, args, meta)
     print(md)

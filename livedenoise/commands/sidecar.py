@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--channels", type=int, default=None,
                    help="expected channel count (default: learned from the first block)")
     p.add_argument("--backend", default="auto", choices=_backends(), help="inference backend")
+    p.add_argument("--batch", type=int, default=256,
+                   help="samples per engine call for per-sample models (interp-ephys); raise it on a GPU")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime")
     p.add_argument("--socket-port", type=int, default=9001,
@@ -58,6 +60,8 @@ def register(subparsers) -> None:
                    help="exit once data has arrived and then stopped for S seconds (scripted runs)")
     p.add_argument("--idle-flush", type=float, default=0.5,
                    help="seconds without data after which the last `lag` samples are flushed (end of acquisition)")
+    p.add_argument("--max-backlog", type=float, default=10.0, metavar="S",
+                   help="when the engine falls more than S seconds of data behind, skip the oldest (counted as overflow)")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no periodic stats lines")
     p.set_defaults(func=run)
@@ -68,6 +72,8 @@ def run(args) -> int:
 
     if args.socket_port is not None and args.socket_port < 0:
         args.socket_port = None
+    if args.batch < 1:
+        raise UserError(f"--batch must be >= 1, got {args.batch}")
     if args.socket_samples is not None and args.socket_samples < 1:
         raise UserError(f"--socket-samples must be >= 1, got {args.socket_samples}")
     logger = logging.getLogger("livedenoise.stream.openephys")
@@ -79,12 +85,13 @@ def run(args) -> int:
         logger.propagate = False
     cfg = SidecarConfig(
         model=args.model, input=args.input, stream=args.stream, channels=args.channels, backend=args.backend,
-        device=args.device, threads=args.threads, socket_port=args.socket_port, socket_host=args.socket_host,
+        device=args.device, threads=args.threads, batch=args.batch, socket_port=args.socket_port,
+        socket_host=args.socket_host,
         socket_samples=args.socket_samples,
         zmq_output=None if str(args.zmq_output).lower() in ("off", "none", "") else args.zmq_output,
         zmq_stream_name=args.zmq_stream_name, record=args.record, record_bit_volts=args.record_bit_volts,
         stats_every=args.stats_every, stats_file=args.stats_file, duration=args.duration,
-        stop_after_idle=args.stop_after_idle, idle_flush_s=args.idle_flush,
+        stop_after_idle=args.stop_after_idle, idle_flush_s=args.idle_flush, max_backlog_s=args.max_backlog,
         quiet=args.quiet,
     )
     try:

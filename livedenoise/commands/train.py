@@ -94,6 +94,19 @@ def _open(path, args):
     return open_movie(path, channel=args.channel, plane=args.plane, dataset=args.dataset)
 
 
+def _read_truth(path, args, n: int):
+    """(shape, first n frames as float32) of a ground truth: a simulate `.truth.h5` (its clean movie) or any movie file."""
+    import numpy as np
+
+    if str(path).endswith(".truth.h5"):
+        from livedenoise.models.simulate import load_truth
+
+        clean = load_truth(path).clean
+        return tuple(clean.shape), np.asarray(clean[:n], dtype=np.float32)
+    with _open(path, args) as mv:
+        return tuple(mv.shape), mv.read(0, min(n, len(mv))).astype(np.float32)
+
+
 def run(args) -> int:
     out = _check_paths(args)
     if args.threads:
@@ -161,17 +174,12 @@ def _run_classic(args, out: Path) -> int:
     given = {k: getattr(args, k) for k in ("tau", "sigma_t", "sigma_xy") if getattr(args, k) is not None}
     info = {}
     if args.tune_against:
-        movie = _open(args.movies[0], args)
-        truth = _open(args.tune_against, args)
-        try:
-            if tuple(movie.shape) != tuple(truth.shape):
-                raise UserError(f"--tune-against {args.tune_against} has shape {truth.shape}, the movie {movie.shape}; they must match")
+        with _open(args.movies[0], args) as movie:
             n = min(len(movie), 600)
+            shape, tr = _read_truth(args.tune_against, args, n)
+            if tuple(movie.shape) != shape:
+                raise UserError(f"--tune-against {args.tune_against} has shape {shape}, the movie {tuple(movie.shape)}; they must match")
             m = movie.read(0, n).astype(np.float32)
-            tr = truth.read(0, n).astype(np.float32)
-        finally:
-            movie.close()
-            truth.close()
         kinds = [args.kind] if args.kind else None
         grid = None
         if given:

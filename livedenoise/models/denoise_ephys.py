@@ -240,24 +240,35 @@ def denoise_recording(
     rec = src if isinstance(src, Recording) else open_recording(src, stream=stream, channels=channels, sample_rate=sample_rate)
     eng = engine or open_ephys_engine(model, backend)
     stop = rec.n_samples if stop is None else min(stop, rec.n_samples)
-    st = EphysStream(eng, rec.n_channels)
+    # SpikeGLX sync (and other non-neural) channels are copied, never denoised
+    neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
+    chans = np.asarray(neural, np.int64) if neural is not None and len(neural) < rec.n_channels else None
+    st = EphysStream(eng, rec.n_channels if chans is None else len(chans))
     card = eng.card
     w = writer_like(rec, out, description=f"denoised by livedenoise {card.summary()}")
+
+    def full(first: int, y: np.ndarray) -> np.ndarray:
+        if chans is None:
+            return y
+        out_ = rec.read(start + first, start + first + len(y))
+        out_[:, chans] = y
+        return out_
     t0 = time.perf_counter()
     done = 0
     try:
         sn = np.asarray(rec.sample_numbers[start:stop])
         for a in range(start, stop, chunk):
             b = min(stop, a + chunk)
-            first, y = st.push(rec.read(a, b))
+            x = rec.read(a, b)
+            first, y = st.push(x if chans is None else x[:, chans])
             if len(y):
-                w.write(y, sn[first:first + len(y)])
+                w.write(full(first, y), sn[first:first + len(y)])
                 done += len(y)
             if progress and sys.stderr.isatty():
                 print(f"\rdenoised {done}/{stop - start} samples", end="", file=sys.stderr)
         first, y = st.finish()
         if len(y):
-            w.write(y, sn[first:first + len(y)])
+            w.write(full(first, y), sn[first:first + len(y)])
             done += len(y)
     finally:
         w.close()
@@ -281,7 +292,7 @@ def run_cli(args) -> int:
     """`livedenoise denoise` for ephys recordings (dispatched from commands/denoise.py)."""
     import json
 
-    from livedenoise.models.train_ephys import open_from_args
+    from livedenoise.models.readers_ephys import open_from_args
 
     rec = open_from_args(args.input, args)
     out = Path(args.output)

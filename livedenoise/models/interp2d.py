@@ -19,7 +19,9 @@ ARCH = "interp2d"
 # convs: 3x3 conv+ReLU layers per block. `di` is unet_single_1024 (15.7 M parameters).
 PRESETS: dict[str, dict] = {
     "di": {"widths": [64, 128, 256, 512, 1024], "convs": 1},
-    "lite": {"widths": [32, 64, 128], "convs": 2},
+    # lite: tuned for a 5-minute CPU training budget and CPU inference (~0.1 s per
+    # 256x256 frame on one core); see docs/bench-models.md.
+    "lite": {"widths": [16, 32, 64], "convs": 2},
 }
 
 

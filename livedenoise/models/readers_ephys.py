@@ -353,3 +353,20 @@ def open_recording(
             return read_openephys(find_oebin(p)[0], stream if stream is not None else p.parent.name)
         return read_dat(p, channels or 0, sample_rate or 30000.0, bit_volts)
     raise UserError(f"{p}: not an ephys recording (expected an Open Ephys folder, a SpikeGLX .bin or an int16 .dat)")
+
+
+# --------------------------------------------------------------------------- CLI helpers (light: no torch)
+
+
+def add_reading_arguments(parser) -> None:
+    """--stream / --channels / --sample-rate / --bit-volts for ephys inputs (shared by train and denoise)."""
+    g = parser.add_argument_group("extracellular recordings (Open Ephys Binary, SpikeGLX .bin, flat .dat)")
+    g.add_argument("--stream", default=None, help="Open Ephys stream to read (name or index; default the first)")
+    g.add_argument("--channels", type=int, default=None, help="channel count of a flat int16 .dat file")
+    g.add_argument("--sample-rate", type=float, default=None, help="sample rate of a flat .dat file (default 30000)")
+    g.add_argument("--bit-volts", type=float, default=0.195, help="µV per bit of a flat .dat file")
+
+
+def open_from_args(path, args):
+    return open_recording(path, stream=getattr(args, "stream", None), channels=getattr(args, "channels", None),
+                          sample_rate=getattr(args, "sample_rate", None), bit_volts=getattr(args, "bit_volts", 0.195))

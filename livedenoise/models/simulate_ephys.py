@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from scipy import signal
 
 from livedenoise.models.writers_ephys import BinaryWriter
 
@@ -122,6 +121,8 @@ class EphysSimulator:
         su = np.concatenate(units) if units else np.zeros(0, np.int64)
         order = np.argsort(st, kind="stable")
         self.truth = GroundTruth(st[order], su[order], pos, amps, temps, foot, self.pre_t, self.geom, self.fs)
+        from scipy import signal
+
         # background: spatial mixing (Gaussian over site distance) of white sources, band-passed in time
         dd = np.sqrt(((self.geom[:, None, :] - self.geom[None, :, :]) ** 2).sum(-1))
         mix = np.exp(-0.5 * (dd / 40.0) ** 2)
@@ -153,6 +154,8 @@ class EphysSimulator:
                 chans = np.nonzero(tr.footprints[u])[0]
                 w = tr.templates[u, i0 - s0:i1 - s0]
                 clean[i0 - a:i1 - a][:, chans] += np.outer(w, tr.footprints[u, chans]).astype(np.float32)
+            from scipy import signal
+
             white = rng.standard_normal((b - a, self.n_channels)).astype(np.float32) @ self.mix
             bg, self.zi = signal.sosfilt(self.sos, white, axis=0, zi=self.zi)
             noisy = clean + (bg * (self.background * self.bg_gain)).astype(np.float32)

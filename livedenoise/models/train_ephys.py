@@ -93,6 +93,12 @@ def train_ephys(
         from livedenoise.models.readers_ephys import open_recording
 
         rec = open_recording(rec)
+    neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
+    if neural is not None and 0 < len(neural) < rec.n_channels and list(neural) == list(range(len(neural))):
+        import dataclasses
+
+        k = len(neural)  # train on the probe's sites only, not the SpikeGLX sync channel
+        rec = dataclasses.replace(rec, data=rec.data[:, :k], bit_volts=rec.bit_volts[:k], channel_names=rec.channel_names[:k])
     if log is None:
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
@@ -210,22 +216,6 @@ def _batch(card, data: np.ndarray, batch: int, crop: int, cpc: int, rng: np.rand
 IMAGING_WINDOW_DEFAULTS = (8, 1, 0)
 
 
-def add_reading_arguments(parser) -> None:
-    """--stream / --channels / --sample-rate / --bit-volts for ephys inputs (shared by train and denoise)."""
-    g = parser.add_argument_group("extracellular recordings (Open Ephys Binary, SpikeGLX .bin, flat .dat)")
-    g.add_argument("--stream", default=None, help="Open Ephys stream to read (name or index; default the first)")
-    g.add_argument("--channels", type=int, default=None, help="channel count of a flat int16 .dat file")
-    g.add_argument("--sample-rate", type=float, default=None, help="sample rate of a flat .dat file (default 30000)")
-    g.add_argument("--bit-volts", type=float, default=0.195, help="µV per bit of a flat .dat file")
-
-
-def open_from_args(path, args):
-    from livedenoise.models.readers_ephys import open_recording
-
-    return open_recording(path, stream=getattr(args, "stream", None), channels=getattr(args, "channels", None),
-                          sample_rate=getattr(args, "sample_rate", None), bit_volts=getattr(args, "bit_volts", 0.195))
-
-
 def run_cli(args, out) -> int:
     """`livedenoise train` for ephys recordings (dispatched from commands/train.py)."""
     import json as _json
@@ -233,6 +223,8 @@ def run_cli(args, out) -> int:
     arch = args.arch if args.arch in EPHYS_ARCHS else "block-ephys"
     if len(args.movies) > 1:
         raise UserError("ephys training takes one recording (concatenate sessions or train on the longest)")
+    from livedenoise.models.readers_ephys import open_from_args
+
     rec = open_from_args(args.movies[0], args)
     pre, post, omission = args.pre, args.post, args.omission
     if (pre, post, omission) == IMAGING_WINDOW_DEFAULTS:

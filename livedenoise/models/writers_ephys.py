@@ -152,6 +152,14 @@ class BinaryWriter(EphysWriter):
             "spikes": [],
         }
         self._write_oebin()
+        # what the GUI writes beside structure.oebin (some readers, e.g. neo/SpikeInterface, look for it)
+        import time as _time
+
+        (self.path / "sync_messages.txt").write_text(
+            f"Software Time (milliseconds since midnight Jan 1st 1970 UTC): {int(_time.time() * 1000)}\r\n"
+            f"Start Time for {source_processor_name} ({source_processor_id}) - {stream_name} @ "
+            f"{int(round(self.sample_rate))} Hz: {int(first_sample)}\r\n"
+        )
         self._closed = False
 
     def _write_oebin(self) -> None:

@@ -15,7 +15,12 @@ Acquisition rules (docs/serve.md):
   order, so a counter going back means a new acquisition), closes that stream
   and opens a new one (counted in `restarts`);
 - a skipped frame number is a frame dropped upstream (counted in `dropped_upstream`);
-  its slot repeats the previous frame so windows stay regular.
+  its slot repeats the previous frame so windows stay regular;
+- a stream's frame numbers advance by `frame_step` from the `start` message
+  (default 1). ScanImage counts every plane (and flyback frame) as a frame, so
+  with 3 planes each plane's stream numbers its frames 1, 4, 7, ...: its
+  `start` says `frame_step: 3`. A frame number off that grid starts a new
+  acquisition, like a counter going back.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class Acquisition:
     std: float | None = None
     failed: bool = False
     last_frame_no: int = -1
+    step: int = 1
+    """Frame-number increment between consecutive frames of this stream (start's `frame_step`)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -93,18 +100,22 @@ class StreamTable:
     def on_frame(self, h: FrameHeader, pixels: np.ndarray, arrival: float, received: float) -> None:
         with self.cond:
             acq = self.active.get(h.stream)
-            if acq is not None and (h.shape != acq.shape or h.dtype != acq.dtype or h.frame <= acq.last_frame_no):
-                self.stats.restarts += 1
-                log.info(
-                    "stream ch%d plane%d: %s; starting a new acquisition", h.channel, h.plane,
-                    "frame counter went back (publisher restart)" if h.frame <= acq.last_frame_no
-                    else f"frame size/type changed to {h.shape[0]}x{h.shape[1]} {h.dtype}",
-                )
-                self._close(acq)
-                acq = None
+            if acq is not None:
+                why = None
+                if h.shape != acq.shape or h.dtype != acq.dtype:
+                    why = f"frame size/type changed to {h.shape[0]}x{h.shape[1]} {h.dtype}"
+                elif h.frame <= acq.last_frame_no:
+                    why = "frame counter went back (publisher restart)"
+                elif (h.frame - acq.first_frame) % acq.step:
+                    why = f"frame {h.frame} is off the stream's frame step of {acq.step}"
+                if why:
+                    self.stats.restarts += 1
+                    log.info("stream ch%d plane%d: %s; starting a new acquisition", h.channel, h.plane, why)
+                    self._close(acq)
+                    acq = None
             if acq is None:
                 acq = self._open(h)
-            i = h.frame - acq.first_frame
+            i = (h.frame - acq.first_frame) // acq.step
             gap = acq.ring.put(i, pixels, h.frame, h.t, arrival)
             acq.last_frame_no = h.frame
             self.stats.frames_in += 1
@@ -136,6 +147,8 @@ class StreamTable:
         ring = FrameRing(self.capacity, h.shape, h.dtype)
         meta = {"start": self.start_meta, "source": h.source, "first_frame": h.frame}
         acq = Acquisition(h.stream, n, ring, h.frame, h.dtype, h.source, meta)
+        step = self.start_meta.get("frame_step", 1)
+        acq.step = step if isinstance(step, int) and not isinstance(step, bool) and step >= 1 else 1
         self.active[h.stream] = acq
         return acq
 

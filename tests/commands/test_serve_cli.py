@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -79,8 +80,13 @@ def test_replay_serve_listen_end_to_end(tmp_path, model):
     listen = None
     try:
         listen = popen("listen", "--endpoint", o, "--json", "--timeout", 60, "--duration", 60)
-        # listen is subscribed once it sees serve's stats
-        time.sleep(1.5)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(listen.stdout.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60  # listen is subscribed once it has seen one of serve's stats messages
+        while not any('"stats"' in x for x in list(lines)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any('"stats"' in x for x in lines), "listen never saw serve's stats"
         r = cli("replay", tmp_path / "movie.npy", "--endpoint", i, "--fps", 60, "--wait", 30, "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout.strip().splitlines()[-1])["frames"] == 30
@@ -90,7 +96,9 @@ def test_replay_serve_listen_end_to_end(tmp_path, model):
         out, err = serve.communicate(timeout=60)
         if listen is not None:
             listen.send_signal(signal.SIGINT)
-            lout, lerr = listen.communicate(timeout=30)
+            listen.wait(30)
+            reader.join(10)
+            lout, lerr = "".join(lines), listen.stderr.read()
     assert serve.returncode == 0, err
     final = json.loads(out.strip().splitlines()[-1])
     assert final["final"] and final["frames_in"] == 30 and final["frames_out"] == 30

@@ -80,3 +80,14 @@ def test_missing_movie_and_bad_suffix(tmp_path, movie, capsys):
     assert main(["train", str(movie), "--out", str(tmp_path / "m.onnx"), *FAST]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and ".pt" in err
+
+
+def test_classic_tuned_against_a_simulate_truth_file(tmp_path):
+    sim_mod = pytest.importorskip("livedenoise.models.simulate")
+    sim = sim_mod.simulate_movie(sim_mod.SimConfig(frames=40, height=24, width=24, seed=3))
+    path, truth = sim_mod.save_simulation(sim, tmp_path / "sim.npy")
+    out = tmp_path / "c.pt"
+    assert main(["train", str(path), "--arch", "classic", "--tune-against", str(truth), "--post", "0",
+                 "--pre", "8", "--out", str(out)]) == 0
+    card, _ = load_model(out)
+    assert card.lag == 0 and card.training["tuned_against"] == truth.name

@@ -73,6 +73,7 @@ def test_spikeglx_and_dat_inputs_are_written_back_in_their_format(tmp_path):
     denoise_recording(tmp_path / "a.ap.bin", tmp_path / "m.pt", tmp_path / "b.ap.bin", progress=False)
     out = open_recording(tmp_path / "b.ap.bin")
     assert out.shape == (500, 6) and out.format == "spikeglx"
+    assert np.array_equal(np.asarray(out.data[:, 5]), raw[:, 5])  # the sync channel is copied, not denoised
     assert "fileSizeBytes=6000" in (tmp_path / "b.ap.meta").read_text()
 
 
@@ -85,3 +86,40 @@ def test_training_denoises_simulated_data(tmp_path):
     denoise_recording(tmp_path / "rec", tmp_path / "m.pt", tmp_path / "den", progress=False)
     den = open_recording(tmp_path / "den").read()
     assert np.sqrt(((den - clean) ** 2).mean()) < 0.9 * np.sqrt(((noisy - clean) ** 2).mean())
+
+
+def _hooked(argv):
+    from livedenoise.cli import build_parser
+
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.skip(f"`livedenoise {' '.join(argv[:2])}` has no ephys hook in this build")
+
+
+def test_simulate_train_denoise_from_the_command_line(tmp_path, capsys):
+    """simulate --ephys -> train --arch block-ephys -> denoise, the way the docs show it."""
+    import json
+
+    from livedenoise.cli import main
+
+    _hooked(["simulate", str(tmp_path / "s"), "--ephys"])
+    _hooked(["train", "x", "--out", "m.pt", "--arch", "block-ephys", "--stream", "0"])
+    _hooked(["denoise", "x", "y", "--model", "m.pt", "--channels", "4"])
+    assert main(["simulate", "--ephys", str(tmp_path / "sim"), "--channels", "16", "--duration", "0.3", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["channels"] == 16 and info["spikes"] > 0
+    assert main(["train", str(tmp_path / "sim"), "--arch", "block-ephys", "--out", str(tmp_path / "m.pt"), "--steps", "5",
+                 "--crop", "128", "--batch", "2", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["card"]
+    assert card["arch"] == "block-ephys" and (card["pre"], card["post"], card["omission"]) == (30, 30, 1)
+    assert main(["denoise", str(tmp_path / "sim"), str(tmp_path / "den"), "--model", str(tmp_path / "m.pt"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["samples"] == 9000
+    assert open_recording(tmp_path / "den").shape == (9000, 16)
+    # a flat .dat needs --channels
+    raw = (np.random.default_rng(0).standard_normal((2000, 16)) * 50).astype(np.int16)
+    raw.tofile(tmp_path / "raw.dat")
+    assert main(["denoise", str(tmp_path / "raw.dat"), str(tmp_path / "out.dat"), "--model", str(tmp_path / "m.pt"),
+                 "--channels", "16", "--json"]) == 0
+    assert open_recording(tmp_path / "out.dat", channels=16).shape == (2000, 16)

@@ -46,6 +46,7 @@ log = logging.getLogger("livedenoise.stream.openephys")
 COUNTERS = (
     "messages", "data_messages", "malformed", "duplicates", "late", "gaps", "missing_channels",
     "incomplete_blocks", "restarts", "events", "other_stream", "dropped_samples", "blocks_in", "samples_in",
+    "partial_first",
 )
 
 
@@ -189,6 +190,10 @@ class BlockAssembler:
         chans = self.pending[first]
         self.n_channels = (max(chans) + 1) if chans else 0
         log.info("stream %r: %d channels", self.stream, self.n_channels)
+        if len(chans) < self.n_channels and self.next_sample is None:
+            # we subscribed in the middle of the very first block: drop its tail, not a "missing channel"
+            del self.pending[first]
+            self.partial_first += 1
 
     def _drain(self, now: float, force_all: bool = False) -> list:
         out: list = []

@@ -68,7 +68,11 @@ class SidecarConfig:
     heartbeat_s: float = 2.0
     idle_flush_s: float = 0.5
     max_block: int = 4096
+    batch: int = 256
+    """Windows per engine call for per-sample models (interp-ephys); larger suits GPUs."""
     max_pending: int = 3
+    max_backlog_s: float = 10.0
+    """When more than this much data waits (the engine is too slow), the oldest is skipped (`overflow`)."""
     quiet: bool = False
 
 
@@ -85,6 +89,7 @@ class SidecarStats:
         self.segments = 0
         self.emits = 0
         self.passthrough_done = 0
+        self.overflow = 0
 
 
 class Sidecar:
@@ -163,7 +168,7 @@ class Sidecar:
                         items.append(self.q.get_nowait())
                     except queue.Empty:
                         break
-                self._handle(items)
+                self._handle(self._shed(items))
                 if next_stats is not None and time.monotonic() >= next_stats:
                     self._emit_stats()
                     next_stats = time.monotonic() + self.cfg.stats_every
@@ -191,6 +196,29 @@ class Sidecar:
         return self.final_stats
 
     # ------------------------------------------------------------------ processing
+
+    def _shed(self, items: list) -> list:
+        """Keep at most max_backlog_s of queued data; older blocks are skipped and counted."""
+        blocks = [it for it in items if isinstance(it, Block)]
+        if not blocks or not self.cfg.max_backlog_s:
+            return items
+        limit = self.cfg.max_backlog_s * (blocks[0].sample_rate or 30000.0)
+        total = sum(b.data.shape[1] for b in blocks)
+        if total <= limit:
+            return items
+        keep, acc, full = [], 0, False
+        for it in reversed(items):
+            if isinstance(it, Block):
+                full = full or acc + it.data.shape[1] > limit
+                if full:
+                    self.stats.overflow += it.data.shape[1]
+                    continue
+                acc += it.data.shape[1]
+            keep.append(it)
+        log.warning("engine too slow: skipped %d queued samples (overflow); the denoiser restarts after the gap",
+                    total - acc)
+        self._close_segment()  # the output cannot continue across the skipped samples
+        return list(reversed(keep))
 
     def _handle(self, items: list) -> None:
         run: list[Block] = []
@@ -254,7 +282,7 @@ class Sidecar:
     def _open_segment(self, first: Block) -> None:
         self._close_segment()
         C = first.data.shape[0]
-        self.stream = EphysStream(self.engine, C, max_block=self.cfg.max_block)
+        self.stream = EphysStream(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch)
         self.base_sample = first.sample_num
         self.stream_name, self.sample_rate, self.names = first.stream, first.sample_rate, list(first.channel_names)
         self.stats.segments += 1
@@ -316,7 +344,7 @@ class Sidecar:
             "frames_out": st.emits,
             "dropped": c.get("dropped_samples", 0),
             "skipped": 0,
-            "overflow": 0,
+            "overflow": st.overflow,
             "passthrough": int(getattr(self.stream, "passthrough", 0) or 0) + st.passthrough_done,
             "record_dropped": 0,
             "fps_in": round(c.get("blocks_in", 0) / up, 2),

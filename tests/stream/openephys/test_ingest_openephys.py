@@ -145,3 +145,10 @@ def test_heartbeat_without_a_plugin_never_blocks():
     hb.join(2)
     assert not hb.is_alive()
     assert hb.sent >= 2 and hb.timeouts >= 2 and hb.replies == 0
+
+
+def test_joining_in_the_middle_of_a_block_drops_only_that_partial_block():
+    asm = BlockAssembler()
+    out = feed(asm, msgs(0, 0, channels=[2, 3]) + msgs(N, C) + msgs(2 * N, 2 * C))
+    assert [x.sample_num for x in blocks(out)] == [N, 2 * N]
+    assert asm.partial_first == 1 and asm.missing_channels == 0 and asm.n_channels == C

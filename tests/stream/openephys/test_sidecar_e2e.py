@@ -147,7 +147,7 @@ def _float_reference(rec, model):
 
 def test_gui_connecting_late_gets_a_consistent_stream(small_recording, tiny_models, ports):
     model = tiny_models["block-ephys"]
-    rec, sc, stats, sock, zc = run_sidecar(small_recording, model, ports, speed=1.0, late=True)
+    rec, sc, stats, sock, zc = run_sidecar(small_recording, model, ports, speed=0.5, late=True)
     ref = _float_reference(rec, model)
     got = sock.samples()
     assert 0 < got.shape[0] <= rec.n_samples and got.shape[0] % 1000 == 0

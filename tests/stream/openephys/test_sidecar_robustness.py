@@ -127,3 +127,41 @@ def test_restarted_acquisition_and_message_gaps_do_not_stall(tiny_models, ports,
 
     assert open_recording(tmp_path / "rec" / "denoised").n_samples == 6 * N
     assert open_recording(tmp_path / "rec" / "segment2" / "denoised").n_samples == 6 * N
+
+
+def test_an_engine_too_slow_for_the_stream_skips_old_data_instead_of_growing_memory(tiny_models, ports):
+    from livedenoise.models.denoise_ephys import open_ephys_engine
+
+    class Slow:
+        def __init__(self, eng):
+            self.eng, self.card = eng, eng.card
+
+        def run(self, x, out=None):
+            time.sleep(0.15)
+            return self.eng.run(x)
+
+    data_port, _ = ports
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"tcp://127.0.0.1:{data_port}")
+    stop = threading.Event()
+    rep = HeartbeatResponder(ctx, f"tcp://127.0.0.1:{data_port + 1}", stop)
+    rep.start()
+    eng = Slow(open_ephys_engine(tiny_models["block-ephys"], "torch"))
+    sc = Sidecar(SidecarConfig(input=f"tcp://127.0.0.1:{data_port}", socket_port=None, zmq_output=None, stats_every=0,
+                               quiet=True, idle_flush_s=5, max_backlog_s=2 * N / 30000.0, max_block=N), engine=eng).start()
+    assert rep.first.wait(10)
+    time.sleep(0.3)
+    enc = DataEncoder("ProbeA-AP", [f"CH{k + 1}" for k in range(C)], 30000.0)
+    for b in range(40):
+        for p in enc.encode_block(b * N, np.ones((C, N), np.float32)):
+            pub.send_multipart(p)
+        time.sleep(0.005)
+    time.sleep(1.5)
+    stats = sc.stop()
+    stop.set()
+    rep.join(2)
+    pub.close(0)
+    assert stats["overflow"] > 0 and stats["samples_in"] == 40 * N
+    assert stats["output_samples"] + stats["overflow"] == 40 * N
+    assert stats["engine_errors"] == 0

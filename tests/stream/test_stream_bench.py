@@ -1,0 +1,23 @@
+"""`livedenoise bench stream` building blocks on a cheap engine (the real numbers are in docs/bench-stream.md)."""
+
+from streamkit import MeanEngine, lite_card
+
+from livedenoise.stream.bench import markdown_table, run_once, sustained
+
+
+def test_run_once_measures_latency_and_counts():
+    r = run_once(MeanEngine(lite_card(2, 1)), (16, 16), fps=100, seconds=0.4, max_batch=16)
+    assert r["frames"] == 40 and r["frames_out"] == 40 and r["skipped"] == 0
+    assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] < 2000
+    assert r["latency_growth_ms"] is not None
+
+
+def test_a_slow_engine_is_not_sustained():
+    r = run_once(MeanEngine(lite_card(2, 0), sleep_s=0.05), (16, 16), fps=200, seconds=0.5, max_batch=2)
+    assert not sustained(r) and r["skipped"] > 0
+
+
+def test_markdown_table():
+    row = {"model": "m.pt", "lag": 1, "backend": "torch", "size": 256, "latency_fps": 30, "latency_ms_p50": 12.5,
+           "latency_ms_p99": 20.0, "max_sustained_fps": 41.0}
+    assert "| m.pt | 1 | torch | 256x256 | 30 | 12.5 / 20.0 | 41 |" in markdown_table([row])
