@@ -4,7 +4,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -75,3 +74,9 @@ def test_replay_publishes_start_paced_frames_and_stop(tmp_path):
     span = times[-1] - times[0]
     assert 19 / 40 * 0.8 < span < 19 / 40 * 1.5  # paced at 40 frames/s
     assert msgs[-1][0].topic == "stop"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("livedenoise.stream.openephys") is None,
+                    reason="Open Ephys replay is not installed")
+def test_openephys_needs_its_recording():
+    one_line_error(cli("replay", "openephys", "--wait", 0), "needs the recording")

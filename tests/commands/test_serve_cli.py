@@ -122,3 +122,24 @@ def test_serve_duration_stops_and_prints_final_stats(model):
     r = cli("serve", "--model", model, "--input", i, "--output", o, "--duration", 1)
     assert r.returncode == 0, r.stderr
     assert "final:" in r.stdout and "frames 0 in 0 out" in r.stdout
+
+
+def test_sigterm_drains_flushes_and_prints_final_stats(tmp_path, model):
+    from livedenoise.stream.recorder import read_recording
+
+    i, o = endpoints()
+    np.save(tmp_path / "movie.npy", np.full((12, 16, 16), 7, np.int16))
+    serve = popen("serve", "--model", model, "--input", i, "--output", o, "--record", tmp_path / "rec", "--json",
+                  "--quiet")
+    try:
+        r = cli("replay", tmp_path / "movie.npy", "--endpoint", i, "--fps", 100, "--wait", 60)
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        out, err = serve.communicate(timeout=60)
+    assert serve.returncode == 0, err
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["final"] and final["frames_in"] == 12
+    assert len(read_recording(tmp_path / "rec" / "raw_c1_p1_a001.h5")["frames"]) == 12
+    assert len(read_recording(tmp_path / "rec" / "denoised_c1_p1_a001.h5")["frames"]) == final["frames_out"] == 12

@@ -94,3 +94,19 @@ def test_innovation_update_restores_a_step_the_prediction_missed():
     assert baselines.innovation_update(pred[0], truth[0], gain=0.0).max() == 0.0
     params, score = baselines.tune_innovation(pred, truth, truth, gains=(0.0, 0.5, 1.0), sigmas=(0.5,))
     assert params["gain"] == 1.0
+
+
+def test_classic_filter_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    card = classic_card("gauss", pre=4, post=1, sigma_t=2.0, sigma_xy=1.0)
+    net = build_network(card).eval()
+    x = torch.randn(2, card.n_inputs, 20, 24)
+    path = tmp_path / "c.onnx"
+    try:
+        torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    except TypeError:
+        torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=17)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(y, net(x).numpy(), atol=1e-5)

@@ -10,10 +10,11 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 import zmq
 
-from livedenoise.export.engine import Engine, TorchEngine
+from livedenoise.export.engine import Engine
 from livedenoise.models import interp2d
 from livedenoise.models.card import ModelCard
 from livedenoise.models.checkpoint import save_checkpoint
@@ -98,7 +99,6 @@ class RunningService:
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Until every received frame has been output, skipped or lost (or timeout)."""
         deadline = time.monotonic() + timeout
-        s = self.service.stats
         while time.monotonic() < deadline:
             with self.service.table.cond:
                 busy = any(not a.done and self.service._backlog(a) for a in self.service.table.pending())
@@ -183,22 +183,15 @@ def frame_parts(frame: int, img: np.ndarray, t: float | None = None, channel: in
     return encode_frame(h, img)
 
 
-
-
 # -- fixtures (imported by the test modules: `from streamkit import cfg_factory`) --
-import pytest  # noqa: E402
-
-from livedenoise.stream.service import ServeConfig as _ServeConfig  # noqa: E402
-
-
 @pytest.fixture
 def cfg_factory():
     """ServeConfig on two fresh loopback ports, stats every 0.2 s."""
 
-    def make(**kw) -> _ServeConfig:
+    def make(**kw) -> ServeConfig:
         i, o = endpoints()
         base = dict(input=i, output=o, stats_interval=0.2)
         base.update(kw)
-        return _ServeConfig(**base)
+        return ServeConfig(**base)
 
     return make

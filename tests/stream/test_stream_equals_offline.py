@@ -1,6 +1,5 @@
 """A replayed file comes out of `serve` frame for frame equal to `livedenoise denoise` of that file."""
 
-import threading
 
 import h5py
 import numpy as np
