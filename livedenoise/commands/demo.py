@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from livedenoise.stream.replay import replay_movie
     from livedenoise.stream.report import find_recording, write_summary_png
     from livedenoise.stream.service import ServeConfig, run_service
+    from livedenoise.stream.stats import stats_line
 
     if args.size < 16 or args.frames < 30 or args.fps <= 0:
         raise UserError("need --size >= 16, --frames >= 30 and --fps > 0")
@@ -152,17 +153,12 @@ def run(args: argparse.Namespace) -> int:
             received[0] += 1
         sub.close(linger=0)
 
-    last_line = [0.0]
+    tty = sys.stdout.isatty()
 
     def on_stats(s: dict) -> None:
-        if quiet:
-            return
-        line = (f"\r  live: in {s.get('fps_in', 0):5.1f} fps | out {s.get('fps_out', 0):5.1f} fps | "
-                f"latency p50 {s.get('latency_ms_p50') or 0:6.1f} ms p99 {s.get('latency_ms_p99') or 0:6.1f} ms | "
-                f"frames {s.get('frames_out', 0)}/{args.frames} | dropped {s.get('dropped_upstream', 0)} "
-                f"skipped {s.get('skipped', 0)} malformed {s.get('malformed', 0)}   ")
-        print(line, end="", flush=True)
-        last_line[0] = time.perf_counter()
+        if not quiet:  # one live line, rewritten in place on a terminal
+            line = f"  live: {stats_line(s)}"
+            print(f"\r{line}   " if tty else line, end="" if tty else "\n", flush=True)
 
     cfg = ServeConfig(model=str(onnx_path), backend=args.backend, input=endpoint_in, output=endpoint_out,
                       record=str(out / "recording"), max_batch=8, policy="all")
@@ -201,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             viewer.terminate()
     if errors:
         raise errors[0]
-    if not quiet:
+    if not quiet and tty:
         print()
 
     files = find_recording(out / "recording")
@@ -215,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         "frames_denoised_received": received[0],
         "stats": {k: final.get(k) for k in ("frames_in", "frames_out", "dropped_upstream", "skipped",
                                             "malformed", "overflow", "latency_ms_p50", "latency_ms_p99",
-                                            "engine_ms")},
+                                            "engine_ms", "backend")},
         **numbers,
         "parity_max_rel": parity.max_rel,
         "files": {"movie": str(movie_path), "model": str(model), "onnx": str(onnx_path),

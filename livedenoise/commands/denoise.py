@@ -46,11 +46,20 @@ def register(sub) -> None:
     p.add_argument("--dataset", default=None, help="HDF5 dataset holding the movie")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from livedenoise.models.readers_ephys import add_reading_arguments
+
+    add_reading_arguments(p)  # ephys recordings: --stream, --channels, --sample-rate, --bit-volts
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from livedenoise.errors import UserError
+    from livedenoise.models.readers_ephys import is_ephys_path
+
+    if is_ephys_path(args.input):
+        from livedenoise.models.denoise_ephys import run_cli
+
+        return run_cli(args)
     from livedenoise.models.denoise import denoise_file
 
     if args.batch < 1:

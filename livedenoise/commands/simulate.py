@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("out", metavar="OUT", help="movie to write (.tif, .h5 or .npy)")
     # Imaging options. (An --ephys switch for Neuropixels-like data is added by the
     # ephys simulator; it dispatches before the imaging path in run().)
+    from livedenoise.models.simulate_ephys import add_cli_arguments as _add_ephys_arguments
+
+    _add_ephys_arguments(p)
     p.add_argument("--frames", type=int, default=2000, help="number of frames")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"), help="frame height and width in pixels")
     p.add_argument("--neurons", type=int, default=None, help="number of neurons; %(default)s means one per 800 pixels")
@@ -42,6 +45,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if getattr(args, "ephys", False):
+        from livedenoise.models.simulate_ephys import run_cli
+
+        return run_cli(args)
     return run_imaging(args)
 
 

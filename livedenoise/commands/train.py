@@ -21,7 +21,7 @@ from pathlib import Path
 
 from livedenoise.errors import UserError
 
-ARCH_CHOICES = ("interp2d", "cad3d", "classic")
+ARCH_CHOICES = ("interp2d", "cad3d", "classic", "interp-ephys", "block-ephys")
 
 
 def register(sub) -> None:
@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt)")
     p.add_argument("--arch", choices=ARCH_CHOICES, default="interp2d", help="architecture")
     p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
-    p.add_argument("--pre", type=int, default=8, help="frames before the predicted frame")
+    p.add_argument("--pre", type=int, default=None,
+                   help="frames before the predicted frame (default 8; for --tune-against, the cap on past frames, default 64)")
     p.add_argument("--post", type=int, default=1, help="frames after it (0 = causal, zero lag)")
     p.add_argument("--omission", type=int, default=0, help="frames hidden on each side of the predicted frame")
     g = p.add_argument_group("training")
@@ -69,6 +70,9 @@ def register(sub) -> None:
     c.add_argument("--tune-against", default=None, metavar="TRUTH", help="ground-truth movie: grid-search the filter for this lag budget")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from livedenoise.models.readers_ephys import add_reading_arguments
+
+    add_reading_arguments(p)  # ephys recordings: --stream, --channels, --sample-rate, --bit-volts
     p.set_defaults(func=run)
 
 
@@ -109,10 +113,18 @@ def _read_truth(path, args, n: int):
 
 def run(args) -> int:
     out = _check_paths(args)
+    if args.pre is None:
+        args.pre = 64 if (args.arch == "classic" and args.tune_against) else 8
     if args.threads:
         import torch
 
         torch.set_num_threads(int(args.threads))
+    from livedenoise.models.readers_ephys import is_ephys_path
+
+    if args.arch in ("interp-ephys", "block-ephys") or is_ephys_path(args.movies[0]):
+        from livedenoise.models.train_ephys import run_cli
+
+        return run_cli(args, out)
     if args.arch == "classic":
         return _run_classic(args, out)
     return _run_train(args, out)

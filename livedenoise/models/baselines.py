@@ -198,6 +198,8 @@ def apply_filter(card, movie: np.ndarray, frames: Iterable[int], batch: int = 16
     """Filter the given frames of an in-memory movie through the card's window (edge policy included)."""
     net = build(card).eval()
     frames = list(frames)
+    per = card.n_inputs * int(np.prod(movie.shape[1:])) * 4
+    batch = max(1, min(batch, (256 << 20) // max(per, 1)))  # keep a batch of windows under ~256 MB
     last = len(movie) - 1
     out = np.empty((len(frames), *movie.shape[1:]), np.float32)
     with torch.inference_mode():

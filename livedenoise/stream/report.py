@@ -73,7 +73,8 @@ def write_summary_png(path: Path, files: SessionFiles, latencies_ms: np.ndarray,
     k = int(np.argmin(np.abs(den_idx - den_idx[len(den_idx) // 2]))) if len(den_idx) else 0
     frame_no = int(den_idx[k]) if len(den_idx) else 0
     raw_k = raw[int(np.searchsorted(raw_idx, frame_no))] if len(raw_idx) else np.zeros((8, 8))
-    lo, hi = np.percentile(den[k] if len(den_idx) else raw_k, [1, 99.5])
+    # one contrast for every panel, from the raw movie's mean image: no panel sets its own
+    lo, hi = np.percentile(raw.mean(axis=0) if len(raw_idx) else raw_k, [0.5, 99.8])
 
     panels = 3 if truth is not None else 2
     fig = plt.figure(figsize=(4 * panels, 8.5), constrained_layout=True)
