@@ -298,4 +298,7 @@ class EphysWindow(QtWidgets.QMainWindow):
         self.timer.stop()
         for s in self.sources:
             s.stop(0.5)
+        # linked views signal each other while Qt deletes them: unlink first (a pyqtgraph crash)
+        self.plot_b.setXLink(None)
+        self.plot_b.setYLink(None)
         super().closeEvent(ev)

@@ -625,6 +625,10 @@ class ImagingWindow(QtWidgets.QMainWindow):
         self.timer.stop()
         for s in self.sources:
             s.stop(0.5)
+        # linked views signal each other while Qt deletes them: unlink first (a pyqtgraph crash)
+        for panel in self.panels.values():
+            panel.vb.setXLink(None)
+            panel.vb.setYLink(None)
         super().closeEvent(ev)
 
 

@@ -26,7 +26,7 @@ def qapp():
 def _delete_windows():
     """Windows closed in a test are deleted before the next one (no teardown at interpreter exit)."""
     yield
-    from PySide6 import QtWidgets
+    from PySide6 import QtCore, QtWidgets
 
     app = QtWidgets.QApplication.instance()
     if app is None:
@@ -34,11 +34,11 @@ def _delete_windows():
     for w in app.topLevelWidgets():
         w.close()
         w.deleteLater()
+    # Let Qt delete them now, on this thread; a forced gc.collect() here could
+    # finalise Python wrappers whose C++ objects Qt is deleting at the same time.
     for _ in range(3):
+        QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
         app.processEvents()
-    import gc
-
-    gc.collect()
 
 
 @pytest.fixture
