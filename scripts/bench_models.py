@@ -11,7 +11,7 @@ test movie (denoised as a movie of its own, edges reflected as in
 `livedenoise denoise`) with livedenoise.models.metrics: PSNR, pixel SNR,
 median per-neuron trace r, spike-rise fraction.
 
-    python scripts/bench_models.py --minutes 5 --threads 2 --out docs/bench-models.md
+    python scripts/bench_models.py --minutes 5 --threads 2 --out docs/benchmarks.md
 
 Writes a markdown table (and a .json beside it).
 """

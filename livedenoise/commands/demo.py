@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from livedenoise.export.onnx_export import export_onnx
     from livedenoise.export.parity import check, limit_for, movie_windows
     from livedenoise.models.simulate import SimConfig, save_simulation, simulate_movie
-    from livedenoise.stream.protocol import decode
+    from livedenoise.stream.protocol import FrameMessage, decode
     from livedenoise.stream.replay import replay_movie
     from livedenoise.stream.report import find_recording, write_summary_png
     from livedenoise.stream.service import ServeConfig, run_service
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     latencies: list[float] = []
     received = [0]
+    listening = threading.Event()  # set once the collector's subscription has reached the service
     ctx = None
 
     def collect() -> None:  # what a downstream consumer sees: every denoised frame's latency
@@ -142,12 +143,16 @@ def run(args: argparse.Namespace) -> int:
         ctx = zmq.Context.instance()
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"frame")
+        sub.setsockopt(zmq.SUBSCRIBE, b"stats")  # the service's first stats message proves we are subscribed
         sub.setsockopt(zmq.RCVTIMEO, 200)
         sub.connect(endpoint_out)
         while not stop.is_set():
             try:
                 msg = decode(sub.recv_multipart(copy=True))
             except zmq.Again:
+                continue
+            listening.set()
+            if not isinstance(msg, FrameMessage):
                 continue
             latencies.append(float(msg.header.extra.get("latency_ms", np.nan)))
             received[0] += 1
@@ -185,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
     _say(f"[4/5] serving on {args.backend} ({engine.describe()}); replaying at {args.fps:g} Hz "
          f"{endpoint_in} -> {endpoint_out}" + ("" if viewer else " (no display: headless)"), quiet)
     try:
+        if not listening.wait(15.0) and not errors:
+            raise UserError(f"no stats from the service on {endpoint_out} within 15 s; see the log above")
         replayed = replay_movie(movie_path, endpoint_in, fps=args.fps, stop_event=stop, wait_s=10.0)
         deadline = time.perf_counter() + 15.0
         while received[0] < args.frames and time.perf_counter() < deadline and not errors:

@@ -20,7 +20,7 @@ ARCH = "interp2d"
 PRESETS: dict[str, dict] = {
     "di": {"widths": [64, 128, 256, 512, 1024], "convs": 1},
     # lite: tuned for a 5-minute CPU training budget and CPU inference (~0.1 s per
-    # 256x256 frame on one core); see docs/bench-models.md.
+    # 256x256 frame on one core); see docs/benchmarks.md.
     "lite": {"widths": [16, 32, 64], "convs": 2},
 }
 

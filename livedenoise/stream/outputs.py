@@ -43,28 +43,25 @@ def check_endpoint(endpoint: str, what: str, option: str) -> str:
     return endpoint
 
 
-def bind(sock: zmq.Socket, endpoint: str, what: str, option: str) -> None:
+def _attach(sock: zmq.Socket, endpoint: str, what: str, option: str, verb: str) -> None:
+    """bind or connect, closing the socket and explaining the endpoint on failure."""
     try:
         check_endpoint(endpoint, what, option)
-        sock.bind(endpoint)
+        getattr(sock, verb)(endpoint)
     except UserError:
         sock.close(linger=0)
         raise
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise _explain(exc, endpoint, what, option) from None
+
+
+def bind(sock: zmq.Socket, endpoint: str, what: str, option: str) -> None:
+    _attach(sock, endpoint, what, option, "bind")
 
 
 def connect(sock: zmq.Socket, endpoint: str, what: str, option: str) -> None:
-    try:
-        check_endpoint(endpoint, what, option)
-        sock.connect(endpoint)
-    except UserError:
-        sock.close(linger=0)
-        raise
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise _explain(exc, endpoint, what, option) from None
+    _attach(sock, endpoint, what, option, "connect")
 
 
 def subscriber(ctx: zmq.Context, endpoint: str, topics=(b"frame", b"start", b"stop"), rcvhwm: int = 100_000,

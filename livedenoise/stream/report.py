@@ -112,7 +112,8 @@ def write_summary_png(path: Path, files: SessionFiles, latencies_ms: np.ndarray,
         ax.hist(lat, bins=50, color="C2")
         p50, p99 = np.percentile(lat, [50, 99])
         ax.axvline(p50, color="k", ls="--", lw=1)
-        ax.set_title(f"latency frame received -> denoised frame sent: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        ax.set_title(f"latency raw frame received -> denoised frame sent (includes the model's lag): "
+                     f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         numbers.update(latency_ms_p50=float(p50), latency_ms_p99=float(p99))
     ax.set_xlabel("ms")
     if "psnr_raw" in numbers:

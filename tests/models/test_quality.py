@@ -1,6 +1,6 @@
 """Denoising quality on simulated data (slow: run with `pytest -m slow`).
 
-A shorter version of scripts/bench_models.py (docs/bench-models.md): train
+A shorter version of scripts/bench_models.py (docs/benchmarks.md): train
 interp2d lite on one simulated movie at ~1 photon/pixel/frame and score it
 on a DIFFERENT one (other seed) against the ground truth.
 """

@@ -1,4 +1,4 @@
-"""`livedenoise bench stream` building blocks on a cheap engine (the real numbers are in docs/bench-stream.md)."""
+"""`livedenoise bench stream` building blocks on a cheap engine (the real numbers are in docs/benchmarks.md)."""
 
 from streamkit import MeanEngine, lite_card
 
