@@ -22,23 +22,40 @@ def qapp():
     app.processEvents()
 
 
+_CLOSED: list = []
+_STATUS: list = []
+
+
 @pytest.fixture(autouse=True)
-def _delete_windows():
-    """Windows closed in a test are deleted before the next one (no teardown at interpreter exit)."""
+def _close_windows():
+    """Close (hide, stop timers and receiver threads) every window a test opened, but never
+    delete it: PySide6 6.11 sometimes segfaults in ~QGraphicsScene while Qt deletes a
+    pyqtgraph window (seen with the ephys heat map). Closed windows are kept until exit."""
     yield
-    from PySide6 import QtCore, QtWidgets
+    from PySide6 import QtWidgets
 
     app = QtWidgets.QApplication.instance()
     if app is None:
         return
     for w in app.topLevelWidgets():
-        w.close()
-        w.deleteLater()
-    # Let Qt delete them now, on this thread; a forced gc.collect() here could
-    # finalise Python wrappers whose C++ objects Qt is deleting at the same time.
-    for _ in range(3):
-        QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
-        app.processEvents()
+        if w.isVisible():
+            w.close()
+            _CLOSED.append(w)
+    app.processEvents()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _STATUS.append(int(exitstatus))
+
+
+def pytest_unconfigure(config):
+    """Leave without interpreter teardown, which would delete the kept windows (see above)."""
+    if _CLOSED and _STATUS:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_STATUS[-1])
 
 
 @pytest.fixture

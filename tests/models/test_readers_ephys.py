@@ -118,3 +118,15 @@ def test_flat_dat_needs_channels_and_checks_size(tmp_path):
         open_recording(p, channels=7)
     with pytest.raises(UserError, match="does not exist"):
         open_recording(tmp_path / "missing.dat", channels=4)
+
+
+def test_binary_recording_is_read_back_by_spikeinterface(tmp_path):
+    se = pytest.importorskip("spikeinterface.extractors", reason="spikeinterface is in the dev extra")
+    rng = np.random.default_rng(1)
+    uv = (rng.standard_normal((3000, 8)) * 30).astype(np.float32)
+    write_openephys(tmp_path, uv, 30000.0, 0.195, [f"CH{k + 1}" for k in range(8)])
+    rec = se.read_openephys(tmp_path, stream_id="0")
+    assert rec.get_num_channels() == 8 and rec.get_num_samples() == 3000
+    assert rec.get_sampling_frequency() == 30000.0
+    got = rec.get_traces(start_frame=0, end_frame=3000, return_in_uV=True)
+    np.testing.assert_allclose(got, uv, atol=0.195 / 2 + 1e-4)

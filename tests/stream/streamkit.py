@@ -38,10 +38,20 @@ def lite_card(pre: int = 3, post: int = 0, mean: float = 100.0, std: float = 20.
                      list(interp2d.window(pre, post, 0).offsets), norm_mean=mean, norm_std=std)
 
 
-def make_checkpoint(path, pre=3, post=0, seed=0, **kw):
-    card = lite_card(pre, post, **kw)
+def make_checkpoint(path, pre=3, post=0, seed=0, arch="interp2d", **kw):
+    """A random-init checkpoint: interp2d lite, or DeepCAD-RT (`arch="cad3d"`)."""
+    if arch == "cad3d":
+        from livedenoise.models import cad3d
+
+        card = ModelCard("cad3d", cad3d.preset_params("rt"), "2p", pre, post, 0,
+                         list(cad3d.window(pre, post, 0).offsets), norm_mean=kw.get("mean", 100.0),
+                         norm_std=kw.get("std", 20.0))
+    else:
+        card = lite_card(pre, post, **kw)
     torch.manual_seed(seed)
-    return save_checkpoint(path, card, interp2d.build(card).state_dict())
+    from livedenoise.models.registry import build_network
+
+    return save_checkpoint(path, card, build_network(card).state_dict())
 
 
 class MeanEngine(Engine):

@@ -40,10 +40,11 @@ def _offline(tmp_path, movie_path, model):
         return np.asarray(f[list(f.keys())[0]] if "data" not in f else f["data"])
 
 
-@pytest.mark.parametrize("post", [0, 1], ids=["causal", "lag1"])
-def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, post):
+@pytest.mark.parametrize("arch,post", [("interp2d", 0), ("interp2d", 1), ("cad3d", 1)],
+                         ids=["causal", "lag1", "cad3d-lag1"])
+def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, arch, post):
     movie_path, mov = movie
-    model = make_checkpoint(tmp_path / "m.pt", pre=3, post=post, seed=post)
+    model = make_checkpoint(tmp_path / "m.pt", pre=3, post=post, seed=post, arch=arch)
     cfg = cfg_factory(model=str(model), record=str(tmp_path / "rec"), max_batch=4)
     svc = RunningService(cfg)
     col = Collector(cfg.output)
