@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.gui.source_thread import SourceThread
 from livedenoise.gui.sources import connectable
 from livedenoise.stream.openephys.zmq_interface import (
     DEFAULT_DATA_PORT, DEFAULT_OUTPUT_PORT, DataMessage, ProtocolError, decode,
@@ -135,44 +136,17 @@ class EphysStatus:
     extra: dict = field(default_factory=dict)
 
 
-class ZmqInterfaceSource:
+class ZmqInterfaceSource(SourceThread):
     """SUB to an Open Ephys ZMQ Interface PUB; fills an `EphysRing` on its own thread."""
 
     def __init__(self, name: str, endpoint: str, n_channels: int = 384, capacity: int = 1 << 16):
-        self.name = name
-        self.endpoint = endpoint
+        super().__init__(name, endpoint, thread_prefix="view-ephys")
         self.ring = EphysRing(n_channels, capacity)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._t0 = time.monotonic()
         self._messages = self._samples = self._malformed = self._missing = 0
         self._last_mn: int | None = None
         self._first: float | None = None
-        self._rate_t, self._rate_n, self._rate = self._t0, 0, 0.0
+        self._rate_n, self._rate = 0, 0.0
         self._stream = ""
-        self._error = ""
-
-    def start(self) -> "ZmqInterfaceSource":
-        self._t0 = self._rate_t = time.monotonic()
-        self._thread = threading.Thread(target=self._guarded, name=f"view-ephys-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def seconds_since_start(self) -> float:
-        return time.monotonic() - self._t0
-
-    def _guarded(self) -> None:
-        try:
-            self._run()
-        except Exception as exc:
-            with self._lock:
-                self._error = f"{type(exc).__name__}: {exc}"
 
     def _run(self) -> None:
         import zmq

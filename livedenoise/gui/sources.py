@@ -21,6 +21,7 @@ import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.gui.rois import RoiTraces
+from livedenoise.gui.source_thread import SourceThread
 from livedenoise.stream.protocol import (
     ControlMessage, FrameHeader, FrameMessage, ProtocolError, decode,
 )
@@ -184,26 +185,20 @@ class SourceStatus:
     last_error: str = ""
 
 
-class FrameSource:
+class FrameSource(SourceThread):
     """Base for the viewer's frame sources; subclasses run `_run` on a daemon thread."""
 
     def __init__(self, name: str, endpoint: str, trace_capacity: int = 30_000, history: int = 1):
-        self.name = name
-        self.endpoint = endpoint
+        super().__init__(name, endpoint)
         self.newest = NewestFrames(history)
         self.traces = RoiTraces(trace_capacity)
         self.mean = RunningMean()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._t0 = time.monotonic()
         self._frames = 0
         self._gaps = 0
         self._malformed = 0
         self._stats_n = 0
         self._last_frame: dict[tuple[int, int], int] = {}
         self._first_s: float | None = None
-        self._rate_t = self._t0
         self._rate_n = 0
         self._fps = 0.0
         self._lat = np.zeros(4096, np.float64)
@@ -216,32 +211,10 @@ class FrameSource:
         self._start: dict = {}
         self._stopped = False
         self._finished = False
-        self._error = ""
 
-    # --- lifecycle ----------------------------------------------------------
-    def start(self) -> "FrameSource":
-        self._t0 = self._rate_t = time.monotonic()
-        self._thread = threading.Thread(target=self._guarded_run, name=f"view-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _guarded_run(self) -> None:
-        try:
-            self._run()
-        except Exception as exc:  # surfaced in the status bar, never a crash of the GUI
-            with self._lock:
-                self._error = f"{type(exc).__name__}: {exc}"
-        finally:
-            with self._lock:
-                self._finished = True
-
-    def _run(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _on_finished(self) -> None:
+        with self._lock:
+            self._finished = True
 
     # --- called on the source thread ---------------------------------------
     def _on_frame(self, header: FrameHeader, pixels: np.ndarray) -> None:
@@ -319,9 +292,6 @@ class FrameSource:
                 model=self._model, backend=self._backend, stats=dict(self._stats), start=dict(self._start),
                 stopped=self._stopped, finished=self._finished, last_error=self._error,
             )
-
-    def seconds_since_start(self) -> float:
-        return time.monotonic() - self._t0
 
 
 class ZmqFrameSource(FrameSource):
