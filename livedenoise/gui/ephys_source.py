@@ -21,7 +21,6 @@ import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.gui.source_thread import SourceThread
-from livedenoise.gui.sources import connectable
 from livedenoise.stream.openephys.zmq_interface import (
     DEFAULT_DATA_PORT, DEFAULT_OUTPUT_PORT, DataMessage, ProtocolError, decode,
 )
@@ -151,17 +150,7 @@ class ZmqInterfaceSource(SourceThread):
     def _run(self) -> None:
         import zmq
 
-        sock = zmq.Context.instance().socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, RCVHWM)
-        sock.setsockopt(zmq.SUBSCRIBE, b"DATA")
-        try:
-            sock.connect(connectable(self.endpoint))
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise UserError(f"cannot connect to {self.endpoint}: {exc}") from None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        sock, poller = self._subscribe(b"DATA", RCVHWM)
         try:
             while not self._stop.is_set():
                 if not poller.poll(100):

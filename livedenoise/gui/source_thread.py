@@ -46,6 +46,26 @@ class SourceThread:
         finally:
             self._on_finished()
 
+    def _subscribe(self, topic: bytes, rcvhwm: int):
+        """A SUB socket connected to this source's endpoint, and a poller on it."""
+        import zmq
+
+        from livedenoise.errors import UserError
+        from livedenoise.gui.sources import connectable
+
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            sock.connect(connectable(self.endpoint))
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise UserError(f"cannot connect to {self.endpoint}: {exc}") from None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        return sock, poller
+
     def _on_finished(self) -> None:
         """Called on the thread when `_run` returns or fails."""
 

@@ -300,18 +300,7 @@ class ZmqFrameSource(FrameSource):
     def _run(self) -> None:
         import zmq
 
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, RCVHWM)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        try:
-            sock.connect(connectable(self.endpoint))
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise UserError(f"cannot connect to {self.endpoint}: {exc}") from None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        sock, poller = self._subscribe(b"", RCVHWM)
         # conflation: of each drained batch only the last `depth` frames per stream are copied
         pending: dict[tuple[int, int], deque[FrameMessage]] = {}
         depth = self.newest.depth
