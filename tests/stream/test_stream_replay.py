@@ -1,14 +1,10 @@
 """replay_movie: start / paced frames / stop, loops, subscriber wait, ScanImage multi-stream sources."""
 
 import threading
-import time
-import types
 
 import numpy as np
 from streamkit import Collector, endpoints
 
-from livedenoise.stream import replay as replay_mod
-from livedenoise.stream.protocol import FrameHeader
 from livedenoise.stream.replay import replay_movie, wire_dtype
 
 
@@ -38,27 +34,17 @@ def test_loop_keeps_counting_frames_until_stopped(tmp_path):
     assert [int(m.pixels[0, 0]) for m, _ in col.messages if hasattr(m, "header")][:7] == [0, 6, 12, 18, 24, 0, 6]
 
 
-def test_scanimage_source_publishes_every_stream_paced_by_its_times(tmp_path, monkeypatch):
-    path = tmp_path / "si.tif"
-    path.write_bytes(b"")
+def test_scanimage_source_publishes_every_stream_paced_by_its_times(tmp_path):
+    from livedenoise.models.scanimage_tiff import write_scanimage_tiff
 
-    def acquisition(p):
-        meta = {"frame_rate": 20.0, "channels": [1, 2], "planes": 1, "frame_size": [3, 4]}
-
-        def items():
-            for k in range(6):
-                for ch in (1, 2):
-                    h = FrameHeader(frame=k + 1, t=k / 20, shape=(3, 4), dtype="int16", channel=ch, source="si")
-                    yield h, np.full((3, 4), 10 * ch + k, np.int16)
-
-        return meta, items()
-
-    fake = types.SimpleNamespace(is_scanimage_tiff=lambda p: True, scanimage_acquisition=acquisition)
-    monkeypatch.setattr(replay_mod, "_scanimage_source", lambda p: fake)
+    data = np.zeros((6, 1, 2, 3, 4), np.int16)  # (T, Z, C, H, W)
+    for k in range(6):
+        for c, ch in enumerate((1, 2)):
+            data[k, 0, c] = 10 * ch + k
+    path = write_scanimage_tiff(tmp_path / "si.tif", data, channels=[1, 2], frame_rate=20.0)
     i, _ = endpoints()
     col = Collector(i)
     try:
-        t0 = time.perf_counter()
         summary = replay_movie(path, i, fps=None, wait_s=20)
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop")
     finally:
