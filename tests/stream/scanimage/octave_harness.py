@@ -5,7 +5,7 @@
 One Octave process per scenario: `drive_acquisition.m` (beside this file) plays
 an acquisition through the real .m files with a stand-in hSI, and the test reads
 what arrives on a pyzmq SUB socket. Skipped, with the reason, when Octave, Java
-or the JeroMQ jar is missing (CI installs them: `.ci/run`).
+or the JeroMQ jar is missing (the README test command `scripts/test.sh` installs them, and CI runs it).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ _FOUND: list[str] = []
 
 
 def _skip(reason: str):
-    # On CI (.ci/run installs octave, libjeromq-java and a JRE) a missing piece is a failure:
+    # On CI (scripts/test.sh installs octave, libjeromq-java and a JRE) a missing piece is a failure:
     # these tests are the only check of the MATLAB side and must not pass by skipping.
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI must run the Octave tests: see .ci/run)", pytrace=False)
+        pytest.fail(f"{reason} (CI must run the Octave tests: see scripts/test.sh)", pytrace=False)
     pytest.skip(reason)
 
 
