@@ -40,9 +40,11 @@ def register(sub) -> None:
     p.add_argument("--arch", choices=ARCH_CHOICES, default="interp2d", help="architecture")
     p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
     p.add_argument("--pre", type=int, default=None,
-                   help="frames before the predicted frame (default 8; for --tune-against, the cap on past frames, default 64)")
-    p.add_argument("--post", type=int, default=1, help="frames after it (0 = causal, zero lag)")
-    p.add_argument("--omission", type=int, default=0, help="frames hidden on each side of the predicted frame")
+                   help="frames (ephys: samples) before the predicted one (default 8, ephys 30; "
+                        "for --tune-against, the cap on past frames, default 64)")
+    p.add_argument("--post", type=int, default=None, help="frames after it (0 = causal, zero lag; default 1, ephys 30)")
+    p.add_argument("--omission", type=int, default=None,
+                   help="frames hidden on each side of the predicted frame (default 0, ephys 1)")
     g = p.add_argument_group("training")
     g.add_argument("--loss", choices=("l1", "l2", "mixed"), default=None, help="default: l2 (interp2d), mixed (cad3d)")
     g.add_argument("--crop", type=int, default=None, help="square training crop side in pixels (default 64)")
@@ -111,17 +113,26 @@ def _read_truth(path, args, n: int):
         return tuple(mv.shape), mv.read(0, min(n, len(mv))).astype(np.float32)
 
 
+def _default_window(args, ephys: bool) -> tuple[int, int, int]:
+    """(pre, post, omission) when not given: DeepInterpolation's Neuropixels window for ephys."""
+    if ephys:
+        return 30, 30, 1
+    return (64 if (args.arch == "classic" and args.tune_against) else 8), 1, 0
+
+
 def run(args) -> int:
     out = _check_paths(args)
-    if args.pre is None:
-        args.pre = 64 if (args.arch == "classic" and args.tune_against) else 8
     if args.threads:
         import torch
 
         torch.set_num_threads(int(args.threads))
     from livedenoise.models.readers_ephys import is_ephys_path
 
-    if args.arch in ("interp-ephys", "block-ephys") or is_ephys_path(args.movies[0]):
+    ephys = args.arch in ("interp-ephys", "block-ephys") or is_ephys_path(args.movies[0])
+    for name, default in zip(("pre", "post", "omission"), _default_window(args, ephys)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if ephys:
         from livedenoise.models.train_ephys import run_cli
 
         return run_cli(args, out)
@@ -177,6 +188,7 @@ def _run_classic(args, out: Path) -> int:
 
     from livedenoise.models import baselines
     from livedenoise.models.checkpoint import save_checkpoint
+    from livedenoise.models.registry import describe_receptive_field
 
     if args.omission:
         raise UserError("classic filters read the frame itself and cannot hide neighbours; use --omission 0")
@@ -210,7 +222,7 @@ def _run_classic(args, out: Path) -> int:
             raise UserError(str(exc)) from None
     net = baselines.build(card)
     save_checkpoint(out, card, net.state_dict())
-    rf = baselines.receptive_field(card)
+    rf = describe_receptive_field(card)
     msg = f"wrote {out}: {card.summary()} params {json.dumps({k: v for k, v in card.params.items() if k != 'preset'})}"
     if info:
         msg += f"; PSNR {info['tuned_psnr_db']:.2f} dB against {info['tuned_against']}"

@@ -134,20 +134,11 @@ def build(card) -> nn.Module:
     return ClassicFilter(w, float(p.get("sigma_xy", 0.0)))
 
 
-def receptive_field(card) -> dict:
-    p = card.params
-    sigma = float(p.get("sigma_xy", 0.0))
-    spatial = 2 * max(1, int(math.ceil(3.0 * sigma))) + 1 if sigma > 0 else 1
-    first, last = card.window.span
-    return {
-        "arch": ARCH,
-        "spatial": [spatial, spatial],
-        "temporal_span": [first, last],
-        "temporal_frames": last - first + 1,
-        "inputs": len(card.offsets),
-        "lag": card.lag,
-        "uses_target": card.window.uses_target,
-    }
+def spatial_extent(card) -> tuple[int, int]:
+    """Pixels across the spatial Gaussian reaches (3 sigma each side), for the registry's report."""
+    sigma = float(card.params.get("sigma_xy", 0.0))
+    side = 2 * max(1, int(math.ceil(3.0 * sigma))) + 1 if sigma > 0 else 1
+    return side, side
 
 
 def classic_card(kind: str, pre: int = 8, post: int = 0, modality: str = "2p", **params: Any):

@@ -158,21 +158,6 @@ def build(card) -> nn.Module:
     return UNet3d(list(card.params["f_maps"]), offs.index(read))
 
 
-def receptive_field(card) -> dict:
-    net = build(card)
-    rf = net.spatial_receptive_field()
-    first, last = card.window.span
-    return {
-        "arch": ARCH,
-        "spatial": [rf, rf],
-        "temporal_span": [first, last],
-        "temporal_frames": last - first + 1,
-        "inputs": len(card.offsets),
-        "lag": card.lag,
-        "uses_target": card.window.uses_target,
-    }
-
-
 def _starts(n: int, tile: int, step: int) -> list[int]:
     if n <= tile:
         return [0]

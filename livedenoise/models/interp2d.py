@@ -35,60 +35,85 @@ def preset_params(preset: str) -> dict:
     return {"preset": preset, **PRESETS[preset]}
 
 
-def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
+class SameConv(nn.Module):
+    """'same' convolution for an even kernel (Keras pads after): DI's (3, 2) ephys kernel."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int]):
+        super().__init__()
+        kh, kw = kernel
+        self.pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+        self.conv = nn.Conv2d(cin, cout, kernel)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, self.pad))
+
+
+def _conv(cin: int, cout: int, kernel: tuple[int, int]) -> nn.Module:
+    if kernel[0] % 2 and kernel[1] % 2:
+        return nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2))
+    return SameConv(cin, cout, kernel)
+
+
+def _block(cin: int, cout: int, convs: int, kernel: tuple[int, int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1), nn.ReLU(inplace=True)]
+        layers += [_conv(cin if i == 0 else cout, cout, kernel), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
 class UNet2d(nn.Module):
-    def __init__(self, in_channels: int, widths: list[int], convs: int = 2):
+    """DeepInterpolation's U-Net. The imaging net uses 3x3 convs and 2x2 pools; the
+    Neuropixels net (interp_ephys) 3x2 convs and pools along the probe only."""
+
+    def __init__(self, in_channels: int, widths: list[int], convs: int = 2,
+                 kernel: tuple[int, int] = (3, 3), pool: tuple[int, int] = (2, 2), pad_mode: str = "replicate"):
         super().__init__()
         self.depth = len(widths) - 1
         self.convs = convs
+        self.kernel, self.pool, self.pad_mode = tuple(kernel), tuple(pool), pad_mode
         self.encoders = nn.ModuleList()
         cin = in_channels
         for w in widths[:-1]:
-            self.encoders.append(_block(cin, w, convs))
+            self.encoders.append(_block(cin, w, convs, self.kernel))
             cin = w
-        self.bottleneck = _block(cin, widths[-1], convs)
+        self.bottleneck = _block(cin, widths[-1], convs, self.kernel)
         self.decoders = nn.ModuleList()
         cin = widths[-1]
         for w in reversed(widths[:-1]):
-            self.decoders.append(_block(cin + w, w, convs))
+            self.decoders.append(_block(cin + w, w, convs, self.kernel))
             cin = w
         self.head = nn.Conv2d(cin, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2**self.depth
-        ph, pw = (-h) % m, (-w) % m
+        ph, pw = (-h) % self.pool[0] ** self.depth, (-w) % self.pool[1] ** self.depth
         if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+            x = F.pad(x, (0, pw, 0, ph), mode=self.pad_mode)
         skips = []
         for enc in self.encoders:
             x = enc(x)
             skips.append(x)
-            x = F.max_pool2d(x, 2)
+            x = F.max_pool2d(x, self.pool)
         x = self.bottleneck(x)
+        scale = (float(self.pool[0]), float(self.pool[1]))
         for dec, skip in zip(self.decoders, reversed(skips)):
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = F.interpolate(x, scale_factor=scale, mode="nearest")
             x = dec(torch.cat([x, skip], dim=1))
         x = self.head(x)
         return x[..., :h, :w]
 
     def spatial_receptive_field(self) -> int:
-        """Pixels across that can influence one output pixel (upper bound)."""
-        per_block = 2 * self.convs  # each 3x3 conv widens by 2 at the block's scale
+        """Pixels (ephys: sites) along the first axis that can influence one output (upper bound)."""
+        per_block = (self.kernel[0] - 1) * self.convs
+        p = self.pool[0]
         rf, scale = 1, 1
         for _ in range(self.depth):
-            rf += per_block * scale + scale  # convs, then a 2x2 pool
-            scale *= 2
+            rf += per_block * scale + (p - 1) * scale  # convs, then a pool
+            scale *= p
         rf += per_block * scale  # bottleneck
         for _ in range(self.depth):
-            scale //= 2
-            rf += scale + per_block * scale  # nearest upsample, then convs
+            scale //= p
+            rf += (p - 1) * scale + per_block * scale  # nearest upsample, then convs
         return rf
 
 

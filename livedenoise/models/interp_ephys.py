@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from livedenoise.models.interp2d import UNet2d
 from livedenoise.models.window import WindowSpec
 
 ARCH = "interp-ephys"
@@ -104,64 +104,9 @@ def to_frames_torch(samples: torch.Tensor, layout: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- network
 
 
-class SameConv(nn.Module):
-    """Keras 'same' convolution (extra padding after, for even kernels), ONNX-friendly."""
-
-    def __init__(self, cin: int, cout: int, kernel=(3, 2)):
-        super().__init__()
-        kh, kw = kernel
-        self.pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
-        self.conv = nn.Conv2d(cin, cout, kernel)
-
-    def forward(self, x):
-        return self.conv(F.pad(x, self.pad))
-
-
-def _block(cin: int, cout: int, convs: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(convs):
-        layers += [SameConv(cin if i == 0 else cout, cout), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
-
-
-class UNetEphys(nn.Module):
-    def __init__(self, in_channels: int, widths: list[int], convs: int = 1):
-        super().__init__()
-        self.depth = len(widths) - 1
-        self.encoders = nn.ModuleList()
-        cin = in_channels
-        for w in widths[:-1]:
-            self.encoders.append(_block(cin, w, convs))
-            cin = w
-        self.bottleneck = _block(cin, widths[-1], convs)
-        self.decoders = nn.ModuleList()
-        cin = widths[-1]
-        for w in reversed(widths[:-1]):
-            self.decoders.append(_block(cin + w, w, convs))
-            cin = w
-        self.head = nn.Conv2d(cin, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.shape[-2]
-        m = 2**self.depth
-        ph = (-h) % m
-        if ph:
-            x = F.pad(x, (0, 0, 0, ph))
-        skips = []
-        for enc in self.encoders:
-            x = enc(x)
-            skips.append(x)
-            x = F.max_pool2d(x, (2, 1))
-        x = self.bottleneck(x)
-        for dec, skip in zip(self.decoders, reversed(skips)):
-            x = F.interpolate(x, scale_factor=(2.0, 1.0), mode="nearest")
-            x = dec(torch.cat([x, skip], dim=1))
-        x = self.head(x)
-        return x[..., :h, :]
-
-
 def build(card) -> nn.Module:
-    return UNetEphys(card.n_inputs, list(card.params["widths"]), int(card.params.get("convs", 1)))
+    return UNet2d(card.n_inputs, list(card.params["widths"]), int(card.params.get("convs", 1)),
+                  kernel=(3, 2), pool=(2, 1), pad_mode="constant")
 
 
 def example_input(card, frame_shape_=None) -> torch.Tensor:

@@ -43,18 +43,21 @@ def describe_receptive_field(card) -> dict:
 
     Returns {"arch", "spatial": [h, w] pixels across (upper bound), "temporal_span":
     [first offset, last offset], "temporal_frames", "inputs", "lag", "uses_target"}.
-    Uses the arch module's ``receptive_field(card)`` when it has one; otherwise the
-    network's ``spatial_receptive_field()`` and the card's window.
+    The spatial extent comes from the arch module's ``spatial_extent(card)`` when it
+    has one (filters with no network to ask), else the network's
+    ``spatial_receptive_field()``; the rest from the card's window.
     """
     mod = arch_module(card.arch)
-    if hasattr(mod, "receptive_field"):
-        return mod.receptive_field(card)
-    net = mod.build(card)
-    rf = int(net.spatial_receptive_field()) if hasattr(net, "spatial_receptive_field") else None
+    if hasattr(mod, "spatial_extent"):
+        spatial = list(mod.spatial_extent(card))
+    else:
+        net = mod.build(card)
+        rf = int(net.spatial_receptive_field()) if hasattr(net, "spatial_receptive_field") else None
+        spatial = [rf, rf] if rf is not None else None
     first, last = card.window.span
     return {
         "arch": card.arch,
-        "spatial": [rf, rf] if rf is not None else None,
+        "spatial": spatial,
         "temporal_span": [first, last],
         "temporal_frames": last - first + 1,
         "inputs": len(card.offsets),

@@ -213,9 +213,6 @@ def _batch(card, data: np.ndarray, batch: int, crop: int, cpc: int, rng: np.rand
 
 # --------------------------------------------------------------------------- CLI (`livedenoise train --arch block-ephys REC`)
 
-IMAGING_WINDOW_DEFAULTS = (8, 1, 0)
-
-
 def run_cli(args, out) -> int:
     """`livedenoise train` for ephys recordings (dispatched from commands/train.py)."""
     import json as _json
@@ -226,9 +223,7 @@ def run_cli(args, out) -> int:
     from livedenoise.models.readers_ephys import open_from_args
 
     rec = open_from_args(args.movies[0], args)
-    pre, post, omission = args.pre, args.post, args.omission
-    if (pre, post, omission) == IMAGING_WINDOW_DEFAULTS:
-        pre, post, omission = 30, 30, 1  # DeepInterpolation's Neuropixels window
+    pre, post, omission = args.pre, args.post, args.omission  # defaults resolved by commands/train.py
     device = args.device
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,7 +5,7 @@ import torch
 from livedenoise.models import baselines
 from livedenoise.models.baselines import apply_filter, classic_card, tune
 from livedenoise.models.checkpoint import load_model, save_checkpoint
-from livedenoise.models.registry import build_network
+from livedenoise.models.registry import build_network, describe_receptive_field
 
 
 @pytest.mark.parametrize("kind,params", [
@@ -81,7 +81,7 @@ def test_tune_finds_averaging_beats_raw_and_respects_lag():
 
 
 def test_receptive_field_of_classic():
-    rf = baselines.receptive_field(classic_card("gauss", pre=6, post=1, sigma_t=2.0, sigma_xy=1.0))
+    rf = describe_receptive_field(classic_card("gauss", pre=6, post=1, sigma_t=2.0, sigma_xy=1.0))
     assert rf["temporal_span"] == [-6, 1] and rf["lag"] == 1 and rf["spatial"] == [7, 7] and rf["uses_target"]
 
 

@@ -5,6 +5,7 @@ import torch
 from livedenoise.models import cad3d
 from livedenoise.models.card import ModelCard
 from livedenoise.models.checkpoint import load_model, save_checkpoint
+from livedenoise.models.registry import describe_receptive_field
 
 
 def card(pre=8, post=1, omission=0):
@@ -94,7 +95,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_receptive_field_reports_span_and_lag():
-    rf = cad3d.receptive_field(card(8, 3))
+    rf = describe_receptive_field(card(8, 3))
     assert rf["temporal_span"] == [-7, 3]
     assert rf["lag"] == 3
     assert rf["spatial"][0] > 50

@@ -113,6 +113,11 @@ def test_simulate_train_denoise_from_the_command_line(tmp_path, capsys):
                  "--crop", "128", "--batch", "2", "--json"]) == 0
     card = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["card"]
     assert card["arch"] == "block-ephys" and (card["pre"], card["post"], card["omission"]) == (30, 30, 1)
+    # an explicit window is honoured, even one equal to the imaging defaults
+    assert main(["train", str(tmp_path / "sim"), "--arch", "block-ephys", "--out", str(tmp_path / "m8.pt"), "--steps", "2",
+                 "--crop", "128", "--batch", "2", "--pre", "8", "--post", "1", "--omission", "0", "--json"]) == 0
+    card8 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["card"]
+    assert (card8["pre"], card8["post"], card8["omission"]) == (8, 1, 0)
     assert main(["denoise", str(tmp_path / "sim"), str(tmp_path / "den"), "--model", str(tmp_path / "m.pt"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["samples"] == 9000
