@@ -52,6 +52,23 @@ CARD_KEY = "livedenoise.card"
 """ONNX metadata_props key holding the model card JSON."""
 
 TENSORRT_EXTRA = "pip install 'livedenoise[tensorrt]'"
+TENSORRT_MAJOR = 10
+"""The TensorRT major version our builder and runtime are written for. TensorRT 11
+removed the weak-typing builder flags (FP16, INT8) and the int8 calibrator that
+`tensorrt_build` uses, so 11.x is refused with this explanation rather than failing mid-build."""
+
+
+def tensorrt_version_problem(version: str) -> str | None:
+    """Why TensorRT `version` cannot be used here, or None when it can."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        return f"cannot read the TensorRT version {version!r}"
+    if major != TENSORRT_MAJOR:
+        return (f"TensorRT {version} is installed, but livedenoise builds and runs TensorRT {TENSORRT_MAJOR}.x engines "
+                f"(TensorRT 11 removed the fp16/int8 builder flags it uses): "
+                f"pip install 'tensorrt>={TENSORRT_MAJOR},<{TENSORRT_MAJOR + 1}'")
+    return None
 
 
 def sample_shape(card: ModelCard, frame_shape=None) -> tuple[int, ...] | None:
@@ -311,11 +328,14 @@ class OnnxRuntimeEngine(Engine):
 
 
 def tensorrt_status() -> tuple[bool, str]:
-    """(usable, why): TensorRT + pycuda importable and a CUDA GPU visible."""
+    """(usable, why): TensorRT 10 + pycuda importable and a CUDA GPU visible."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt as trt
     except ImportError:
         return False, f"TensorRT is not installed ({TENSORRT_EXTRA})"
+    problem = tensorrt_version_problem(trt.__version__)
+    if problem:
+        return False, problem
     try:
         import pycuda.driver as cuda
     except ImportError:
@@ -327,8 +347,6 @@ def tensorrt_status() -> tuple[bool, str]:
         return False, f"no usable CUDA driver/GPU ({str(exc).strip()[:120] or type(exc).__name__})"
     if n < 1:
         return False, "no CUDA GPU visible"
-    import tensorrt as trt
-
     return True, f"NVIDIA GPU {cuda.Device(0).name()} with TensorRT {trt.__version__}"
 
 

@@ -13,6 +13,7 @@ from livedenoise.export.engine import (
     TorchEngine,
     open_engine,
     tensorrt_status,
+    tensorrt_version_problem,
 )
 from livedenoise.export.onnx_export import export_onnx
 from tests.export.checkpoints import make_checkpoint
@@ -144,6 +145,14 @@ def test_tensorrt_missing_names_the_extra(files, tmp_path):
         open_engine(tmp_path / "m.engine")
     with pytest.raises(UserError, match="runs only with --backend tensorrt"):
         open_engine(tmp_path / "m.engine", "onnxruntime")
+
+
+def test_only_tensorrt_10_is_accepted_and_11_names_the_pin():
+    assert tensorrt_version_problem("10.13.0.35") is None
+    why = tensorrt_version_problem("11.4.0.106")
+    assert "TensorRT 11.4.0.106 is installed" in why and "tensorrt>=10,<11" in why and "\n" not in why
+    assert "8.6.1" in tensorrt_version_problem("8.6.1")
+    assert "cannot read" in tensorrt_version_problem("dev")
 
 
 def test_missing_cuda_provider_is_a_user_error(files):
