@@ -38,10 +38,10 @@ def _shape(x) -> tuple[int, ...]:
 
 
 def _read(x, a: int, b: int) -> np.ndarray:
-    """Frames a..b-1 as float64, from an array, a memmap or a Movie."""
+    """Frames a..b-1 as a float64 copy (callers work on it in place), from an array, a memmap or a Movie."""
     read = getattr(x, "read", None)
     data = read(a, b) if callable(read) else x[a:b]
-    return np.asarray(data, dtype=np.float64)
+    return np.array(data, dtype=np.float64, copy=True)
 
 
 def _chunk_frames(x) -> int:

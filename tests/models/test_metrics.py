@@ -107,6 +107,19 @@ def test_movies_from_files_give_the_same_numbers(tmp_path, clean):
         metrics.CHUNK = old
 
 
+def test_float64_inputs_are_not_modified(clean):
+    clean64 = clean.astype(np.float64)
+    noisy64 = clean64 + np.random.default_rng(6).normal(0, 4, clean.shape)
+    before_n, before_c = noisy64.copy(), clean64.copy()
+    masks = np.zeros((1, 16, 20), bool)
+    masks[0, :5, :5] = True
+    metrics.summary(noisy64, clean64, masks, [np.array([10])])
+    metrics.psnr(noisy64, clean64)
+    metrics.pixel_snr(noisy64, clean64)
+    np.testing.assert_array_equal(noisy64, before_n)
+    np.testing.assert_array_equal(clean64, before_c)
+
+
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.psnr(np.zeros((3, 4, 4)), np.zeros((4, 4, 4)))
