@@ -23,6 +23,17 @@ def _backends() -> tuple[str, ...]:
     return tuple(getattr(engine, "BACKENDS", DEFAULT_BACKENDS))
 
 
+def add_innovation_arguments(p) -> None:
+    """--innovation / --innovation-k, shared by `denoise` and `serve`."""
+    g = p.add_argument_group("innovation step (imaging models)")
+    g.add_argument("--innovation", action="store_true",
+                   help="add back the shrunk, smoothed innovation of frame t (raw - prediction), so calcium onsets "
+                        "show at their frame instead of a frame late or smeared; settings tuned at training, stored in the model")
+    g.add_argument("--innovation-k", type=float, default=None, metavar="K",
+                   help="override the shrinkage threshold (noise variances; implies --innovation): lower keeps more "
+                        "of each onset and more noise")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "denoise",
@@ -44,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--channel", type=int, default=None, help="ScanImage TIFF channel")
     p.add_argument("--plane", type=int, default=None, help="ScanImage TIFF plane")
     p.add_argument("--dataset", default=None, help="HDF5 dataset holding the movie")
+    add_innovation_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     from livedenoise.models.readers_ephys import add_reading_arguments
@@ -57,6 +69,8 @@ def run(args) -> int:
     from livedenoise.models.readers_ephys import is_ephys_path
 
     if is_ephys_path(args.input):
+        if args.innovation or args.innovation_k is not None:
+            raise UserError("--innovation applies to imaging movies, not to ephys recordings")
         from livedenoise.models.denoise_ephys import run_cli
 
         return run_cli(args)
@@ -75,6 +89,8 @@ def run(args) -> int:
         plane=args.plane,
         dataset=args.dataset,
         progress=not (args.quiet or args.json),
+        innovation=args.innovation,
+        innovation_k=args.innovation_k,
     )
     if args.json:
         print(json.dumps({"input": args.input, "output": args.output, "model": args.model, **stats.to_dict()}))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+from livedenoise.commands.denoise import add_innovation_arguments
 from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT
 
 
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--stats-interval", type=float, default=1.0, metavar="S", help="seconds between stats")
     p.add_argument("--rcvhwm", type=int, default=100_000, help="ZeroMQ receive high-water mark (messages)")
+    add_innovation_arguments(p)
     p.add_argument("--view", action="store_true", help="also open the live viewer (`livedenoise view`)")
     p.add_argument("--json", action="store_true", help="print stats as JSON lines")
     p.add_argument("--quiet", action="store_true", help="print only the final stats")
@@ -74,7 +76,7 @@ def run(args) -> int:
         model=args.model, backend=args.backend, input=args.input, output=args.output, record=args.record,
         record_format=args.record_format, ring=args.ring, max_batch=args.max_batch, policy=args.policy,
         renorm=args.renorm, stats_interval=args.stats_interval, rcvhwm=args.rcvhwm, duration=args.duration,
-        view=args.view,
+        view=args.view, innovation=args.innovation, innovation_k=args.innovation_k,
     )
 
     idle = {"since": 0.0}

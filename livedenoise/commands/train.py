@@ -60,6 +60,8 @@ def register(sub) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--modality", choices=("2p", "fmri"), default="2p", help="recorded in the model card")
+    g.add_argument("--no-tune-innovation", dest="tune_innovation", action="store_false",
+                   help="skip tuning the innovation step (`denoise/serve --innovation`) on 100 validation frames after training")
     r = p.add_argument_group("reading")
     r.add_argument("--channel", type=int, default=None, help="ScanImage TIFF channel")
     r.add_argument("--plane", type=int, default=None, help="ScanImage TIFF plane")
@@ -155,7 +157,7 @@ def _run_train(args, out: Path) -> int:
         loss=args.loss, crop=args.crop, batch=args.batch, lr=args.lr, steps=args.steps,
         max_minutes=args.max_minutes, val_fraction=args.val_fraction, val_every=args.val_every,
         init=args.init, seed=args.seed, device=args.device, modality=args.modality,
-        progress=not args.quiet, sources=[Path(m).name for m in args.movies],
+        progress=not args.quiet, sources=[Path(m).name for m in args.movies], tune_innovation=args.tune_innovation,
     )
     try:
         card, state, history = train(movies, cfg, val_movies=val_movies)
@@ -172,6 +174,7 @@ def _run_train(args, out: Path) -> int:
         f"wrote {out}: {card.summary()}; {history['steps']} steps in {history['seconds']:.0f} s"
         + (f", best validation loss {best:.5f} at step {history['best_step']}" if best is not None else "")
         + (" (interrupted)" if history.get("interrupted") else "")
+        + _innovation_note(card)
     )
     if args.json:
         print(json.dumps({"out": str(out), "card": card.to_dict(), "steps": history["steps"],
@@ -181,6 +184,15 @@ def _run_train(args, out: Path) -> int:
     else:
         print(msg)
     return 0
+
+
+def _innovation_note(card) -> str:
+    tuned = card.training.get("innovation_tuning")
+    if card.innovation and tuned:
+        gain = 100 * (1 - tuned["loss_best"] / tuned["loss_prediction"])
+        return (f"; innovation step tuned on {tuned['frames']} frames: sigma_xy {card.innovation['sigma_xy']:g}, "
+                f"k {card.innovation['k']:g} (self-supervised loss -{gain:.2f}%)")
+    return ""
 
 
 def _run_classic(args, out: Path) -> int:

@@ -37,6 +37,8 @@ class ModelCard:
     norm_mean: float = 0.0
     norm_std: float = 1.0
     training: dict[str, Any] = field(default_factory=dict)
+    innovation: dict[str, float] | None = None
+    """Innovation-step settings (sigma_xy, k) tuned on the training movie; None: untuned (`models/innovation.py`)."""
     format_version: int = FORMAT_VERSION
     package_version: str = __version__
 
@@ -49,6 +51,10 @@ class ModelCard:
             self.window
         except ValueError as exc:
             raise UserError(f"model card: bad window: {exc}") from None
+        if self.innovation is not None:
+            from livedenoise.models.innovation import InnovationConfig
+
+            self.innovation = InnovationConfig.from_dict(self.innovation).to_dict()
 
     @property
     def window(self) -> WindowSpec:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.models.innovation import InnovationStep, config_for
 from livedenoise.models.norm import denormalise, normalise
 
 DEFAULT_CHUNK = 128  # frames per read, rounded up to a whole number of batches
@@ -38,6 +39,8 @@ class DenoiseStats:
     seconds: float
     batch: int
     dtype: str
+    innovation: dict | None = None
+    """The innovation step's settings when it was applied."""
 
     @property
     def fps(self) -> float:
@@ -85,8 +88,11 @@ def _to_dtype(pred: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, progress: bool = True,
-                  chunk: int = DEFAULT_CHUNK) -> DenoiseStats:
-    """Denoise every frame of `movie` with `engine`, appending the results to `writer`."""
+                  chunk: int = DEFAULT_CHUNK, innovation: InnovationStep | None = None) -> DenoiseStats:
+    """Denoise every frame of `movie` with `engine`, appending the results to `writer`.
+
+    With `innovation`, each prediction is corrected by its own raw frame (models/innovation.py).
+    """
     card = engine.card
     spec = card.window
     check_movie_fits(movie, card)
@@ -98,6 +104,7 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
     h, w = movie.shape[1:]
     chunk = max(batch, -(-int(chunk) // batch) * batch)
     windows = np.empty((batch, spec.size, h, w), np.float32)
+    current = np.empty((batch, h, w), np.float32) if innovation is not None else None
     mean, std = float(card.norm_mean), float(card.norm_std)
 
     bar = None
@@ -132,6 +139,10 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
                 if pred.shape != (len(todo), h, w):
                     raise RuntimeError(f"engine returned {pred.shape}, expected {(len(todo), h, w)}")
                 pred = denormalise(pred, mean, std)
+                if innovation is not None:
+                    for k, t in enumerate(todo):
+                        current[k] = raw[t - lo]
+                    innovation.apply(pred, current[: len(todo)])
                 for k, t in enumerate(todo):
                     out[t - a] = _to_dtype(pred[k], dtype)
             writer.write(out)
@@ -141,7 +152,8 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - started
-    return DenoiseStats(t_total, passthrough, seconds, batch, dtype.name)
+    return DenoiseStats(t_total, passthrough, seconds, batch, dtype.name,
+                        innovation.cfg.to_dict() if innovation is not None else None)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -167,8 +179,13 @@ def denoise_file(
     dataset: str | None = None,
     progress: bool = True,
     chunk: int = DEFAULT_CHUNK,
+    innovation: bool = False,
+    innovation_k: float | None = None,
 ) -> DenoiseStats:
-    """Open `src`, denoise it with `model`, write `dst` (TIFF or HDF5). The input is never written."""
+    """Open `src`, denoise it with `model`, write `dst` (TIFF or HDF5). The input is never written.
+
+    `innovation` applies the innovation step with the card's settings (`innovation_k` overrides k).
+    """
     from livedenoise.export.engine import open_engine
     from livedenoise.models.readers import open_movie
     from livedenoise.models.writers import WRITER_EXTS
@@ -183,7 +200,13 @@ def denoise_file(
     with open_movie(src, channel=channel, plane=plane, dataset=dataset) as movie:
         engine = open_engine(model, backend)
         check_movie_fits(movie, engine.card)
+        step = None
+        if innovation or innovation_k is not None:
+            step = InnovationStep(config_for(engine.card, innovation_k)[0])
         dtype = output_dtype(movie.dtype, out_dtype)
         attrs = {"source": str(src.name), "model": engine.card.summary(), "lag": int(engine.card.lag)}
+        if step is not None:
+            attrs["innovation"] = step.describe()
         with open_writer(dst, len(movie), movie.shape[1:], dtype, attrs=attrs) as writer:
-            return denoise_movie(movie, engine, writer, batch=batch, out_dtype=out_dtype, progress=progress, chunk=chunk)
+            return denoise_movie(movie, engine, writer, batch=batch, out_dtype=out_dtype, progress=progress, chunk=chunk,
+                                 innovation=step)

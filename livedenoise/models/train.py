@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from livedenoise.models.card import ModelCard
+from livedenoise.models.norm import denormalise, normalise
 from livedenoise.models.registry import arch_module, build_network
 from livedenoise.models.samples import MovieSource, SampleMaker, estimate_norm, min_frames
 
@@ -72,6 +73,8 @@ class TrainConfig:
     device: str = "auto"
     modality: str = "2p"
     progress: bool = True
+    tune_innovation: bool = True
+    """After training, tune the innovation step (models/innovation.py) on up to 100 validation frames."""
     sources: list[str] = field(default_factory=list)
     """Names of the training movies, recorded in the card."""
 
@@ -210,6 +213,42 @@ def _evaluate(net, arch: str, val: tuple[torch.Tensor, torch.Tensor], lossf, chu
             n += x.shape[0]
     net.train()
     return total / max(n, 1)
+
+
+def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device,
+                    max_frames: int = 100, max_side: int = 256) -> dict | None:
+    """Self-supervised innovation settings for `net` on (a centre crop of) the first frames of `src`.
+
+    Returns the card entry ({sigma_xy, k, loss_prediction, loss_best, frames}) or
+    None when the step does not apply to this model or does not lower the loss.
+    """
+    from livedenoise.models.innovation import applies_to, tune
+
+    if applies_to(card) is not None or len(src) < 2:
+        return None
+    n = min(len(src), max_frames)
+    h, w = src.frame_shape
+    ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    raw = np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
+    spec, mean, std = card.window, float(card.norm_mean), float(card.norm_std)
+    pred = raw.copy()  # frames with no prediction (a causal model's first) stay raw: zero innovation
+    todo = [(t, spec.source_indices(t, n - 1)) for t in range(n)]
+    todo = [(t, idx) for t, idx in todo if idx is not None]
+    net.eval()
+    with torch.no_grad():
+        for a in range(0, len(todo), 8):
+            part = todo[a:a + 8]
+            xb = np.stack([normalise(raw[idx], mean, std) for _, idx in part])
+            out = net(_to_tensor(xb, device))[:, 0].float().cpu().numpy()  # as the inference engines do
+            for (t, _), p in zip(part, out):
+                pred[t] = denormalise(p.reshape(ch, cw), mean, std)
+    net.train()
+    cfg, report = tune(pred, raw)
+    if cfg is None:
+        return None
+    return {**cfg.to_dict(), "loss_prediction": report["loss_prediction"], "loss_best": report["loss_best"],
+            "frames": n, "crop": [ch, cw]}
 
 
 def train(movies: Sequence, cfg: TrainConfig, val_movies: Sequence | None = None, log=None):
@@ -356,6 +395,12 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
         best_state, best_step = copy.deepcopy(net.state_dict()), step
     if card.arch == "cad3d":
         net.all_positions = False
+    tuned = None
+    if dist.main and cfg.tune_innovation:
+        net.load_state_dict(best_state)
+        tuned = tune_innovation(net, card, (val_src or train_src)[0], device)
+        if tuned is not None:
+            card.innovation = {"sigma_xy": tuned["sigma_xy"], "k": tuned["k"]}
 
     elapsed = time.perf_counter() - t_start
     history.update(best_step=best_step, best_val_loss=None if val is None else best_val, steps=step,
@@ -377,6 +422,7 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
         "device": str(device),
         "world_size": dist.world,
         "init": init_info,
+        "innovation_tuning": tuned,
     }
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     return card, state, history

@@ -16,6 +16,10 @@ arrives, at the end) of an acquisition follow `WindowSpec.source_indices`,
 exactly as offline denoising does, so streamed output equals `livedenoise
 denoise` of the same frames.
 
+Innovation step (`innovation=True`): each prediction is corrected by its own
+raw frame t, copied from the ring when the window is collected, with the same
+`InnovationStep` offline denoising uses (models/innovation.py); lag unchanged.
+
 Normalisation: the model card's mean/std, or with `renorm=N` the mean/std of
 the first N frames of each acquisition (all of frames 0..N-1 of that stream):
 outputs of a new acquisition then wait until its N-th frame has arrived (or
@@ -34,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.models.innovation import InnovationStep, config_for
 from livedenoise.models.norm import denormalise, normalise
 from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
 from livedenoise.stream.receiver import Acquisition, Receiver, StreamTable
@@ -63,6 +68,9 @@ class ServeConfig:
     view: bool = False
     record_queue_mb: float = 1024.0
     drain_timeout: float = 30.0
+    innovation: bool = False
+    innovation_k: float | None = None
+    """Override of the innovation step's k; implies `innovation`."""
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "ServeConfig":
@@ -100,14 +108,16 @@ def _check_engine(engine, cfg: ServeConfig) -> None:
 
 
 class _Batch:
-    """Preallocated window batch, reallocated only when the frame size changes."""
+    """Preallocated window batch and raw target frames, reallocated only when the frame size changes."""
 
     def __init__(self) -> None:
         self.buf = np.zeros((0, 0, 0, 0), np.float32)
+        self.current = np.zeros((0, 0, 0), np.float32)
 
     def get(self, b: int, c: int, shape: tuple[int, int]) -> np.ndarray:
         if self.buf.shape[0] < b or self.buf.shape[1:] != (c, *shape):
             self.buf = np.zeros((b, c, *shape), np.float32)
+            self.current = np.zeros((b, *shape), np.float32)
         return self.buf
 
 
@@ -118,6 +128,7 @@ class _Job:
     raw: list = field(default_factory=list)      # (t, float32 frame) passed through
     info: dict = field(default_factory=dict)     # t -> (frame_no, time, arrival)
     windows: np.ndarray | None = None
+    current: np.ndarray | None = None            # raw frames t of `ts`, for the innovation step
 
 
 class Service:
@@ -140,6 +151,11 @@ class Service:
         self.window = self.card.window
         self.lag = self.window.lag
         self.model_name = Path(cfg.model).name if cfg.model else self.card.arch
+        self.innovation = None
+        if cfg.innovation or cfg.innovation_k is not None:
+            icfg, origin = config_for(self.card, cfg.innovation_k)
+            self.innovation = InnovationStep(icfg)
+            log.info("%s (%s)", self.innovation.describe(), origin)
         self.stop = stop_event or threading.Event()
         self.on_stats = on_stats
         self.stats = ServiceStats()
@@ -239,7 +255,8 @@ class Service:
                 log.error("stats callback failed: %s", exc)
 
     def _identity(self) -> dict:
-        return {"model": self.model_name, "backend": getattr(self.engine, "backend", "?"), "lag": self.lag}
+        return {"model": self.model_name, "backend": getattr(self.engine, "backend", "?"), "lag": self.lag,
+                "innovation": self.innovation is not None}
 
     def _backlog(self, acq: Acquisition) -> int:
         hi = acq.last if acq.closed else acq.ring.newest - self.lag
@@ -330,6 +347,9 @@ class Service:
             else:
                 if job.windows is None:
                     job.windows = self._batch.get(self.cfg.max_batch, self.card.n_inputs, ring.shape)
+                    job.current = self._batch.current
+                if self.innovation is not None:
+                    job.current[len(job.ts)] = ring.frames[s]
                 w = job.windows[len(job.ts)]
                 for c, j in enumerate(idx):
                     normalise(ring.frames[ring.slot(int(j))], acq.mean, acq.std, out=w[c])
@@ -370,6 +390,8 @@ class Service:
                 self.stats.batches += 1
                 self.stats.add_engine(ms / b, ms)
                 den = denormalise(np.asarray(pred).reshape(b, *acq.shape), acq.mean, acq.std)
+                if self.innovation is not None:
+                    self.innovation.apply(den, job.current[:b])
                 outputs += [(t, den[k], False) for k, t in enumerate(job.ts)]
         outputs.sort(key=lambda o: o[0])
         ch, plane = acq.stream
@@ -377,6 +399,8 @@ class Service:
             frame_no, ts, arrival = job.info[t]
             latency = (time.monotonic() - arrival) * 1000
             extra = {"lag": self.lag, "latency_ms": round(latency, 3), "model": self.model_name}
+            if self.innovation is not None and not passthrough:
+                extra["innovation"] = True
             if passthrough:
                 extra["passthrough"] = True
             h = FrameHeader(frame=frame_no, t=ts, shape=acq.shape, dtype="float32", channel=ch, plane=plane,
@@ -387,8 +411,9 @@ class Service:
             self.stats.add_latency(latency)
             if self.recorder is not None:
                 if "denoised" not in acq.meta:  # attributes of the denoised file, built once
-                    acq.meta = {**acq.meta, "denoised": {"model": self.model_name, "card": self.card.to_dict(),
-                                                         "lag": self.lag, "norm": [acq.mean, acq.std]}}
+                    acq.meta = {**acq.meta, "denoised": {
+                        "model": self.model_name, "card": self.card.to_dict(), "lag": self.lag, "norm": [acq.mean, acq.std],
+                        "innovation": self.innovation.cfg.to_dict() if self.innovation is not None else None}}
                 self.recorder.write("denoised", ch, plane, acq.number, frame, frame_no, ts, time.time(), acq.meta)
 
 

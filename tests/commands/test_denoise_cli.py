@@ -66,6 +66,20 @@ def test_denoise_tiff_and_hdf5(files, tmp_path):
         np.testing.assert_array_equal(a.read(0, 40), b.read(0, 40))
 
 
+def test_innovation_changes_the_frames_and_is_reported(files, tmp_path):
+    src = files / "sim.tif"
+    plain, innov = tmp_path / "plain.h5", tmp_path / "innov.h5"
+    assert cli("denoise", src, plain, "--model", files / "lite.pt", "--dtype", "float32", "-q").returncode == 0
+    r = cli("denoise", src, innov, "--model", files / "lite.pt", "--dtype", "float32", "--innovation-k", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["innovation"] == {"sigma_xy": 3.0, "k": 1.0}  # this card is untuned: default sigma
+    with h5py.File(plain) as a, h5py.File(innov) as b:
+        assert np.abs(a["data"][()] - b["data"][()]).max() > 1.0
+        assert "innovation step sigma_xy=3 k=1" in str(b["data"].attrs.get("innovation", b.attrs.get("innovation")))
+    r = cli("denoise", src, tmp_path / "x.h5", "--model", files / "lite.pt", "--innovation-k", -1)
+    one_line_error(r, "k must be >= 0")
+
+
 def test_hdf5_input_with_dataset(files, tmp_path):
     with open_movie(files / "sim.tif") as m:
         data = m.read(0, len(m))

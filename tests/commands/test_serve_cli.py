@@ -69,6 +69,7 @@ def test_missing_model_and_bad_options(tmp_path, model):
     one_line_error(cli("serve", "--model", tmp_path / "nope.pt", "--duration", 1), "serve", "does not exist")
     one_line_error(cli("serve", "--model", model, "--renorm", 500, "--ring", 64, "--duration", 1), "serve", "--ring")
     one_line_error(cli("serve", "--model", model, "--max-batch", 0), "serve", "--max-batch")
+    one_line_error(cli("serve", "--model", model, "--innovation-k", -2, "--duration", 1), "serve", "innovation", "k must be >= 0")
 
 
 def test_replay_serve_listen_end_to_end(tmp_path, model):

@@ -101,6 +101,17 @@ def test_train_returns_card_state_and_history(arch):
     assert getattr(net, "all_positions", False) is False
 
 
+def test_innovation_step_is_tuned_on_validation_frames_into_the_card():
+    sim_movie = tiny_movie(n=60)
+    card, _, _ = train([sim_movie], quick(post=0))
+    tuning = card.training["innovation_tuning"]
+    assert tuning is not None, "an untrained network leaves plenty of innovation to add back"
+    assert card.innovation == {"sigma_xy": tuning["sigma_xy"], "k": tuning["k"]}
+    assert tuning["loss_best"] < tuning["loss_prediction"] and tuning["frames"] == 6  # the validation block
+    card, _, _ = train([sim_movie], quick(post=0, tune_innovation=False))
+    assert card.innovation is None and card.training["innovation_tuning"] is None
+
+
 def test_same_seed_same_steps_gives_identical_weights_and_other_seed_differs():
     movie = tiny_movie()
     _, a, _ = train([movie], quick(seed=3))

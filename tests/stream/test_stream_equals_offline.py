@@ -33,19 +33,23 @@ def movie(tmp_path_factory):
     return path, mov
 
 
-def _offline(tmp_path, movie_path, model):
-    out = tmp_path / "offline.h5"
-    denoise_file(movie_path, out, model, out_dtype="float32", progress=False, batch=5)
+def _offline(tmp_path, movie_path, model, innovation_k=None):
+    out = tmp_path / f"offline-{innovation_k}.h5"
+    denoise_file(movie_path, out, model, out_dtype="float32", progress=False, batch=5, innovation_k=innovation_k)
     with h5py.File(out, "r") as f:
         return np.asarray(f[list(f.keys())[0]] if "data" not in f else f["data"])
 
 
-@pytest.mark.parametrize("arch,post", [("interp2d", 0), ("interp2d", 1), ("cad3d", 1)],
-                         ids=["causal", "lag1", "cad3d-lag1"])
-def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, arch, post):
+# The test movie has no calcium events, so the innovation is noise: k=1 lets part of it through
+# (shrunk, not zeroed), which the streamed and offline outputs must then agree on.
+@pytest.mark.parametrize("arch,post,innovation_k", [("interp2d", 0, None), ("interp2d", 1, None), ("cad3d", 1, None),
+                                                    ("interp2d", 0, 1.0), ("interp2d", 1, 1.0)],
+                         ids=["causal", "lag1", "cad3d-lag1", "causal+innovation", "lag1+innovation"])
+def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, arch, post, innovation_k):
+    innovation = innovation_k is not None
     movie_path, mov = movie
     model = make_checkpoint(tmp_path / "m.pt", pre=3, post=post, seed=post, arch=arch)
-    cfg = cfg_factory(model=str(model), record=str(tmp_path / "rec"), max_batch=4)
+    cfg = cfg_factory(model=str(model), record=str(tmp_path / "rec"), max_batch=4, innovation_k=innovation_k)
     svc = RunningService(cfg)
     col = Collector(cfg.output)
     try:
@@ -58,13 +62,17 @@ def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, ar
         col.close()
         if svc.thread.is_alive():
             svc.stop()
-    offline = _offline(tmp_path, movie_path, model)
+    offline = _offline(tmp_path, movie_path, model, innovation_k)
     frames = col.frames()
     assert [f.header.frame for f in frames] == list(range(40))
     streamed = np.stack([f.pixels for f in frames])
     assert streamed.dtype == np.float32
     np.testing.assert_allclose(streamed, offline, rtol=1e-5, atol=1e-5 * float(np.abs(offline).max()))
     assert all(f.header.extra["lag"] == post for f in frames)
+    assert all(f.header.extra.get("innovation", False) == (innovation and not f.header.extra.get("passthrough"))
+               for f in frames)
+    if innovation:  # the step changed the frames, so the equality above is about it
+        assert np.abs(streamed - _offline(tmp_path, movie_path, model)).max() > 1e-3 * float(np.abs(offline).max())
     assert final["frames_in"] == 40 and final["frames_out"] == 40
     assert final["passthrough"] == (1 if post == 0 else 0)
     assert final["dropped_upstream"] == final["skipped"] == final["overflow"] == final["malformed"] == 0

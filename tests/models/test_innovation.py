@@ -1,0 +1,111 @@
+"""The innovation step: restores onsets a prediction missed, passes no noise, and tunes without ground truth."""
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from livedenoise.errors import UserError
+from livedenoise.models.card import ModelCard
+from livedenoise.models.innovation import InnovationConfig, InnovationStep, applies_to, config_for, tune
+from livedenoise.models.simulate import simulate_movie
+from livedenoise.models.window import WindowSpec
+
+
+def _blob(h=64, w=64, cy=30, cx=20, r=4.0):
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.float32)
+
+
+def _card(offsets, layout="frames", innovation=None):
+    return ModelCard("interp2d", {"preset": "lite"}, "2p", 2, 0, 0, list(offsets), layout=layout, innovation=innovation)
+
+
+def test_onset_the_prediction_missed_is_restored_and_noise_is_not_added():
+    rng = np.random.default_rng(0)
+    background = np.full((8, 64, 64), 20.0, np.float32)
+    clean = background + 15.0 * _blob()[None]  # a soma lights up in every frame
+    raw = rng.poisson(clean).astype(np.uint16)
+    pred = background.copy()  # the model did not see it coming
+    out = InnovationStep(InnovationConfig(2.0, 4.0)).apply(pred.copy(), raw)
+    inside, outside = _blob() > 0, _blob(r=12.0) == 0
+    assert out[:, inside].mean() - 20 > 0.5 * 15, "most of the onset is restored"
+    assert np.mean((out - clean) ** 2) < 0.5 * np.mean((pred - clean) ** 2)
+    noise_added = np.abs(out[:, outside] - pred[:, outside]).mean()
+    assert noise_added < 0.1 * np.abs(raw[:, outside] - clean[:, outside]).mean(), "background noise stays out"
+
+
+def test_output_at_a_pixel_never_reads_that_pixel_of_frame_t():
+    rng = np.random.default_rng(1)
+    pred = np.full((1, 48, 48), 30.0, np.float32)
+    raw = rng.poisson(30.0 + 20 * _blob(48, 48, 24, 24)[None]).astype(np.float32)
+    step = InnovationStep(InnovationConfig(2.0, 1.0))
+    base = step.apply(pred.copy(), raw)
+    for y, x in [(24, 24), (0, 0), (47, 20), (10, 30)]:  # inside the blob, corners and edges
+        bumped = raw.copy()
+        bumped[0, y, x] += 1000.0
+        out = step.apply(pred.copy(), bumped)
+        # the pixel itself: moved only through the frame's median noise level (one order statistic)
+        assert abs(out[0, y, x] - base[0, y, x]) < 0.05, (y, x)
+        ny, nx = (y + 1 if y < 47 else y - 1), x
+        assert abs(out[0, ny, nx] - base[0, ny, nx]) > 1.0, "its neighbours do read it"
+
+
+def test_tuning_on_raw_frames_alone_lowers_the_error_against_the_truth():
+    sim = simulate_movie(frames=160, height=64, width=64, photons=1.0, seed=3, spike_rate=2.0)
+    raw = sim.noisy.astype(np.float32)
+    pred = np.empty_like(raw)  # a causal predictor that never reads frame t: the blurred mean of the 8 before it
+    pred[0] = raw[0]
+    for t in range(1, len(raw)):
+        pred[t] = gaussian_filter(raw[max(0, t - 8):t].mean(axis=0), 1.0)
+    cfg, report = tune(pred, raw)
+    assert cfg is not None and report["loss_best"] < report["loss_prediction"]
+    out = InnovationStep(cfg).apply(pred.copy(), raw)
+    err = lambda x: float(np.mean((x - sim.clean) ** 2))  # noqa: E731
+    assert err(out) < err(pred)
+    assert {(r["sigma_xy"], r["k"]) for r in report["grid"]} >= {(cfg.sigma_xy, cfg.k)}
+
+
+def test_tuning_finds_nothing_to_add_to_a_perfect_prediction():
+    clean = np.full((6, 32, 32), 50.0, np.float32)
+    raw = np.random.default_rng(2).poisson(clean).astype(np.float32)
+    _, report = tune(clean.copy(), raw)  # the innovation is pure noise: at best a chance gain
+    assert report["loss_best"] > 0.999 * report["loss_prediction"]
+    cfg, report = tune(raw.copy(), raw)  # nothing left to add at all
+    assert cfg is None and report["loss_best"] == report["loss_prediction"] == 0.0
+
+
+def test_batches_and_single_frames_give_the_same_frames():
+    rng = np.random.default_rng(4)
+    raw = rng.poisson(20, (7, 40, 56)).astype(np.int16)
+    pred = rng.normal(20, 1, (7, 40, 56)).astype(np.float32)
+    step = InnovationStep(InnovationConfig())
+    whole = step.apply(pred.copy(), raw)
+    single = np.concatenate([step.apply(pred[i:i + 1].copy(), raw[i:i + 1]) for i in range(7)])
+    np.testing.assert_array_equal(whole, single)
+
+
+def test_models_that_read_frame_t_or_ephys_data_are_refused():
+    assert applies_to(_card([-2, -1])) is None
+    assert "already reads" in applies_to(ModelCard("classic", {}, "2p", 2, 0, 0, [-2, -1, 0]))
+    assert "imaging" in applies_to(_card([-2, -1], layout="channels_time"))
+    with pytest.raises(UserError, match="--innovation: the innovation step adds back frame t"):
+        config_for(ModelCard("classic", {}, "2p", 2, 0, 0, list(WindowSpec((-2, -1, 0)).offsets)))
+
+
+def test_card_settings_defaults_and_override():
+    tuned = _card([-2, -1], innovation={"sigma_xy": 2.0, "k": 8.0})
+    assert config_for(tuned) == (InnovationConfig(2.0, 8.0), "tuned at training")
+    cfg, origin = config_for(_card([-2, -1]))
+    assert cfg == InnovationConfig() and origin.startswith("defaults")
+    cfg, origin = config_for(tuned, k=1.5)
+    assert cfg == InnovationConfig(2.0, 1.5) and "command line" in origin
+    again = ModelCard.from_json(tuned.to_json())
+    assert again.innovation == {"sigma_xy": 2.0, "k": 8.0}
+
+
+@pytest.mark.parametrize("bad", [{"sigma_xy": 0.0, "k": 4.0}, {"sigma_xy": 2.0, "k": -1.0}, {"sigma_xy": "x", "k": 1},
+                                 {"k": 1.0}])
+def test_bad_settings_are_one_line_errors(bad):
+    with pytest.raises(UserError) as exc:
+        _card([-2, -1], innovation=bad)
+    assert "\n" not in str(exc.value) and "innovation" in str(exc.value)
