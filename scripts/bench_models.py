@@ -52,7 +52,8 @@ def parse(argv=None):
     p.add_argument("--cad3d-minutes", type=float, default=0.0, help="also train cad3d per lag (0: skip)")
     p.add_argument("--no-classic", action="store_true")
     p.add_argument("--innovation", action="store_true",
-                   help="also score causal models + the opt-in innovation post-step (gain, sigma tuned on the training movie)")
+                   help="also score each model + the innovation step (`--innovation`), with the settings `train` tuned "
+                        "self-supervised on its validation frames (defaults for a checkpoint without them)")
     p.add_argument("--models-from", default=None, metavar="DIR",
                    help="load interp2d_<preset>_post<N>.pt from DIR (a previous --workdir) instead of training")
     p.add_argument("--workdir", default=None, help="keeps the simulated movies and checkpoints (default: a temp folder)")
@@ -188,14 +189,14 @@ def main(argv=None):
                           {"notes": f"{hist['steps']} steps in {secs / 60:.1f} min (best at {hist['best_step']}), "
                                     f"{1000 * per_frame:.0f} ms/frame inference",
                            "steps": hist["steps"], "train_s": secs, "ms_per_frame": 1000 * per_frame}))
-        if args.innovation and card.lag == 0:
-            n_tune = min(300, args.frames)
-            pred_tr, _ = run_card(card, net, train_sim.noisy[:n_tune])
-            params, _ = baselines.tune_innovation(pred_tr, train_sim.noisy[:n_tune], train_sim.clean[:n_tune])
-            est2 = baselines.innovation_update(est, test["noisy"], **params)
+        if args.innovation:
+            from livedenoise.models.innovation import InnovationStep, config_for
+
+            icfg, origin = config_for(card)
+            est2 = InnovationStep(icfg).apply(est.copy(), test["noisy"])
             rows.append(score(est2, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post} + innovation "
-                                          f"(gain={params['gain']:g}, sigma_xy={params['sigma_xy']:g})", 0,
-                              {"notes": "opt-in post-step: prediction + gain x smoothed (raw - prediction); uses frame t"}))
+                                          f"(sigma_xy={icfg.sigma_xy:g}, k={icfg.k:g})", card.lag,
+                              {"notes": f"`--innovation`, settings {origin} (no ground truth); reads frame t"}))
 
         if args.cad3d_minutes > 0:
             cfg = TrainConfig(arch="cad3d", preset="rt", pre=args.pre, post=post, max_minutes=args.cad3d_minutes,

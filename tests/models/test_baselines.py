@@ -85,17 +85,6 @@ def test_receptive_field_of_classic():
     assert rf["temporal_span"] == [-6, 1] and rf["lag"] == 1 and rf["spatial"] == [7, 7] and rf["uses_target"]
 
 
-def test_innovation_update_restores_a_step_the_prediction_missed():
-    truth = np.zeros((1, 16, 16), np.float32)
-    truth[0, 4:12, 4:12] = 10.0            # an onset at frame t
-    pred = np.zeros_like(truth)            # the causal prediction missed it
-    out = baselines.innovation_update(pred, truth, gain=0.5, sigma_xy=1.0)
-    assert out[0, 8, 8] == pytest.approx(5.0, rel=0.05)
-    assert baselines.innovation_update(pred[0], truth[0], gain=0.0).max() == 0.0
-    params, score = baselines.tune_innovation(pred, truth, truth, gains=(0.0, 0.5, 1.0), sigmas=(0.5,))
-    assert params["gain"] == 1.0
-
-
 def test_classic_filter_exports_to_onnx(tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
