@@ -48,6 +48,8 @@ def register(sub) -> None:
     p.add_argument("--train-minutes", type=float, default=1.0, help="training budget with --train (default 1)")
     p.add_argument("--model", help="use this checkpoint (.pt) instead of the shipped model")
     p.add_argument("--backend", default="onnxruntime", help="engine backend for serve (default onnxruntime)")
+    p.add_argument("--innovation", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve with the innovation step, which keeps calcium onsets at their frame (default on)")
     p.add_argument("--view", choices=["auto", "yes", "no"], default="auto",
                    help="open the live viewer: auto (when a display is available), yes, no")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"\r{line}   " if tty else line, end="" if tty else "\n", flush=True)
 
     cfg = ServeConfig(model=str(onnx_path), backend=args.backend, input=endpoint_in, output=endpoint_out,
-                      record=str(out / "recording"), max_batch=8, policy="all")
+                      record=str(out / "recording"), max_batch=8, policy="all", innovation=args.innovation)
     final: dict = {}
     errors: list[BaseException] = []
 
@@ -212,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the service wrote no recording into {out / 'recording'}; see the log above")
     png = out / "summary.png"
     numbers = write_summary_png(png, files, np.asarray(latencies), truth=sim, fps=args.fps,
-                                title=f"livedenoise demo: {card.arch} lag {card.lag} on {engine.backend}")
+                                title=f"livedenoise demo: {card.arch} lag {card.lag}{' + innovation' if args.innovation else ''} "
+                                      f"on {engine.backend}")
     summary = {
         "frames_sent": replayed.get("frames"),
         "frames_denoised_received": received[0],
@@ -233,7 +236,9 @@ def run(args: argparse.Namespace) -> int:
               f"{numbers.get('latency_ms_p99', float('nan')):.1f} ms")
         if "psnr_raw" in numbers:
             print(f"      PSNR vs ground truth {numbers['psnr_raw']:.1f} -> {numbers['psnr_denoised']:.1f} dB; "
-                  f"median trace r {numbers['trace_r_raw']:.2f} -> {numbers['trace_r_denoised']:.2f}")
+                  f"median trace r {numbers['trace_r_raw']:.2f} -> {numbers['trace_r_denoised']:.2f}"
+                  + (f"; onset rise {numbers['onset_rise_raw']:.2f} -> {numbers['onset_rise_denoised']:.2f}"
+                     if "onset_rise_raw" in numbers else ""))
         print(f"      summary {png}\n      recording {files.raw} and {files.denoised}")
     if received[0] < args.frames:
         print(f"livedenoise demo: warning: only {received[0]} of {args.frames} denoised frames arrived", file=sys.stderr)

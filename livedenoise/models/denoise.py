@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import UserError
-from livedenoise.models.innovation import InnovationStep, config_for
+from livedenoise.models.innovation import InnovationStep, step_for
 from livedenoise.models.norm import denormalise, normalise
 
 DEFAULT_CHUNK = 128  # frames per read, rounded up to a whole number of batches
@@ -200,9 +200,7 @@ def denoise_file(
     with open_movie(src, channel=channel, plane=plane, dataset=dataset) as movie:
         engine = open_engine(model, backend)
         check_movie_fits(movie, engine.card)
-        step = None
-        if innovation or innovation_k is not None:
-            step = InnovationStep(config_for(engine.card, innovation_k)[0])
+        step, _ = step_for(engine.card, innovation, innovation_k)
         dtype = output_dtype(movie.dtype, out_dtype)
         attrs = {"source": str(src.name), "model": engine.card.summary(), "lag": int(engine.card.lag)}
         if step is not None:

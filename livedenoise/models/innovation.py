@@ -86,6 +86,14 @@ def config_for(card, k: float | None = None) -> tuple[InnovationConfig, str]:
     return cfg, origin
 
 
+def step_for(card, enabled: bool, k: float | None = None) -> tuple["InnovationStep | None", str]:
+    """The step that `--innovation` / `--innovation-k K` ask for (None when neither), and where its settings came from."""
+    if not enabled and k is None:
+        return None, ""
+    cfg, origin = config_for(card, k)
+    return InnovationStep(cfg), origin
+
+
 class InnovationStep:
     """Applies the step to batches of frames; buffers are allocated once per frame size and batch."""
 

@@ -56,6 +56,9 @@ def session_numbers(files: SessionFiles, truth=None) -> dict:
             trace_r_raw=float(np.nanmedian(metrics.trace_correlations(r_raw, clean, truth.masks))),
             trace_r_denoised=float(np.nanmedian(metrics.trace_correlations(r_den, clean, truth.masks))),
         )
+        if np.array_equal(common, np.arange(len(common))):  # event frames index the movie from its start
+            out.update(onset_rise_raw=metrics.spike_rise_fraction(r_raw, clean, truth.masks, truth.spikes),
+                       onset_rise_denoised=metrics.spike_rise_fraction(r_den, clean, truth.masks, truth.spikes))
     return out
 
 

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from livedenoise.errors import UserError
-from livedenoise.models.innovation import InnovationStep, config_for
+from livedenoise.models.innovation import step_for
 from livedenoise.models.norm import denormalise, normalise
 from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
 from livedenoise.stream.receiver import Acquisition, Receiver, StreamTable
@@ -151,10 +151,8 @@ class Service:
         self.window = self.card.window
         self.lag = self.window.lag
         self.model_name = Path(cfg.model).name if cfg.model else self.card.arch
-        self.innovation = None
-        if cfg.innovation or cfg.innovation_k is not None:
-            icfg, origin = config_for(self.card, cfg.innovation_k)
-            self.innovation = InnovationStep(icfg)
+        self.innovation, origin = step_for(self.card, cfg.innovation, cfg.innovation_k)
+        if self.innovation is not None:
             log.info("%s (%s)", self.innovation.describe(), origin)
         self.stop = stop_event or threading.Event()
         self.on_stats = on_stats
