@@ -96,8 +96,10 @@ def score(est, test, name, lag, extra=None):
     from livedenoise.models import metrics
 
     s = metrics.summary(est, test["clean"], test["masks"], test["spikes"], data_range=test["range"])
+    profile = metrics.rise_profile(est, test["clean"], test["masks"], test["spikes"], offsets=(-1, 0, 1, 2))
     row = {"name": name, "lag": lag, "psnr_db": s["psnr_db"], "pixel_snr_db": s["pixel_snr_db"],
-           "trace_r": s.get("trace_r_median", math.nan), "rise": s.get("spike_rise_fraction", math.nan)}
+           "trace_r": s.get("trace_r_median", math.nan), "rise": s.get("spike_rise_fraction", math.nan),
+           "rise_profile": profile}
     row.update(extra or {})
     print(f"{name:40s} lag {lag}  PSNR {row['psnr_db']:.2f}  pixSNR {row['pixel_snr_db']:.2f}  "
           f"r {row['trace_r']:.3f}  rise {row['rise']:.2f}", flush=True)
@@ -106,15 +108,17 @@ def score(est, test, name, lag, extra=None):
 
 def table(rows, raw, args, meta):
     lines = [
-        "| filter / model | lag (frames) | PSNR (dB) | gain (dB) | pixel SNR (dB) | median trace r | Δr | spike-rise fraction | notes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| filter / model | lag (frames) | PSNR (dB) | gain (dB) | pixel SNR (dB) | median trace r | Δr "
+        "| spike-rise fraction | rise at t-1 / t / t+1 / t+2 | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gain = r["psnr_db"] - raw["psnr_db"]
         dr = r["trace_r"] - raw["trace_r"]
         lines.append(
             f"| {r['name']} | {r['lag']} | {r['psnr_db']:.2f} | {gain:+.2f} | {r['pixel_snr_db']:.2f} | "
-            f"{r['trace_r']:.3f} | {dr:+.3f} | {r['rise']:.2f} | {r.get('notes', '')} |"
+            f"{r['trace_r']:.3f} | {dr:+.3f} | {r['rise']:.2f} | "
+            f"{' / '.join(f'{v:.2f}' for v in r['rise_profile'].values())} | {r.get('notes', '')} |"
         )
     return "\n".join(lines)
 

@@ -149,18 +149,19 @@ def trace_correlations(movie, clean, masks: np.ndarray) -> np.ndarray:
     return _pearson_rows(roi_traces(movie, masks), roi_traces(clean, masks))
 
 
-def _rise_fraction(est_tr: np.ndarray, clean_tr: np.ndarray, spikes: Sequence[np.ndarray]) -> np.ndarray:
+def _rise_fraction(est_tr: np.ndarray, clean_tr: np.ndarray, spikes: Sequence[np.ndarray], offset: int = 0) -> np.ndarray:
+    """Per neuron: the estimate's rise from frame k+offset-1 to k+offset, summed over onsets k, / the true rise at k."""
     t = clean_tr.shape[1]
     out = np.full(len(spikes), np.nan)
     for i, onsets in enumerate(spikes):
         k = np.asarray(onsets, np.int64)
-        k = k[(k >= 1) & (k < t)]
+        k = k[(k >= 1) & (k < t) & (k + offset >= 1) & (k + offset < t)]
         if not k.size:
             continue
         true_rise = float((clean_tr[i, k] - clean_tr[i, k - 1]).sum())
         if true_rise <= 0:
             continue
-        out[i] = float((est_tr[i, k] - est_tr[i, k - 1]).sum()) / true_rise
+        out[i] = float((est_tr[i, k + offset] - est_tr[i, k + offset - 1]).sum()) / true_rise
     return out
 
 
@@ -168,6 +169,19 @@ def spike_rise_fraction(estimate, clean, masks: np.ndarray, spikes: Sequence[np.
     """Median over neurons of (estimated rise / true rise) summed over event-onset frames."""
     per = _rise_fraction(roi_traces(estimate, masks), roi_traces(clean, masks), spikes)
     return float(np.nanmedian(per)) if np.isfinite(per).any() else math.nan
+
+
+def rise_profile(estimate, clean, masks: np.ndarray, spikes: Sequence[np.ndarray],
+                 offsets: Sequence[int] = (-1, 0, 1, 2, 3)) -> dict[int, float]:
+    """Where an onset's rise lands: {offset: median over neurons of the estimate's rise from frame
+    k+offset-1 to k+offset / the true rise at onset k}. Offset 0 is `spike_rise_fraction`; a model
+    that smears or delays onsets moves rise to the other offsets."""
+    est_tr, clean_tr = roi_traces(estimate, masks), roi_traces(clean, masks)
+    out = {}
+    for o in offsets:
+        per = _rise_fraction(est_tr, clean_tr, spikes, int(o))
+        out[int(o)] = float(np.nanmedian(per)) if np.isfinite(per).any() else math.nan
+    return out
 
 
 def summary(

@@ -84,6 +84,10 @@ def test_spike_rise_fraction():
     late = clean.copy()
     late[1:] = clean[:-1]
     assert metrics.spike_rise_fraction(late, clean, masks, onsets) < 0.15
+    # ... which the rise profile finds one frame later
+    profile = metrics.rise_profile(late, clean, masks, onsets)
+    assert profile[1] == pytest.approx(1.0, abs=0.02) and abs(profile[0]) < 0.15 and abs(profile[-1]) < 0.15
+    assert metrics.rise_profile(clean, clean, masks, onsets, offsets=(0,)) == {0: pytest.approx(1.0)}
 
 
 def test_movies_from_files_give_the_same_numbers(tmp_path, clean):
