@@ -54,6 +54,8 @@ def parse(argv=None):
     p.add_argument("--innovation", action="store_true",
                    help="also score each model + the innovation step (`--innovation`), with the settings `train` tuned "
                         "self-supervised on its validation frames (defaults for a checkpoint without them)")
+    p.add_argument("--innovation-k", type=float, nargs="*", default=[], metavar="K",
+                   help="with --innovation, also score these overrides of k (`--innovation-k K`)")
     p.add_argument("--models-from", default=None, metavar="DIR",
                    help="load interp2d_<preset>_post<N>.pt from DIR (a previous --workdir) instead of training")
     p.add_argument("--workdir", default=None, help="keeps the simulated movies and checkpoints (default: a temp folder)")
@@ -196,11 +198,12 @@ def main(argv=None):
         if args.innovation:
             from livedenoise.models.innovation import InnovationStep, config_for
 
-            icfg, origin = config_for(card)
-            est2 = InnovationStep(icfg).apply(est.copy(), test["noisy"])
-            rows.append(score(est2, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post} + innovation "
-                                          f"(sigma_xy={icfg.sigma_xy:g}, k={icfg.k:g})", card.lag,
-                              {"notes": f"`--innovation`, settings {origin} (no ground truth); reads frame t"}))
+            for k in [None, *args.innovation_k]:
+                icfg, origin = config_for(card, k)
+                est2 = InnovationStep(icfg).apply(est.copy(), test["noisy"])
+                rows.append(score(est2, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post} + innovation "
+                                              f"(sigma_xy={icfg.sigma_xy:g}, k={icfg.k:g})", card.lag,
+                                  {"notes": f"`--innovation`, settings {origin} (no ground truth); reads frame t"}))
 
         if args.cad3d_minutes > 0:
             cfg = TrainConfig(arch="cad3d", preset="rt", pre=args.pre, post=post, max_minutes=args.cad3d_minutes,
