@@ -23,6 +23,7 @@ depend on the weights.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import threading
@@ -49,6 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="length of each run")
     p.add_argument("--max-batch", type=int, default=8, help="serve --max-batch")
     p.add_argument("--max-fps", type=float, default=2000.0, help="stop raising the rate here")
+    p.add_argument("--innovation", action="store_true",
+                   help="measure each configuration twice: without and with `serve --innovation`")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=run)
 
@@ -63,7 +66,7 @@ def _port() -> str:
 
 
 def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_batch: int = 8,
-             policy: str = "latest", warm_fraction: float = 0.1) -> dict:
+             policy: str = "latest", warm_fraction: float = 0.1, innovation: bool = False) -> dict:
     """Publish `fps` x `seconds` frames through a fresh service; latency and counters."""
     import zmq
 
@@ -73,7 +76,7 @@ def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_bat
 
     n = max(24, int(round(fps * seconds)))
     cfg = ServeConfig(input=_port(), output=_port(), policy=policy, max_batch=max_batch, ring=max(256, 4 * max_batch),
-                      stats_interval=0.5)
+                      stats_interval=0.5, innovation=innovation)
     stop = threading.Event()
     svc = Service(cfg, engine, stop)
     result: dict = {}
@@ -162,14 +165,15 @@ def batched_throughput(engine, shape, max_batch: int) -> float:
     return reps * max_batch / (time.perf_counter() - t)
 
 
-def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, log=None) -> tuple[float, list]:
+def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, log=None,
+                 innovation: bool = False) -> tuple[float, list]:
     """Highest rate sustained among fractions of the engine's batched throughput (an upper bound)."""
     cap = batched_throughput(engine, shape, max_batch)
     tried: list = []
     best = 0.0
 
     def attempt(rate):
-        r = run_once(engine, shape, rate, seconds, max_batch)
+        r = run_once(engine, shape, rate, seconds, max_batch, innovation=innovation)
         tried.append(r)
         ok = sustained(r)
         if log:
@@ -240,23 +244,24 @@ def run(args) -> int:
         tmp = Path(d)
         models = [Path(m) for m in args.model] if args.model else _default_models(tmp)
         for model in models:
-            for backend in backends:
-                for size in sizes:
-                    engine = _open(model, backend, size, tmp)
-                    log(f"{model.name} [{engine.card.summary()}] on {backend} at {size}x{size}:")
-                    best, _ = highest_rate(engine, (size, size), args.seconds, args.max_batch, args.max_fps, log)
-                    log(f"  highest sustained rate: {best:g} frames/s")
-                    rate = args.fps if best >= args.fps or not best else round(best / 2, 1)
-                    lat = run_once(engine, (size, size), rate, args.seconds, args.max_batch)
-                    log(f"  latency at {rate:g} Hz: p50 {lat['latency_ms_p50']} ms, p99 {lat['latency_ms_p99']} ms "
-                        f"({lat['frames_out']}/{lat['frames']} frames out)")
-                    rows.append({
-                        "model": model.name, "arch": engine.card.summary(), "backend": backend,
-                        "describe": engine.describe(), "size": size, "lag": engine.card.lag,
-                        "latency_fps": rate, "latency_ms_p50": lat["latency_ms_p50"],
-                        "latency_ms_p99": lat["latency_ms_p99"], "latency_all_out": sustained(lat),
-                        "max_sustained_fps": best,
-                    })
+            for backend, size, innovation in itertools.product(backends, sizes, (False, True) if args.innovation else (False,)):
+                engine = _open(model, backend, size, tmp)
+                log(f"{model.name} [{engine.card.summary()}] on {backend} at {size}x{size}"
+                    f"{' with the innovation step' if innovation else ''}:")
+                best, _ = highest_rate(engine, (size, size), args.seconds, args.max_batch, args.max_fps, log, innovation)
+                log(f"  highest sustained rate: {best:g} frames/s")
+                rate = args.fps if best >= args.fps or not best else round(best / 2, 1)
+                lat = run_once(engine, (size, size), rate, args.seconds, args.max_batch, innovation=innovation)
+                log(f"  latency at {rate:g} Hz: p50 {lat['latency_ms_p50']} ms, p99 {lat['latency_ms_p99']} ms "
+                    f"({lat['frames_out']}/{lat['frames']} frames out)")
+                rows.append({
+                    "model": model.name + (" + innovation" if innovation else ""), "innovation": innovation,
+                    "arch": engine.card.summary(), "backend": backend,
+                    "describe": engine.describe(), "size": size, "lag": engine.card.lag,
+                    "latency_fps": rate, "latency_ms_p50": lat["latency_ms_p50"],
+                    "latency_ms_p99": lat["latency_ms_p99"], "latency_all_out": sustained(lat),
+                    "max_sustained_fps": best,
+                })
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

@@ -12,6 +12,11 @@ def test_run_once_measures_latency_and_counts():
     assert r["latency_growth_ms"] is not None
 
 
+def test_run_once_with_the_innovation_step_denoises_every_frame():
+    r = run_once(MeanEngine(lite_card(2, 1)), (16, 16), fps=100, seconds=0.4, max_batch=16, innovation=True)
+    assert r["frames"] == 40 and r["frames_out"] == 40 and r["skipped"] == 0
+
+
 def test_a_slow_engine_is_not_sustained():
     r = run_once(MeanEngine(lite_card(2, 0), sleep_s=0.05), (16, 16), fps=200, seconds=0.5, max_batch=2)
     assert not sustained(r) and r["skipped"] > 0
