@@ -575,6 +575,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
         f["malformed"] = _pick(st.get("malformed"), f["viewer_malformed"])
         f["model"] = (ds.model if ds else None) or st.get("model")
         f["backend"] = st.get("backend") or (ds.backend if ds else None)
+        f["innovation"] = bool(st.get("innovation"))
         f["no_data"] = list(self.no_data)
         return f
 
@@ -593,7 +594,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
             f"dropped {num(f['dropped'], '{}')}", f"skipped {num(f['skipped'], '{}')}",
             f"malformed {f['malformed']}" + (f" (viewer {f['viewer_malformed']})"
                                               if st_has_malformed and f["viewer_malformed"] else ""),
-            f"model {f['model'] or '-'}", f"backend {f['backend'] or '-'}",
+            f"model {f['model'] or '-'}" + (" + innovation" if f["innovation"] else ""), f"backend {f['backend'] or '-'}",
             f"frames raw {num(f['raw_frames'], '{}')} / denoised {num(f['denoised_frames'], '{}')}"
             f" / drawn {f['rendered']}",
         ]

@@ -77,7 +77,8 @@ def test_status_counts_roi_traces_and_screenshot(qapp, publishers, tmp_path):
 
         # the service's stats message takes over the counts it knows
         pd.send(stats(frames_in=39, frames_out=39, dropped_upstream=1, skipped=3, malformed=0, fps_in=30.0,
-                      fps_out=29.0, latency_ms_p50=4.5, latency_ms_p99=9.5, model="toy-model", backend="onnxruntime"))
+                      fps_out=29.0, latency_ms_p50=4.5, latency_ms_p99=9.5, model="toy-model", backend="onnxruntime",
+                      innovation=True))
         assert _settle(qapp, win, lambda: win.den.status().stats_messages == 1)
         f = win.status_fields()
         assert (f["skipped"], f["fps_in"], f["fps_out"], f["backend"]) == (3, 30.0, 29.0, "onnxruntime")
@@ -85,7 +86,7 @@ def test_status_counts_roi_traces_and_screenshot(qapp, publishers, tmp_path):
         assert (f["malformed"], f["viewer_malformed"]) == (0, 2)
         text = win.update_status()
         for piece in ("in 30.0 fps", "out 29.0 fps", "p50 4.5 ms", "p99 9.5 ms", "lag 2", "dropped 1",
-                      "skipped 3", "malformed 0 (viewer 2)", "toy-model", "onnxruntime"):
+                      "skipped 3", "malformed 0 (viewer 2)", "toy-model + innovation", "onnxruntime"):
             assert piece in text, (piece, text)
 
         # the displayed raw frame is the one that matches the displayed denoised frame
