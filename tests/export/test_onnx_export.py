@@ -66,3 +66,13 @@ def test_frame_shape_rule(tmp_path):
     out, emb = export_onnx(ckpt, tmp_path / "m.onnx")
     assert emb.frame_shape == [48, 64]
     assert OnnxRuntimeEngine(out).input_shape[1:] == (48, 64)
+
+
+def test_innovation_settings_travel_with_the_model_into_onnx(tmp_path):
+    from livedenoise.models.checkpoint import read_checkpoint, save_checkpoint
+
+    card, state = read_checkpoint(make_checkpoint(tmp_path / "m.pt", pre=3, post=0))
+    card.innovation = {"sigma_xy": 2.0, "k": 8.0}  # as `train` stores it
+    save_checkpoint(tmp_path / "tuned.pt", card, state)
+    onnx_path, _ = export_onnx(tmp_path / "tuned.pt", tmp_path / "tuned.onnx", frame_shape=(16, 24))
+    assert read_onnx_card(onnx_path).innovation == {"sigma_xy": 2.0, "k": 8.0}
