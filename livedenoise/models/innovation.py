@@ -79,8 +79,10 @@ def config_for(card, k: float | None = None) -> tuple[InnovationConfig, str]:
         raise UserError(f"--innovation: {why}")
     if card.innovation:
         cfg, origin = InnovationConfig.from_dict(card.innovation), "tuned at training"
+    elif "innovation_tuning" in (card.training or {}):
+        cfg, origin = InnovationConfig(), "defaults: training skipped tuning, or no setting lowered the loss"
     else:
-        cfg, origin = InnovationConfig(), "defaults (this model was trained before tuning existed)"
+        cfg, origin = InnovationConfig(), "defaults: this model predates tuning"
     if k is not None:
         cfg, origin = InnovationConfig(cfg.sigma_xy, float(k)), f"{origin}, k from the command line"
     return cfg, origin

@@ -96,7 +96,10 @@ def test_card_settings_defaults_and_override():
     tuned = _card([-2, -1], innovation={"sigma_xy": 2.0, "k": 8.0})
     assert config_for(tuned) == (InnovationConfig(2.0, 8.0), "tuned at training")
     cfg, origin = config_for(_card([-2, -1]))
-    assert cfg == InnovationConfig() and origin.startswith("defaults")
+    assert cfg == InnovationConfig() and origin == "defaults: this model predates tuning"
+    untuned = _card([-2, -1])
+    untuned.training = {"innovation_tuning": None}
+    assert config_for(untuned)[1].startswith("defaults: training skipped tuning")
     cfg, origin = config_for(tuned, k=1.5)
     assert cfg == InnovationConfig(2.0, 1.5) and "command line" in origin
     again = ModelCard.from_json(tuned.to_json())
