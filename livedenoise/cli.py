@@ -20,6 +20,7 @@ from livedenoise.errors import UserError
 VERBS = [
     "simulate",
     "train",
+    "tune_innovation",
     "denoise",
     "export",
     "bench",

@@ -187,12 +187,10 @@ def _run_train(args, out: Path) -> int:
 
 
 def _innovation_note(card) -> str:
+    from livedenoise.models.innovation import tuning_summary
+
     tuned = card.training.get("innovation_tuning")
-    if card.innovation and tuned:
-        gain = 100 * (1 - tuned["loss_best"] / tuned["loss_prediction"])
-        return (f"; innovation step tuned on {tuned['frames']} frames: sigma_xy {card.innovation['sigma_xy']:g}, "
-                f"k {card.innovation['k']:g} (self-supervised loss -{gain:.2f}%)")
-    return ""
+    return f"; innovation step tuned: {tuning_summary(tuned)}" if card.innovation and tuned else ""
 
 
 def _run_classic(args, out: Path) -> int:

@@ -156,6 +156,13 @@ class InnovationStep:
         return pred
 
 
+def tuning_summary(tuned: dict[str, Any]) -> str:
+    """One line for a `tune_innovation` result: the settings and how much they lowered the loss."""
+    gain = 100 * (1 - tuned["loss_best"] / tuned["loss_prediction"])
+    return (f"sigma_xy {tuned['sigma_xy']:g}, k {tuned['k']:g} "
+            f"(self-supervised loss -{gain:.2f}% on {tuned['frames']} frames)")
+
+
 def tune(pred: np.ndarray, raw: np.ndarray, sigmas: Iterable[float] = SIGMAS,
          ks: Iterable[float] = KS) -> tuple[InnovationConfig | None, dict[str, Any]]:
     """Self-supervised choice of (sigma_xy, k): least mean squared difference to the raw frames.
