@@ -52,9 +52,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=8, help="frames per inference batch")
     p.add_argument("--dtype", choices=("same", "float32"), default="same",
                    help="output sample type: the input's (rounded, clipped) or float32")
-    p.add_argument("--channel", type=int, default=None, help="ScanImage TIFF channel")
-    p.add_argument("--plane", type=int, default=None, help="ScanImage TIFF plane")
-    p.add_argument("--dataset", default=None, help="HDF5 dataset holding the movie")
+    from livedenoise.models.readers import add_movie_arguments
+
+    add_movie_arguments(p)
     add_innovation_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

@@ -63,9 +63,9 @@ def register(sub) -> None:
     g.add_argument("--no-tune-innovation", dest="tune_innovation", action="store_false",
                    help="skip tuning the innovation step (`denoise/serve --innovation`) on 100 validation frames after training")
     r = p.add_argument_group("reading")
-    r.add_argument("--channel", type=int, default=None, help="ScanImage TIFF channel")
-    r.add_argument("--plane", type=int, default=None, help="ScanImage TIFF plane")
-    r.add_argument("--dataset", default=None, help="HDF5 dataset")
+    from livedenoise.models.readers import add_movie_arguments
+
+    add_movie_arguments(r)
     c = p.add_argument_group("classic filters (--arch classic)")
     c.add_argument("--kind", choices=("exp", "boxcar", "halfgauss", "gauss", "spatial"), default=None, help="filter kind (default gauss, or the best kind with --tune-against)")
     c.add_argument("--tau", type=float, default=None, help="exp: time constant in frames")

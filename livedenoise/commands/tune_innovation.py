@@ -30,9 +30,9 @@ def register(sub) -> None:
     p.add_argument("movie", metavar="MOVIE", help="noisy movie to tune on (TIFF, ScanImage TIFF, HDF5, .npy)")
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt); never the model itself")
     p.add_argument("--frames", type=int, default=100, help="frames from the movie's start to tune on")
-    p.add_argument("--channel", type=int, default=None, help="ScanImage TIFF channel")
-    p.add_argument("--plane", type=int, default=None, help="ScanImage TIFF plane")
-    p.add_argument("--dataset", default=None, help="HDF5 dataset holding the movie")
+    from livedenoise.models.readers import add_movie_arguments
+
+    add_movie_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 

@@ -446,6 +446,13 @@ def _scanimage_module():
         raise
 
 
+def add_movie_arguments(parser) -> None:
+    """--channel / --plane (ScanImage TIFF) and --dataset (HDF5): what `open_movie` needs to pick a movie."""
+    parser.add_argument("--channel", type=int, default=None, help="ScanImage TIFF channel")
+    parser.add_argument("--plane", type=int, default=None, help="ScanImage TIFF plane")
+    parser.add_argument("--dataset", default=None, help="HDF5 dataset holding the movie")
+
+
 def open_movie(
     path: str | os.PathLike,
     *,
