@@ -70,28 +70,14 @@ def simulate(seed, args):
     return simulate_movie(SimConfig(frames=args.frames, height=args.size, width=args.size, photons=args.photons, seed=seed))
 
 
-class _Collect:
-    def __init__(self):
-        self.parts = []
-
-    def write(self, frames):
-        self.parts.append(np.asarray(frames, np.float32))
-
-    def array(self):
-        return np.concatenate(self.parts)
-
-
 def run_card(card, net, movie):
     """Denoise an in-memory movie the way `livedenoise denoise` does (float32 output)."""
     from livedenoise.export.engine import TorchEngine
-    from livedenoise.models.denoise import denoise_movie
-    from livedenoise.models.readers import ArrayMovie
+    from livedenoise.models.denoise import denoise_array
 
-    eng = TorchEngine(card, net)
-    sink = _Collect()
     t0 = time.perf_counter()
-    denoise_movie(ArrayMovie(movie), eng, sink, batch=8, out_dtype=np.float32, progress=False)
-    return sink.array(), (time.perf_counter() - t0) / len(movie)
+    out = denoise_array(movie, TorchEngine(card, net), batch=8)
+    return out, (time.perf_counter() - t0) / len(movie)
 
 
 def score(est, test, name, lag, extra=None):

@@ -156,6 +156,24 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
                         innovation.cfg.to_dict() if innovation is not None else None)
 
 
+def denoise_array(frames: np.ndarray, engine, *, batch: int = 8, innovation: InnovationStep | None = None) -> np.ndarray:
+    """`denoise_movie` of an in-memory (T, H, W) movie, returned as a float32 array."""
+    from livedenoise.models.readers import ArrayMovie
+
+    out = np.empty(np.shape(frames), np.float32)
+
+    class _Into:
+        done = 0
+
+        def write(self, chunk: np.ndarray) -> None:
+            out[self.done:self.done + len(chunk)] = chunk
+            self.done += len(chunk)
+
+    denoise_movie(ArrayMovie(np.asarray(frames)), engine, _Into(), batch=batch, out_dtype=np.float32,
+                  progress=False, innovation=innovation)
+    return out
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     a, b = Path(a), Path(b)
     if a.resolve() == b.resolve():

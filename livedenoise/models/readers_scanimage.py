@@ -34,6 +34,18 @@ _FRAME_NO = re.compile(r'frameNumbers"?\s*[=:]\s*(\d+)')
 _TIMESTAMP = re.compile(r'frameTimestamps_sec"?\s*[=:]\s*([-+0-9.eEinfINFnaN]+)')
 
 
+def _frame_stamp(desc: str) -> tuple[int, float]:
+    """(frame number, timestamp in s) from a ScanImage page description; -1 / NaN where absent or garbled."""
+    m = _FRAME_NO.search(desc)
+    number = int(m.group(1)) if m else -1
+    m = _TIMESTAMP.search(desc)
+    try:
+        stamp = float(m.group(1)) if m else np.nan
+    except ValueError:
+        stamp = np.nan
+    return number, stamp
+
+
 def is_scanimage_tiff(path: str | os.PathLike) -> bool:
     """True when `path` is a TIFF that ScanImage wrote (its pages carry ScanImage metadata)."""
     import tifffile
@@ -238,13 +250,9 @@ def _read_layout(path: Path, tif) -> ScanImageLayout:
     size = path.stat().st_size
     for page in pages:
         desc = page.description or ""
-        m = _FRAME_NO.search(desc)
-        numbers.append(int(m.group(1)) if m else -1)
-        m = _TIMESTAMP.search(desc)
-        try:
-            stamps.append(float(m.group(1)) if m else np.nan)
-        except ValueError:
-            stamps.append(np.nan)
+        number, stamp = _frame_stamp(desc)
+        numbers.append(number)
+        stamps.append(stamp)
         if tuple(page.shape) != page_shape or np.dtype(page.dtype) != dtype:
             raise UserError(f"{path}: its pages differ in size or sample type; not a ScanImage recording livedenoise can read")
         if contiguous:
@@ -336,13 +344,9 @@ def _walk_bigtiff(path: Path, shape: tuple[int, int], dtype: np.dtype):
                     fh.seek(struct.unpack_from("<Q", raw8)[0])
                     desc = fh.read(min(count, 1 << 16)).decode("latin-1")
                     fh.seek(here)
-            m = _FRAME_NO.search(desc)
-            numbers.append(int(m.group(1)) if m else -1)
-            m = _TIMESTAMP.search(desc)
-            try:
-                stamps.append(float(m.group(1)) if m else np.nan)
-            except ValueError:
-                stamps.append(np.nan)
+            number, stamp = _frame_stamp(desc)
+            numbers.append(number)
+            stamps.append(stamp)
             offsets.append(off)
     if not offsets:
         return None

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 
 from livedenoise.models.card import ModelCard
-from livedenoise.models.norm import denormalise, normalise
 from livedenoise.models.registry import arch_module, build_network
 from livedenoise.models.samples import MovieSource, SampleMaker, estimate_norm, min_frames
 
@@ -215,13 +214,26 @@ def _evaluate(net, arch: str, val: tuple[torch.Tensor, torch.Tensor], lossf, chu
     return total / max(n, 1)
 
 
+class _NetEngine:
+    """The two things `denoise_movie` needs from an engine, for the network in training."""
+
+    def __init__(self, net, card: ModelCard, device: torch.device):
+        self.net, self.card, self.device = net, card, device
+
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.net(_to_tensor(windows, self.device))[:, 0].float().cpu().numpy()
+
+
 def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device,
                     max_frames: int = 100, max_side: int = 256) -> dict | None:
     """Self-supervised innovation settings for `net` on (a centre crop of) the first frames of `src`.
 
-    Returns the card entry ({sigma_xy, k, loss_prediction, loss_best, frames}) or
-    None when the step does not apply to this model or does not lower the loss.
+    The frames are denoised exactly as `livedenoise denoise` would (same windows and
+    edges). Returns the card entry ({sigma_xy, k, loss_prediction, loss_best, frames,
+    crop}) or None when the step does not apply to this model or does not lower the loss.
     """
+    from livedenoise.models.denoise import denoise_array
     from livedenoise.models.innovation import applies_to, tune
 
     if applies_to(card) is not None or len(src) < 2:
@@ -231,19 +243,10 @@ def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device
     ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))
     y, x = (h - ch) // 2, (w - cw) // 2
     raw = np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
-    spec, mean, std = card.window, float(card.norm_mean), float(card.norm_std)
-    pred = raw.copy()  # frames with no prediction (a causal model's first) stay raw: zero innovation
-    todo = [(t, spec.source_indices(t, n - 1)) for t in range(n)]
-    todo = [(t, idx) for t, idx in todo if idx is not None]
+    was_training = net.training
     net.eval()
-    with torch.no_grad():
-        for a in range(0, len(todo), 8):
-            part = todo[a:a + 8]
-            xb = np.stack([normalise(raw[idx], mean, std) for _, idx in part])
-            out = net(_to_tensor(xb, device))[:, 0].float().cpu().numpy()  # as the inference engines do
-            for (t, _), p in zip(part, out):
-                pred[t] = denormalise(p.reshape(ch, cw), mean, std)
-    net.train()
+    pred = denoise_array(raw, _NetEngine(net, card, device))
+    net.train(was_training)
     cfg, report = tune(pred, raw)
     if cfg is None:
         return None
@@ -334,6 +337,16 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
     interrupted = False
     last_val = None
 
+    def validate() -> None:
+        """Validation loss now; keep the weights when it is the best so far."""
+        nonlocal last_val, best_val, best_step, best_state
+        last_val = _evaluate(net, card.arch, val, lossf)
+        history["val_step"].append(step)
+        history["val_loss"].append(last_val)
+        if last_val < best_val:
+            best_val, best_step = last_val, step
+            best_state = copy.deepcopy(net.state_dict())
+
     def progress() -> float:
         p = 0.0
         if cfg.steps:
@@ -362,12 +375,7 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
             history["step"].append(step)
             history["loss"].append(lv)
             if dist.main and val is not None and (step % cfg.val_every == 0):
-                last_val = _evaluate(net, card.arch, val, lossf)
-                history["val_step"].append(step)
-                history["val_loss"].append(last_val)
-                if last_val < best_val:
-                    best_val, best_step = last_val, step
-                    best_state = copy.deepcopy(net.state_dict())
+                validate()
             rate = seen / max(time.perf_counter() - t_loop, 1e-9)
             history["samples_per_s"].append(rate)
             if bar is not None:
@@ -385,12 +393,7 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
             bar.close()
 
     if dist.main and val is not None and (not history["val_step"] or history["val_step"][-1] != step) and step:
-        last_val = _evaluate(net, card.arch, val, lossf)
-        history["val_step"].append(step)
-        history["val_loss"].append(last_val)
-        if last_val < best_val:
-            best_val, best_step = last_val, step
-            best_state = copy.deepcopy(net.state_dict())
+        validate()
     if val is None:
         best_state, best_step = copy.deepcopy(net.state_dict()), step
     if card.arch == "cad3d":

@@ -108,16 +108,18 @@ def _check_engine(engine, cfg: ServeConfig) -> None:
 
 
 class _Batch:
-    """Preallocated window batch and raw target frames, reallocated only when the frame size changes."""
+    """Preallocated window batch (and, for the innovation step, the raw target frames),
+    reallocated only when the frame size changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, with_current: bool) -> None:
+        self.with_current = with_current
         self.buf = np.zeros((0, 0, 0, 0), np.float32)
-        self.current = np.zeros((0, 0, 0), np.float32)
+        self.current: np.ndarray | None = None
 
     def get(self, b: int, c: int, shape: tuple[int, int]) -> np.ndarray:
         if self.buf.shape[0] < b or self.buf.shape[1:] != (c, *shape):
             self.buf = np.zeros((b, c, *shape), np.float32)
-            self.current = np.zeros((b, *shape), np.float32)
+            self.current = np.zeros((b, *shape), np.float32) if self.with_current else None
         return self.buf
 
 
@@ -175,7 +177,7 @@ class Service:
         self.table = StreamTable(cfg.ring, self.stats, self.recorder)
         self._recv_stop = threading.Event()
         self.receiver = Receiver(self.sub, self.table, self.stats, self._recv_stop)
-        self._batch = _Batch()
+        self._batch = _Batch(with_current=self.innovation is not None)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:

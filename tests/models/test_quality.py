@@ -29,19 +29,11 @@ def movies():
 
 def _denoise(card, state, noisy):
     from livedenoise.export.engine import TorchEngine
-    from livedenoise.models.denoise import denoise_movie
-    from livedenoise.models.readers import ArrayMovie
+    from livedenoise.models.denoise import denoise_array
 
     net = build_network(card)
     net.load_state_dict(state)
-    parts = []
-
-    class Sink:
-        def write(self, frames):
-            parts.append(np.asarray(frames, np.float32))
-
-    denoise_movie(ArrayMovie(noisy), TorchEngine(card, net.eval()), Sink(), out_dtype=np.float32, progress=False)
-    return np.concatenate(parts)
+    return denoise_array(noisy, TorchEngine(card, net.eval()))
 
 
 @pytest.mark.parametrize("post,min_gain_db", [(1, 15.0), (0, 14.0)])

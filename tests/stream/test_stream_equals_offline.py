@@ -7,19 +7,10 @@ import pytest
 from streamkit import Collector, RunningService, cfg_factory, make_checkpoint  # noqa: F401
 
 from livedenoise.export.engine import TorchEngine
-from livedenoise.models.denoise import denoise_file, denoise_movie
-from livedenoise.models.readers import ArrayMovie
+from livedenoise.models.denoise import denoise_array, denoise_file
 from livedenoise.stream.recorder import read_recording
 from livedenoise.stream.replay import replay_movie
 from livedenoise.stream.service import estimate_norm
-
-
-class ListWriter:
-    def __init__(self):
-        self.parts = []
-
-    def write(self, a):
-        self.parts.append(np.array(a))
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +98,7 @@ def test_renorm_uses_the_first_n_frames_of_the_acquisition(tmp_path, movie, cfg_
     # offline reference with the card's normalisation replaced by the first 10 frames' statistics
     eng = TorchEngine.from_checkpoint(model)
     eng.card.norm_mean, eng.card.norm_std = estimate_norm(mov[:10])
-    w = ListWriter()
-    denoise_movie(ArrayMovie(mov), eng, w, batch=4, out_dtype="float32", progress=False)
-    ref = np.concatenate(w.parts)
+    ref = denoise_array(mov, eng, batch=4)
     np.testing.assert_allclose(np.stack([f.pixels for f in frames]), ref, rtol=1e-5, atol=1e-3)
     # no output before the 10th frame had been sent
     first_out = min(t for m, t in col.messages if hasattr(m, "header"))
