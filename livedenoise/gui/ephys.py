@@ -7,13 +7,16 @@ min/max-decimated to about two points per screen pixel so that spikes survive.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from livedenoise.gui.ephys_source import ZmqInterfaceSource, depth_order, neuropixels_positions
+from livedenoise.gui.ephys_source import (
+    ZmqInterfaceSource,
+    depth_order,
+    neuropixels_positions,
+)
+from livedenoise.gui.status import show_status, silent_source
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -264,25 +267,14 @@ class EphysWindow(QtWidgets.QMainWindow):
         if "lag_samples" in f:
             rate = max(s.ring.sample_rate for s in self.sources) or 1
             parts.append(f"lag {f['lag_samples']} samples ({1000 * f['lag_samples'] / rate:.1f} ms)")
-        text = " | ".join(parts)
-        if self.paused:
-            text = "PAUSED | " + text
-        if self.no_data:
-            text = " ; ".join(self.no_data) + " | " + text
-        self.status_label.setStyleSheet("color: #c33;" if self.no_data else "")
-        self.status_label.setText(text)
-        return text
+        return show_status(self.status_label, parts, self.paused, self.no_data)
 
     def _check_no_data(self) -> None:
         self.no_data = []
         for s in self.sources:
-            st = s.status()
-            if st.first_message_s is None and s.seconds_since_start() > self.no_data_timeout:
-                msg = f"no data on {s.endpoint} ({s.name}) after {self.no_data_timeout:g} s"
+            msg = silent_source(self, s, s.status().first_message_s)
+            if msg:
                 self.no_data.append(msg)
-                if msg not in self._warned and self.warn_stderr:
-                    self._warned.add(msg)
-                    print(f"livedenoise view: {msg}; is the publisher running?", file=sys.stderr)
 
     def export_png(self, path: str) -> None:
         self.render_now()

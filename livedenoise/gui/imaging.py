@@ -9,7 +9,6 @@ screen rate while the status bar counts all of it.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from livedenoise.gui.rois import RectRoi, write_traces_csv
 from livedenoise.gui.sources import FrameSource
+from livedenoise.gui.status import show_status, silent_source
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -598,16 +598,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
             f"frames raw {num(f['raw_frames'], '{}')} / denoised {num(f['denoised_frames'], '{}')}"
             f" / drawn {f['rendered']}",
         ]
-        text = " | ".join(parts)
-        if self.paused:
-            text = "PAUSED | " + text
-        if self.no_data:
-            text = " ; ".join(self.no_data) + " | " + text
-            self.status_label.setStyleSheet("color: #c33;")
-        else:
-            self.status_label.setStyleSheet("")
-        self.status_label.setText(text)
-        return text
+        return show_status(self.status_label, parts, self.paused, self.no_data)
 
     def _check_no_data(self) -> None:
         self.no_data = []
@@ -615,12 +606,8 @@ class ImagingWindow(QtWidgets.QMainWindow):
             st = s.status()
             if st.last_error and st.frames == 0 and st.finished:
                 self.no_data.append(f"{s.name}: {st.last_error}")
-            elif st.first_frame_s is None and s.seconds_since_start() > self.no_data_timeout:
-                msg = f"no data on {s.endpoint} ({s.name}) after {self.no_data_timeout:g} s"
+            elif msg := silent_source(self, s, st.first_frame_s):
                 self.no_data.append(msg)
-                if msg not in self._warned and self.warn_stderr:
-                    self._warned.add(msg)
-                    print(f"livedenoise view: {msg}; is the publisher running?", file=sys.stderr)
 
     def closeEvent(self, ev):
         self.timer.stop()
