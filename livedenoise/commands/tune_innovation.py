@@ -63,6 +63,9 @@ def run(args) -> int:
     why = applies_to(card)
     if why:
         raise UserError(why)
+    if args.frames < card.window.size + 1:
+        raise UserError(f"--frames {args.frames} is too few for this model's window of {card.window.size} input frames; "
+                        f"use at least {card.window.size + 1}")
     with open_movie(args.movie, channel=args.channel, plane=args.plane, dataset=args.dataset) as movie:
         check_movie_fits(movie, card)
         src = MovieSource(movie, 0, min(len(movie), args.frames), name=Path(args.movie).name)

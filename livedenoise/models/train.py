@@ -236,9 +236,9 @@ def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device
     from livedenoise.models.denoise import denoise_array
     from livedenoise.models.innovation import applies_to, tune
 
-    if applies_to(card) is not None or len(src) < 2:
-        return None
     n = min(len(src), max_frames)
+    if applies_to(card) is not None or n < card.window.size + 1:  # too short for one full window
+        return None
     h, w = src.frame_shape
     ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))
     y, x = (h - ch) // 2, (w - cw) // 2
@@ -401,7 +401,8 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
     tuned = None
     if dist.main and cfg.tune_innovation:
         net.load_state_dict(best_state)
-        tuned = tune_innovation(net, card, (val_src or train_src)[0], device)
+        usable = [src for src in (*val_src, *train_src) if len(src) > card.window.size]  # validation first
+        tuned = tune_innovation(net, card, usable[0], device) if usable else None
         if tuned is not None:
             card.innovation = {"sigma_xy": tuned["sigma_xy"], "k": tuned["k"]}
 
