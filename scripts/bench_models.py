@@ -8,7 +8,7 @@ budget on a fixed number of CPU threads; tunes every classic filter per lag
 against the TRAINING movie's ground truth (so neither side sees the test
 truth); then scores everything on the first `--eval-frames` frames of the
 test movie (denoised as a movie of its own, edges reflected as in
-`livedenoise denoise`) with livedenoise.models.metrics: PSNR, pixel SNR,
+`livedenoise denoise`) with livedenoise.sim.metrics: PSNR, pixel SNR,
 median per-neuron trace r, spike-rise fraction.
 
     python scripts/bench_models.py --minutes 5 --threads 2 --out docs/benchmarks.md
@@ -65,15 +65,15 @@ def parse(argv=None):
 
 
 def simulate(seed, args):
-    from livedenoise.models.simulate import SimConfig, simulate_movie
+    from livedenoise.sim.imaging import SimConfig, simulate_movie
 
     return simulate_movie(SimConfig(frames=args.frames, height=args.size, width=args.size, photons=args.photons, seed=seed))
 
 
 def run_card(card, net, movie):
     """Denoise an in-memory movie the way `livedenoise denoise` does (float32 output)."""
-    from livedenoise.export.engine import TorchEngine
-    from livedenoise.models.denoise import denoise_array
+    from livedenoise.export.engines.base import TorchEngine
+    from livedenoise.stream.offline import denoise_array
 
     t0 = time.perf_counter()
     out = denoise_array(movie, TorchEngine(card, net), batch=8)
@@ -81,8 +81,7 @@ def run_card(card, net, movie):
 
 
 def score(est, test, name, lag, extra=None):
-    from livedenoise.models import metrics
-
+    from livedenoise.sim import metrics
     s = metrics.summary(est, test["clean"], test["masks"], test["spikes"], data_range=test["range"])
     profile = metrics.rise_profile(est, test["clean"], test["masks"], test["spikes"], offsets=(-1, 0, 1, 2))
     row = {"name": name, "lag": lag, "psnr_db": s["psnr_db"], "pixel_snr_db": s["pixel_snr_db"],
@@ -120,10 +119,11 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    from livedenoise.models import baselines, metrics
+    from livedenoise.models.nets import classic as baselines
+    from livedenoise.sim import metrics
     from livedenoise.models.checkpoint import save_checkpoint
     from livedenoise.models.registry import build_network
-    from livedenoise.models.train import TrainConfig, train
+    from livedenoise.train.imaging import TrainConfig, train
 
     load_before = os.getloadavg()
     work = Path(args.workdir) if args.workdir else None

@@ -85,8 +85,8 @@ def _get_model(args, out: Path, quiet: bool) -> Path:
         _say(f"[2/5] model: shipped {SHIPPED_MODEL} (trained by `livedenoise train`; --train to train your own)", quiet)
         return shipped
     from livedenoise.models.checkpoint import save_checkpoint
-    from livedenoise.models.simulate import SimConfig, simulate_movie
-    from livedenoise.models.train import TrainConfig, train
+    from livedenoise.sim.imaging import SimConfig, simulate_movie
+    from livedenoise.train.imaging import TrainConfig, train
 
     _say(f"[2/5] model: training interp2d lite (pre 8, post 1) for {args.train_minutes:g} min on a second simulated movie", quiet)
     sim = simulate_movie(SimConfig(frames=1000, height=args.size, width=args.size, photons=args.photons, seed=args.seed + 100))
@@ -97,11 +97,11 @@ def _get_model(args, out: Path, quiet: bool) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.export.engine import open_engine
+    from livedenoise.export.engines.base import open_engine
     from livedenoise.export.onnx_export import export_onnx
     from livedenoise.export.parity import check, limit_for, movie_windows
-    from livedenoise.models.simulate import SimConfig, save_simulation, simulate_movie
-    from livedenoise.stream.protocol import FrameMessage, decode
+    from livedenoise.sim.imaging import SimConfig, save_simulation, simulate_movie
+    from livedenoise.stream.protocols.frames import FrameMessage, decode
     from livedenoise.stream.replay import replay_movie
     from livedenoise.stream.report import find_recording, write_summary_png
     from livedenoise.stream.service import ServeConfig, run_service

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from livedenoise.errors import UserError
 
 DEFAULT_BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
 def _backends() -> tuple[str, ...]:
     try:
-        from livedenoise.export import engine
+        from livedenoise.export.engines import base as engine
     except ImportError:
         return DEFAULT_BACKENDS
     return tuple(getattr(engine, "BACKENDS", DEFAULT_BACKENDS))
@@ -52,29 +55,26 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=8, help="frames per inference batch")
     p.add_argument("--dtype", choices=("same", "float32"), default="same",
                    help="output sample type: the input's (rounded, clipped) or float32")
-    from livedenoise.models.readers import add_movie_arguments
+    from livedenoise.commands.args import add_movie_arguments
 
     add_movie_arguments(p)
     add_innovation_arguments(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    from livedenoise.models.readers_ephys import add_reading_arguments
+    from livedenoise.commands.args import add_reading_arguments
 
     add_reading_arguments(p)  # ephys recordings: --stream, --channels, --sample-rate, --bit-volts
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from livedenoise.errors import UserError
-    from livedenoise.models.readers_ephys import is_ephys_path
+    from livedenoise.io.readers_ephys import is_ephys_path
 
     if is_ephys_path(args.input):
         if args.innovation or args.innovation_k is not None:
             raise UserError("--innovation applies to imaging movies, not to ephys recordings")
-        from livedenoise.models.denoise_ephys import run_cli
-
-        return run_cli(args)
-    from livedenoise.models.denoise import denoise_file
+        return run_ephys(args)
+    from livedenoise.stream.offline import denoise_file
 
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1 (got {args.batch})")
@@ -100,4 +100,24 @@ def run(args) -> int:
             f"denoised {stats.frames} frames{extra} -> {args.output} ({stats.dtype}) in "
             f"{stats.seconds:.1f} s, {stats.fps:.1f} frames/s"
         )
+    return 0
+
+
+def run_ephys(args) -> int:
+    """`livedenoise denoise` for ephys recordings (dispatched from commands/denoise.py)."""
+    from livedenoise.commands.args import open_from_args
+    from livedenoise.stream.ephys import denoise_recording, open_ephys_engine
+
+    rec = open_from_args(args.input, args)
+    out = Path(args.output)
+    if out.exists() and rec.format == "openephys" and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new folder for the denoised recording")
+    eng = open_ephys_engine(args.model, args.backend)
+    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+    rep = denoise_recording(rec, args.model, out, engine=eng, progress=not quiet)
+    if getattr(args, "json", False):
+        print(json.dumps({"input": str(args.input), "output": rep["out"], "model": str(args.model), **rep}))
+    else:
+        print(f"denoised {rep['samples']} samples x {rep['channels']} channels -> {rep['out']} in {rep['seconds']:.1f} s "
+              f"({rep['realtime_factor']:.2f}x real time)")
     return 0

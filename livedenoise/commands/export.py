@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 def _movie_frame_shape(path) -> tuple[int, int] | None:
     if path is None:
         return None
-    from livedenoise.models.readers import open_movie
+    from livedenoise.io.readers import open_movie
 
     with open_movie(path) as mv:
         return mv.frame_shape
@@ -62,7 +62,7 @@ def _say(args, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from livedenoise.export import parity
-    from livedenoise.export.engine import OnnxRuntimeEngine, TorchEngine, read_onnx_card, require_tensorrt
+    from livedenoise.export.engines.base import OnnxRuntimeEngine, TorchEngine, read_onnx_card, require_tensorrt
     from livedenoise.export.onnx_export import export_onnx, onnx_info, resolve_frame_shape
 
     model = Path(args.model)
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     # -- TensorRT
     if args.tensorrt and all(r.ok for r in results):
         from livedenoise.export.tensorrt_build import build_engine
-        from livedenoise.export.tensorrt_engine import TensorRTEngine
+        from livedenoise.export.engines.tensorrt import TensorRTEngine
 
         engine_path = Path(args.tensorrt)
         calib = None

@@ -10,7 +10,7 @@ import threading
 import time
 
 from livedenoise.errors import UserError
-from livedenoise.stream.protocol import DEFAULT_INPUT
+from livedenoise.stream.protocols.frames import DEFAULT_INPUT
 
 
 def register(subparsers) -> None:
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
 
 
 def describe(msg) -> str:
-    from livedenoise.stream.protocol import ControlMessage
+    from livedenoise.stream.protocols.frames import ControlMessage
 
     if isinstance(msg, ControlMessage):
         meta = {k: v for k, v in msg.meta.items() if k not in ("v", "latency_hist")}
@@ -55,8 +55,8 @@ def listen(endpoint: str, count: int | None = None, duration: float | None = Non
     """Receive until count/duration/stop; returns {messages, frames, malformed, by_topic, seconds, fps, ...}."""
     import zmq
 
-    from livedenoise.stream.outputs import subscriber
-    from livedenoise.stream.protocol import FrameMessage, ProtocolError, decode
+    from livedenoise.stream.sinks.publisher import subscriber
+    from livedenoise.stream.protocols.frames import FrameMessage, ProtocolError, decode
 
     stop_event = stop_event or threading.Event()
     ctx = zmq.Context()
@@ -106,7 +106,7 @@ def listen(endpoint: str, count: int | None = None, duration: float | None = Non
 
 
 def run(args) -> int:
-    from livedenoise.stream.protocol import ControlMessage
+    from livedenoise.stream.protocols.frames import ControlMessage
 
     for name in ("count", "duration", "timeout"):
         v = getattr(args, name)

@@ -12,7 +12,7 @@ import sys
 import threading
 
 from livedenoise.errors import UserError
-from livedenoise.stream.protocol import DEFAULT_INPUT
+from livedenoise.stream.protocols.frames import DEFAULT_INPUT
 
 OPENEPHYS = "livedenoise.stream.openephys.replay"
 
@@ -43,10 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--wait", type=float, default=10.0, metavar="S",
                    help="wait up to S s for a subscriber before the first frame (0: do not wait)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    if importlib.util.find_spec("livedenoise.stream.openephys") is not None and importlib.util.find_spec(OPENEPHYS):
-        mod = importlib.import_module(OPENEPHYS)
-        if hasattr(mod, "add_arguments"):
-            mod.add_arguments(p.add_argument_group("Open Ephys (`replay openephys RECORDING`)"))
+    add_openephys_arguments(p.add_argument_group("Open Ephys (`replay openephys RECORDING`)"))
     p.set_defaults(func=run)
 
 
@@ -91,3 +88,19 @@ def run(args) -> int:
         print(f"sent {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps'] or 0:.1f} frames/s), "
               f"{summary['late']} late", flush=True)
     return 0
+
+
+def add_openephys_arguments(group) -> None:
+    from livedenoise.stream.protocols.zmq_interface import DEFAULT_DATA_PORT
+
+    """Options of `replay openephys` (added to the shared replay parser)."""
+    group.add_argument("--port", type=int, default=DEFAULT_DATA_PORT, help="data port (PUB); heartbeats on port + 1")
+    group.add_argument("--host", default="127.0.0.1", help="address to bind (use * for every interface, as the plugin)")
+    group.add_argument("--block", type=int, default=1024, help="samples per block (the GUI's buffer size)")
+    group.add_argument("--speed", type=float, default=1.0, help="pace at SPEED x the sample rate; 0 = as fast as possible")
+    group.add_argument("--stream", default=None, help="Open Ephys stream to publish (name or index; default the first)")
+    group.add_argument("--stream-name", default=None, help="stream name in the messages (default the recording's)")
+    group.add_argument("--channels", type=int, default=None, help="channel count of a flat .dat file")
+    group.add_argument("--sample-rate", type=float, default=None, help="sample rate of a flat .dat file (default 30000)")
+    group.add_argument("--seconds", type=float, default=None, help="publish only the first SECONDS of the recording")
+    group.add_argument("--ttl-every", type=float, default=0.0, metavar="S", help="also send a TTL event every S seconds")

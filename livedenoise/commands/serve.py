@@ -12,7 +12,7 @@ import sys
 import threading
 
 from livedenoise.commands.denoise import add_innovation_arguments
-from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT
+from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT
 
 
 def register(subparsers) -> None:

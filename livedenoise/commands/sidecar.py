@@ -13,7 +13,7 @@ from livedenoise.errors import UserError
 
 def _backends() -> tuple[str, ...]:
     try:
-        from livedenoise.export.engine import BACKENDS
+        from livedenoise.export.engines.base import BACKENDS
     except ImportError:
         return ("auto", "torch", "onnxruntime", "tensorrt")
     return tuple(BACKENDS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from livedenoise.errors import UserError
 
@@ -31,9 +32,7 @@ def register(sub) -> None:
     p.add_argument("out", metavar="OUT", help="movie to write (.tif, .h5 or .npy)")
     # Imaging options. (An --ephys switch for Neuropixels-like data is added by the
     # ephys simulator; it dispatches before the imaging path in run().)
-    from livedenoise.models.simulate_ephys import add_cli_arguments as _add_ephys_arguments
-
-    _add_ephys_arguments(p)
+    add_ephys_arguments(p)
     p.add_argument("--frames", type=int, default=2000, help="number of frames")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"), help="frame height and width in pixels")
     p.add_argument("--neurons", type=int, default=None, help="number of neurons; %(default)s means one per 800 pixels")
@@ -46,14 +45,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if getattr(args, "ephys", False):
-        from livedenoise.models.simulate_ephys import run_cli
-
-        return run_cli(args)
+        return run_ephys(args)
     return run_imaging(args)
 
 
 def run_imaging(args) -> int:
-    from livedenoise.models.simulate import SimConfig, save_simulation, simulate_movie
+    from livedenoise.sim.imaging import SimConfig, save_simulation, simulate_movie
 
     if args.frames < 1:
         raise UserError(f"--frames must be >= 1 (got {args.frames})")
@@ -86,4 +83,47 @@ def run_imaging(args) -> int:
             f"wrote {movie} ({cfg.frames} frames of {h}x{w} int16, {info['neurons']} neurons, "
             f"{mean_photons:.2f} photons/pixel/frame) and ground truth {truth} in {seconds:.1f} s"
         )
+    return 0
+
+
+# --------------------------------------------------------------------------- `simulate --ephys OUT`
+
+
+def add_ephys_arguments(parser) -> None:
+    g = parser.add_argument_group("extracellular (--ephys): a Neuropixels-like Open Ephys recording in folder OUT")
+    g.add_argument("--ephys", action="store_true", help="simulate a Neuropixels recording instead of a movie")
+    g.add_argument("--channels", type=int, default=384, help="--ephys: recording sites")
+    g.add_argument("--duration", type=float, default=10.0, help="--ephys: seconds")
+    g.add_argument("--sample-rate", type=float, default=30000.0, help="--ephys: Hz")
+    g.add_argument("--units", type=int, default=None, help="--ephys: neurons (default one per 6 sites)")
+    g.add_argument("--thermal-uv", type=float, default=8.0, help="--ephys: independent noise per site, µV rms")
+    g.add_argument("--background-uv", type=float, default=5.0, help="--ephys: spatially correlated background, µV rms")
+    g.add_argument("--no-clean", action="store_true", help="--ephys: do not write the noise-free recording")
+
+
+def run_ephys(args) -> int:
+    import time
+
+    from livedenoise.errors import UserError
+
+    if args.channels < 1 or args.duration <= 0 or args.sample_rate <= 0:
+        raise UserError("--channels, --duration and --sample-rate must be positive")
+    out = Path(args.out)
+    if out.suffix in (".tif", ".tiff", ".h5", ".hdf5", ".npy"):
+        raise UserError(f"--ephys writes an Open Ephys session folder; give a folder name, not {out.name}")
+    t0 = time.perf_counter()
+    from livedenoise.sim.ephys import simulate_ephys
+
+    sim = simulate_ephys(out, args.channels, args.duration, args.sample_rate, args.units, args.thermal_uv,
+                         args.background_uv, seed=args.seed, save_clean=not args.no_clean)
+    info = {"session": str(sim.session), "recording": str(sim.recording), "ground_truth": str(sim.ground_truth),
+            "clean": str(sim.clean_session) if sim.clean_session else None, "channels": args.channels,
+            "duration_s": args.duration, "sample_rate": args.sample_rate, "units": int(len(sim.truth.unit_amplitudes)),
+            "spikes": int(len(sim.truth.spike_samples)), "seconds": round(time.perf_counter() - t0, 2)}
+    if getattr(args, "json", False):
+        print(json.dumps(info))
+    else:
+        print(f"wrote {sim.recording} ({args.channels} channels x {args.duration:g} s at {args.sample_rate:g} Hz, "
+              f"{info['units']} units, {info['spikes']} spikes), ground truth {sim.ground_truth}"
+              + (f", clean recording under {sim.clean_session}" if sim.clean_session else ""))
     return 0

@@ -63,7 +63,7 @@ def register(sub) -> None:
     g.add_argument("--no-tune-innovation", dest="tune_innovation", action="store_false",
                    help="skip tuning the innovation step (`denoise/serve --innovation`) on 100 validation frames after training")
     r = p.add_argument_group("reading")
-    from livedenoise.models.readers import add_movie_arguments
+    from livedenoise.commands.args import add_movie_arguments
 
     add_movie_arguments(r)
     c = p.add_argument_group("classic filters (--arch classic)")
@@ -74,7 +74,7 @@ def register(sub) -> None:
     c.add_argument("--tune-against", default=None, metavar="TRUTH", help="ground-truth movie: grid-search the filter for this lag budget")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    from livedenoise.models.readers_ephys import add_reading_arguments
+    from livedenoise.commands.args import add_reading_arguments
 
     add_reading_arguments(p)  # ephys recordings: --stream, --channels, --sample-rate, --bit-volts
     p.set_defaults(func=run)
@@ -97,7 +97,7 @@ def _check_paths(args) -> Path:
 
 
 def _open(path, args):
-    from livedenoise.models.readers import open_movie
+    from livedenoise.io.readers import open_movie
 
     return open_movie(path, channel=args.channel, plane=args.plane, dataset=args.dataset)
 
@@ -107,7 +107,7 @@ def _read_truth(path, args, n: int):
     import numpy as np
 
     if str(path).endswith(".truth.h5"):
-        from livedenoise.models.simulate import load_truth
+        from livedenoise.sim.imaging import load_truth
 
         clean = load_truth(path).clean
         return tuple(clean.shape), np.asarray(clean[:n], dtype=np.float32)
@@ -128,16 +128,14 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
-    from livedenoise.models.readers_ephys import is_ephys_path
+    from livedenoise.io.readers_ephys import is_ephys_path
 
     ephys = args.arch in ("interp-ephys", "block-ephys") or is_ephys_path(args.movies[0])
     for name, default in zip(("pre", "post", "omission"), _default_window(args, ephys)):
         if getattr(args, name) is None:
             setattr(args, name, default)
     if ephys:
-        from livedenoise.models.train_ephys import run_cli
-
-        return run_cli(args, out)
+        return run_ephys(args, out)
     if args.arch == "classic":
         return _run_classic(args, out)
     return _run_train(args, out)
@@ -145,7 +143,7 @@ def run(args) -> int:
 
 def _run_train(args, out: Path) -> int:
     from livedenoise.models.checkpoint import save_checkpoint
-    from livedenoise.models.train import TrainConfig, train
+    from livedenoise.train.imaging import TrainConfig, train
 
     for flag in ("kind", "tau", "sigma_t", "sigma_xy", "tune_against"):
         if getattr(args, flag) is not None:
@@ -196,7 +194,7 @@ def _innovation_note(card) -> str:
 def _run_classic(args, out: Path) -> int:
     import numpy as np
 
-    from livedenoise.models import baselines
+    from livedenoise.models.nets import classic as baselines
     from livedenoise.models.checkpoint import save_checkpoint
     from livedenoise.models.registry import describe_receptive_field
 
@@ -241,4 +239,39 @@ def _run_classic(args, out: Path) -> int:
         print(msg, file=sys.stderr)
     else:
         print(msg)
+    return 0
+
+
+def run_ephys(args, out) -> int:
+    """`livedenoise train` for ephys recordings (dispatched from commands/train.py)."""
+    import json as _json
+
+    import torch
+
+    from livedenoise.commands.args import open_from_args
+    from livedenoise.train.ephys import EPHYS_ARCHS, train_ephys
+
+    arch = args.arch if args.arch in EPHYS_ARCHS else "block-ephys"
+    if len(args.movies) > 1:
+        raise UserError("ephys training takes one recording (concatenate sessions or train on the longest)")
+    rec = open_from_args(args.movies[0], args)
+    pre, post, omission = args.pre, args.post, args.omission  # defaults resolved by commands/train.py
+    device = args.device
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
+    log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log(f"training {arch} on {rec.describe()}; window pre={pre} post={post} omission={omission}")
+    steps = args.steps or 2000
+    card, hist = train_ephys(
+        rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
+        lr=args.lr or 1e-3, crop=args.crop or 512, seed=args.seed, device=device, val_fraction=args.val_fraction,
+        log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None),
+    )
+    if getattr(args, "json", False):
+        print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),
+                           "val_loss": hist["val_loss"], "seconds": card.training.get("train_seconds")}))
+    else:
+        print(f"wrote {out}: {card.summary()}; {card.training.get('steps_done')} steps in "
+              f"{card.training.get('train_seconds')} s" + (f", validation loss {hist['val_loss']:.4f}" if hist["val_loss"] else ""))
     return 0

@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("movie", metavar="MOVIE", help="noisy movie to tune on (TIFF, ScanImage TIFF, HDF5, .npy)")
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt); never the model itself")
     p.add_argument("--frames", type=int, default=100, help="frames from the movie's start to tune on")
-    from livedenoise.models.readers import add_movie_arguments
+    from livedenoise.commands.args import add_movie_arguments
 
     add_movie_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -44,11 +44,11 @@ def run(args) -> int:
 
     from livedenoise.errors import UserError
     from livedenoise.models.checkpoint import load_model, save_checkpoint
-    from livedenoise.models.denoise import check_movie_fits, same_file
+    from livedenoise.stream.offline import check_movie_fits, same_file
     from livedenoise.models.innovation import applies_to, tuning_summary
-    from livedenoise.models.readers import open_movie
-    from livedenoise.models.samples import MovieSource
-    from livedenoise.models.train import tune_innovation
+    from livedenoise.io.readers import open_movie
+    from livedenoise.train.samples import MovieSource
+    from livedenoise.train.imaging import tune_innovation
 
     model, out = Path(args.model), Path(args.out)
     if model.suffix.lower() != ".pt":

@@ -7,7 +7,7 @@ import argparse
 from livedenoise.errors import UserError
 from livedenoise.gui.ephys_source import DEFAULT_DENOISED as EPHYS_DENOISED  # the sidecar's PUB (5560)
 from livedenoise.gui.ephys_source import DEFAULT_RAW as EPHYS_RAW  # the ZMQ Interface plugin (5556)
-from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT
+from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT
 
 
 def register(sub) -> None:

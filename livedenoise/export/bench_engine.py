@@ -148,7 +148,7 @@ def _machine(threads: int) -> dict:
     except ImportError:
         pass
     try:
-        from livedenoise.export.engine import tensorrt_status
+        from livedenoise.export.engines.base import tensorrt_status
 
         ok, why = tensorrt_status()
         info["gpu"] = why if ok else None
@@ -172,7 +172,7 @@ def _configs(model: Path, backends, precisions) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.export.engine import default_threads
+    from livedenoise.export.engines.base import default_threads
 
     if any(b < 1 for b in args.batch):
         raise UserError("--batch sizes must be >= 1")
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, threads: int) -> int:
-    from livedenoise.export.engine import (
+    from livedenoise.export.engines.base import (
         OnnxRuntimeEngine,
         TorchEngine,
         ort_providers_available,
@@ -324,7 +324,7 @@ def _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max_batc
     if backend in ("onnxruntime", "onnxruntime-cuda"):
         provider = "CPUExecutionProvider" if backend == "onnxruntime" else "CUDAExecutionProvider"
         return OnnxRuntimeEngine(onnx_path, provider, threads, reason="bench")
-    from livedenoise.export.tensorrt_engine import TensorRTEngine
+    from livedenoise.export.engines.tensorrt import TensorRTEngine
 
     if precision == "engine":
         return TensorRTEngine(model, reason="bench")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from livedenoise import __version__
 from livedenoise.errors import UserError
-from livedenoise.export.engine import CARD_KEY, example_input
+from livedenoise.export.engines.base import CARD_KEY, example_input
 from livedenoise.models.card import ModelCard
 
 MIN_OPSET = 17

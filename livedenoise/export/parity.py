@@ -3,7 +3,7 @@
 Windows come from a movie (``--check`` / ``--calibrate``), normalised with the
 card's mean/std and assembled with the card's window exactly as denoising does;
 without a movie, from a simulated two-photon movie
-(`livedenoise.models.simulate`). Models whose input is not a stack of frames
+(`livedenoise.sim.imaging`). Models whose input is not a stack of frames
 (`layout` other than ``frames``) are checked on seeded standard-normal inputs
 of their example-input shape.
 
@@ -92,7 +92,7 @@ def _fit_frames(frames: np.ndarray, frame_shape, source: str) -> np.ndarray:
 
 def simulated_movie(frames: int, frame_shape, seed: int = 0) -> np.ndarray:
     """A small simulated two-photon movie (int16) for parity and calibration without a file."""
-    from livedenoise.models.simulate import simulate_movie
+    from livedenoise.sim.imaging import simulate_movie
 
     h, w = (max(8, int(s)) for s in frame_shape)
     return simulate_movie(frames=int(frames), height=h, width=w, seed=seed).noisy
@@ -104,7 +104,7 @@ def movie_windows(card: ModelCard, frame_shape, movie=None, n: int = 8, seed: in
     `movie` is a path (read with `open_movie`), a (T, H, W) array, or None for a
     simulated movie.
     """
-    from livedenoise.export.engine import example_input
+    from livedenoise.export.engines.base import example_input
 
     n = max(1, int(n))
     if card.layout != "frames":
@@ -122,7 +122,7 @@ def movie_windows(card: ModelCard, frame_shape, movie=None, n: int = 8, seed: in
     elif isinstance(movie, np.ndarray):
         data, source = movie, "array"
     else:
-        from livedenoise.models.readers import open_movie
+        from livedenoise.io.readers import open_movie
 
         with open_movie(movie) as mv:
             t = len(mv)

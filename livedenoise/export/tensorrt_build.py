@@ -44,8 +44,8 @@ import numpy as np
 
 from livedenoise import __version__
 from livedenoise.errors import UserError
-from livedenoise.export.engine import cache_dir, read_onnx_card
-from livedenoise.export.tensorrt_engine import CudaContext, gpu_info, import_tensorrt, rebuild_command, trt_logger
+from livedenoise.export.engines.base import cache_dir, read_onnx_card
+from livedenoise.export.engines.tensorrt import CudaContext, gpu_info, import_tensorrt, rebuild_command, trt_logger
 
 log = logging.getLogger(__name__)
 

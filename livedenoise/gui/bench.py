@@ -31,7 +31,7 @@ def run_case(h: int, w: int, rate: float, seconds: float) -> dict:
     from livedenoise.gui.app import qt_app
     from livedenoise.gui.imaging import ImagingWindow
     from livedenoise.gui.sources import ZmqFrameSource
-    from livedenoise.stream.protocol import FrameHeader, encode_frame
+    from livedenoise.stream.protocols.frames import FrameHeader, encode_frame
 
     app = qt_app()
     ctx = zmq.Context.instance()

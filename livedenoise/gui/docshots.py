@@ -2,13 +2,13 @@
 
     QT_QPA_PLATFORM=offscreen python -m livedenoise.gui.docshots docs/img
 
-Imaging: a simulated two-photon movie (`livedenoise.models.simulate`) is
+Imaging: a simulated two-photon movie (`livedenoise.sim.imaging`) is
 published on a loopback PUB at 30 Hz; a causal classic filter (half-Gaussian in
-time, Gaussian in space; `livedenoise.models.baselines`, no training) denoises
+time, Gaussian in space; `livedenoise.models.nets.classic`, no training) denoises
 each frame as it is published and the result goes out on a second PUB with the
 output-side header fields and `stats` messages. ROIs sit on three simulated
 neurons. Ephys: a simulated 384-channel Neuropixels recording
-(`livedenoise.models.simulate_ephys`) in ZMQ Interface format; the "denoised"
+(`livedenoise.sim.ephys`) in ZMQ Interface format; the "denoised"
 stream is the simulator's noise-free signal standing in for the sidecar's output.
 """
 
@@ -43,9 +43,9 @@ def imaging(out: Path, frames: int = 150) -> None:
     import torch
 
     from livedenoise.gui.app import ViewOptions, run
-    from livedenoise.models.baselines import build, classic_card
-    from livedenoise.models.simulate import simulate_movie
-    from livedenoise.stream.protocol import FrameHeader, encode_control, encode_frame
+    from livedenoise.models.nets.classic import build, classic_card
+    from livedenoise.sim.imaging import simulate_movie
+    from livedenoise.stream.protocols.frames import FrameHeader, encode_control, encode_frame
 
     sim = simulate_movie(frames=frames + 40, height=224, width=224, photons=1.5, seed=3, spike_rate=0.6)
     card = classic_card("halfgauss", pre=8, sigma_t=3.0, sigma_xy=1.0)
@@ -110,8 +110,8 @@ def imaging(out: Path, frames: int = 150) -> None:
 
 def ephys(out: Path, seconds: float = 0.6) -> None:
     from livedenoise.gui.app import ViewOptions, run
-    from livedenoise.models.simulate_ephys import simulate_ephys_arrays
-    from livedenoise.stream.openephys.zmq_interface import DataEncoder
+    from livedenoise.sim.ephys import simulate_ephys_arrays
+    from livedenoise.stream.protocols.zmq_interface import DataEncoder
 
     rate, block = 30000.0, 300
     n = int(seconds * rate) // block * block

@@ -4,7 +4,7 @@ Wire format (DESIGN.md section 6): three parts, `b"DATA\\0"`, a JSON header with
 `content.channel_num / num_samples / sample_num / sample_rate`, and a
 float32[num_samples] payload. The Open Ephys ZMQ Interface plugin (port 5556) and
 our sidecar's denoised PUB (port 5560) both speak it; messages are decoded by
-`livedenoise.stream.openephys.zmq_interface.decode`, the sidecar's own decoder.
+`livedenoise.stream.protocols.zmq_interface.decode`, the sidecar's own decoder.
 
 The receiver thread writes every block into a preallocated (channels, capacity)
 float32 ring indexed by absolute sample number; the GUI copies the window it
@@ -21,7 +21,7 @@ import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.gui.source_thread import SourceThread
-from livedenoise.stream.openephys.zmq_interface import (
+from livedenoise.stream.protocols.zmq_interface import (
     DEFAULT_DATA_PORT, DEFAULT_OUTPUT_PORT, DataMessage, ProtocolError, decode,
 )
 

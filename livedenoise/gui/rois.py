@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from livedenoise.stream.protocol import FrameHeader
+from livedenoise.stream.protocols.frames import FrameHeader
 
 
 @dataclass(frozen=True)

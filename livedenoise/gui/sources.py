@@ -22,7 +22,7 @@ import numpy as np
 from livedenoise.errors import UserError
 from livedenoise.gui.rois import RoiTraces
 from livedenoise.gui.source_thread import SourceThread
-from livedenoise.stream.protocol import (
+from livedenoise.stream.protocols.frames import (
     ControlMessage, FrameHeader, FrameMessage, ProtocolError, decode,
 )
 

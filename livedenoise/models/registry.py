@@ -14,11 +14,11 @@ from types import ModuleType
 from livedenoise.errors import UserError
 
 ARCHS: dict[str, str] = {
-    "interp2d": "livedenoise.models.interp2d",
-    "cad3d": "livedenoise.models.cad3d",
-    "classic": "livedenoise.models.baselines",
-    "interp-ephys": "livedenoise.models.interp_ephys",
-    "block-ephys": "livedenoise.models.block_ephys",
+    "interp2d": "livedenoise.models.nets.interp2d",
+    "cad3d": "livedenoise.models.nets.cad3d",
+    "classic": "livedenoise.models.nets.classic",
+    "interp-ephys": "livedenoise.models.nets.interp_ephys",
+    "block-ephys": "livedenoise.models.nets.block_ephys",
 }
 
 

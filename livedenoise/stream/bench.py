@@ -70,7 +70,7 @@ def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_bat
     """Publish `fps` x `seconds` frames through a fresh service; latency and counters."""
     import zmq
 
-    from livedenoise.stream.protocol import FrameHeader, FrameMessage, decode, encode_frame
+    from livedenoise.stream.protocols.frames import FrameHeader, FrameMessage, decode, encode_frame
     from livedenoise.stream.replay import open_publisher, wait_for_subscriber
     from livedenoise.stream.service import ServeConfig, Service
 
@@ -201,7 +201,7 @@ def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, 
 def _default_models(tmp: Path) -> list[Path]:
     import torch
 
-    from livedenoise.models import interp2d
+    from livedenoise.models.nets import interp2d
     from livedenoise.models.card import ModelCard
     from livedenoise.models.checkpoint import save_checkpoint
 
@@ -215,7 +215,7 @@ def _default_models(tmp: Path) -> list[Path]:
 
 
 def _open(model: Path, backend: str, size: int, tmp: Path):
-    from livedenoise.export.engine import open_engine
+    from livedenoise.export.engines.base import open_engine
 
     if backend.startswith("onnxruntime") and model.suffix == ".pt":
         from livedenoise.export.onnx_export import export_onnx

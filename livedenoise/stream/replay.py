@@ -9,7 +9,7 @@ drifts; a late frame is sent at once and counted in `late`), and `stop`.
 
 Frame numbers count from 0 and go on across `--loop` passes (one acquisition
 that repeats the movie), `t` is frame / fps. ScanImage TIFFs (when
-`livedenoise.stream.scanimage.tiff_source` is installed) are published as
+`livedenoise.stream.sources.scanimage_tiff` is installed) are published as
 ScanImage publishes them: every channel and plane with its own frame numbers
 and times, paced by the recorded frame times (or by `fps` when given).
 Pixels are sent as int16, uint16 or float32; other sample types are converted
@@ -30,12 +30,12 @@ import numpy as np
 import zmq
 
 from livedenoise.errors import UserError
-from livedenoise.stream.outputs import bind
-from livedenoise.stream.protocol import DEFAULT_INPUT, DTYPES, FrameHeader, encode_control, encode_frame
+from livedenoise.stream.sinks.publisher import bind
+from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DTYPES, FrameHeader, encode_control, encode_frame
 
 log = logging.getLogger("livedenoise.stream")
 
-SCANIMAGE_SOURCE = "livedenoise.stream.scanimage.tiff_source"
+SCANIMAGE_SOURCE = "livedenoise.stream.sources.scanimage_tiff"
 
 
 def wire_dtype(dtype: np.dtype) -> str:
@@ -82,7 +82,7 @@ def _drain_subscriptions(sock: zmq.Socket) -> None:
 def movie_acquisition(path, fps: float = 30.0, channel: int | None = None, plane: int | None = None,
                       dataset: str | None = None, frames: int | None = None, source: str | None = None):
     """(start_meta, factory) for a plain movie file; factory() yields one pass of (FrameHeader, pixels)."""
-    from livedenoise.models.readers import open_movie
+    from livedenoise.io.readers import open_movie
 
     movie = open_movie(path, dataset=dataset)
     n = len(movie) if frames is None else min(frames, len(movie))

@@ -14,9 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from livedenoise.models import metrics
-
-
+from livedenoise.sim import metrics
 @dataclass
 class SessionFiles:
     raw: Path

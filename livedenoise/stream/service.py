@@ -40,8 +40,8 @@ import numpy as np
 from livedenoise.errors import UserError
 from livedenoise.models.innovation import step_for
 from livedenoise.models.norm import denormalise, normalise
-from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
-from livedenoise.stream.receiver import Acquisition, Receiver, StreamTable
+from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
+from livedenoise.stream.sources.frames import Acquisition, Receiver, StreamTable
 from livedenoise.stream.stats import ServiceStats
 
 log = logging.getLogger("livedenoise.stream")
@@ -138,13 +138,13 @@ class Service:
                  on_stats: Callable[[dict], None] | None = None, ctx=None):
         import zmq
 
-        from livedenoise.stream.outputs import OutputPublisher, subscriber
+        from livedenoise.stream.sinks.publisher import OutputPublisher, subscriber
 
         self.cfg = cfg.validate()
         if engine is None:
             if not cfg.model:
                 raise UserError("no model given; pass --model MODEL (a .pt checkpoint, .onnx or engine file)")
-            from livedenoise.export.engine import open_engine
+            from livedenoise.export.engines.base import open_engine
 
             engine = open_engine(cfg.model, cfg.backend)
         self.engine = engine
@@ -168,7 +168,7 @@ class Service:
             self.out = OutputPublisher(self.ctx, cfg.output, cfg.sndhwm)
             self.sub = subscriber(self.ctx, cfg.input, rcvhwm=cfg.rcvhwm)
             if cfg.record:
-                from livedenoise.stream.recorder import Recorder
+                from livedenoise.stream.sinks.recorder import Recorder
 
                 self.recorder = Recorder(cfg.record, cfg.record_format, cfg.record_queue_mb, self.stats)
         except BaseException:

@@ -9,10 +9,10 @@ import pytest
 import tifffile
 import torch
 
-from livedenoise.models import interp2d
+from livedenoise.models.nets import interp2d
 from livedenoise.models.card import ModelCard
 from livedenoise.models.checkpoint import save_checkpoint
-from livedenoise.models.readers import open_movie
+from livedenoise.io.readers import open_movie
 
 
 def cli(*args):

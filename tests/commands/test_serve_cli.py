@@ -126,7 +126,7 @@ def test_serve_duration_stops_and_prints_final_stats(model):
 
 
 def test_sigterm_drains_flushes_and_prints_final_stats(tmp_path, model):
-    from livedenoise.stream.recorder import read_recording
+    from livedenoise.stream.sinks.recorder import read_recording
 
     i, o = endpoints()
     np.save(tmp_path / "movie.npy", np.full((12, 16, 16), 7, np.int16))

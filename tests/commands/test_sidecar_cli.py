@@ -31,10 +31,10 @@ def _free_pair():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from livedenoise.models import block_ephys
+    from livedenoise.models.nets import block_ephys
     from livedenoise.models.checkpoint import save_checkpoint
     from livedenoise.models.registry import build_network
-    from livedenoise.models.simulate_ephys import simulate_ephys
+    from livedenoise.sim.ephys import simulate_ephys
 
     d = tmp_path_factory.mktemp("cli_ephys")
     simulate_ephys(d / "rec", n_channels=C, duration=0.5, save_clean=False)
@@ -79,7 +79,7 @@ def test_sidecar_and_replay_from_the_command_line(setup, tmp_path):
     for key in ("latency_p50_ms", "lag_samples", "realtime_factor", "gaps", "restarts", "missing_channels", "uptime_s"):
         assert key in stats
     assert json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])["output_samples"] == 15000
-    from livedenoise.models.readers_ephys import open_recording
+    from livedenoise.io.readers_ephys import open_recording
 
     assert open_recording(tmp_path / "live" / "denoised").shape == (15000, C)
     assert open_recording(tmp_path / "live" / "raw").shape == (15000, C)

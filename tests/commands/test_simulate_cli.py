@@ -4,8 +4,8 @@ import sys
 
 import numpy as np
 
-from livedenoise.models.readers import open_movie
-from livedenoise.models.simulate import load_truth
+from livedenoise.io.readers import open_movie
+from livedenoise.sim.imaging import load_truth
 
 
 def cli(*args, cwd=None):

@@ -83,7 +83,7 @@ def test_missing_movie_and_bad_suffix(tmp_path, movie, capsys):
 
 
 def test_classic_tuned_against_a_simulate_truth_file(tmp_path):
-    sim_mod = pytest.importorskip("livedenoise.models.simulate")
+    sim_mod = pytest.importorskip("livedenoise.sim.imaging")
     sim = sim_mod.simulate_movie(sim_mod.SimConfig(frames=40, height=24, width=24, seed=3))
     path, truth = sim_mod.save_simulation(sim, tmp_path / "sim.npy")
     out = tmp_path / "c.pt"

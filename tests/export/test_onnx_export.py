@@ -8,7 +8,7 @@ import pytest
 
 from livedenoise.errors import UserError
 from livedenoise.export import parity
-from livedenoise.export.engine import CARD_KEY, OnnxRuntimeEngine, TorchEngine, read_onnx_card
+from livedenoise.export.engines.base import CARD_KEY, OnnxRuntimeEngine, TorchEngine, read_onnx_card
 from livedenoise.export.onnx_export import export_onnx, resolve_frame_shape
 from livedenoise.models.checkpoint import load_model
 from tests.export.checkpoints import MODELS, arch_present, make_checkpoint

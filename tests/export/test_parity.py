@@ -5,9 +5,7 @@ from livedenoise.errors import UserError
 from livedenoise.export import parity
 from livedenoise.models.card import ModelCard
 from livedenoise.models.norm import normalise
-from livedenoise.models import interp2d
-
-
+from livedenoise.models.nets import interp2d
 def card(pre=3, post=1, omission=0):
     return ModelCard("interp2d", interp2d.preset_params("lite"), "2p", pre, post, omission,
                      list(interp2d.window(pre, post, omission).offsets), norm_mean=10.0, norm_std=4.0)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import zmq
 
-from livedenoise.stream.protocol import FrameHeader, encode_control, encode_frame
+from livedenoise.stream.protocols.frames import FrameHeader, encode_control, encode_frame
 
 
 def free_endpoint() -> str:

@@ -11,8 +11,8 @@ from gui_helpers import Publisher, frame, free_endpoint, stats
 
 from livedenoise.cli import build_parser
 from livedenoise.commands.view import EPHYS_DENOISED, EPHYS_RAW, options
-from livedenoise.stream.openephys.zmq_interface import encode_data
-from livedenoise.stream.protocol import DEFAULT_INPUT, DEFAULT_OUTPUT
+from livedenoise.stream.protocols.zmq_interface import encode_data
+from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT
 
 
 def _env(**extra):

@@ -7,7 +7,7 @@ from gui_helpers import wait_until
 
 from livedenoise.gui.ephys import EphysWindow, minmax_decimate
 from livedenoise.gui.ephys_source import EphysRing, ZmqInterfaceSource, depth_order, neuropixels_positions
-from livedenoise.stream.openephys.zmq_interface import encode_data
+from livedenoise.stream.protocols.zmq_interface import encode_data
 
 RATE = 30000.0
 BLOCK = 300

@@ -227,7 +227,7 @@ def test_repaints_do_not_leak_references_to_none(qapp):
     """PySide6 6.12.0 dropped a reference to None/True on every repaint until Python aborted."""
     import sys
 
-    from livedenoise.stream.protocol import FrameHeader
+    from livedenoise.stream.protocols.frames import FrameHeader
 
     raw, den = FileFrameSource("raw", np.zeros((1, H, W), np.int16)), FileFrameSource("denoised", np.zeros((1, H, W)))
     win = ImagingWindow(raw, den)
@@ -260,7 +260,7 @@ def test_drawn_roi_appears_on_every_panel_moves_together_and_is_removed(qapp):
     from PySide6 import QtCore
 
     from livedenoise.gui.rois import RectRoi
-    from livedenoise.stream.protocol import FrameHeader
+    from livedenoise.stream.protocols.frames import FrameHeader
 
     raw = FileFrameSource("raw", np.zeros((1, H, W), np.int16))
     win = ImagingWindow(raw, None)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from livedenoise.models import baselines, cad3d, interp2d
+from livedenoise.models.nets import classic as baselines, cad3d, interp2d
 from livedenoise.models.card import ModelCard
 from livedenoise.models.registry import build_network, describe_receptive_field
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from livedenoise.errors import UserError
-from livedenoise.models import interp2d
+from livedenoise.models.nets import interp2d
 from livedenoise.models.card import FORMAT_VERSION, ModelCard
 from livedenoise.models.checkpoint import load_model, save_checkpoint
 

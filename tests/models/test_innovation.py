@@ -7,7 +7,7 @@ from scipy.ndimage import gaussian_filter
 from livedenoise.errors import UserError
 from livedenoise.models.card import ModelCard
 from livedenoise.models.innovation import InnovationConfig, InnovationStep, applies_to, config_for, tune
-from livedenoise.models.simulate import simulate_movie
+from livedenoise.sim.imaging import simulate_movie
 from livedenoise.models.window import WindowSpec
 
 

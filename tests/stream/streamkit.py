@@ -14,11 +14,11 @@ import pytest
 import torch
 import zmq
 
-from livedenoise.export.engine import Engine
-from livedenoise.models import interp2d
+from livedenoise.export.engines.base import Engine
+from livedenoise.models.nets import interp2d
 from livedenoise.models.card import ModelCard
 from livedenoise.models.checkpoint import save_checkpoint
-from livedenoise.stream.protocol import decode, encode_control
+from livedenoise.stream.protocols.frames import decode, encode_control
 from livedenoise.stream.replay import open_publisher, wait_for_subscriber
 from livedenoise.stream.service import ServeConfig, Service
 
@@ -41,8 +41,7 @@ def lite_card(pre: int = 3, post: int = 0, mean: float = 100.0, std: float = 20.
 def make_checkpoint(path, pre=3, post=0, seed=0, arch="interp2d", **kw):
     """A random-init checkpoint: interp2d lite, or DeepCAD-RT (`arch="cad3d"`)."""
     if arch == "cad3d":
-        from livedenoise.models import cad3d
-
+        from livedenoise.models.nets import cad3d
         card = ModelCard("cad3d", cad3d.preset_params("rt"), "2p", pre, post, 0,
                          list(cad3d.window(pre, post, 0).offsets), norm_mean=kw.get("mean", 100.0),
                          norm_std=kw.get("std", 20.0))
@@ -153,7 +152,7 @@ class Collector:
         return False
 
     def frames(self):
-        from livedenoise.stream.protocol import FrameMessage
+        from livedenoise.stream.protocols.frames import FrameMessage
 
         return [m for m, _ in self.messages if isinstance(m, FrameMessage)]
 
@@ -186,7 +185,7 @@ class RawPublisher:
 
 
 def frame_parts(frame: int, img: np.ndarray, t: float | None = None, channel: int = 1, plane: int = 1):
-    from livedenoise.stream.protocol import FrameHeader, encode_frame
+    from livedenoise.stream.protocols.frames import FrameHeader, encode_frame
 
     h = FrameHeader(frame=frame, t=frame / 30 if t is None else t, shape=img.shape, dtype=str(img.dtype),
                     channel=channel, plane=plane, source="test")

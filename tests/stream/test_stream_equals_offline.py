@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from streamkit import Collector, RunningService, cfg_factory, make_checkpoint  # noqa: F401
 
-from livedenoise.export.engine import TorchEngine
-from livedenoise.models.denoise import denoise_array, denoise_file
-from livedenoise.stream.recorder import read_recording
+from livedenoise.export.engines.base import TorchEngine
+from livedenoise.stream.offline import denoise_array, denoise_file
+from livedenoise.stream.sinks.recorder import read_recording
 from livedenoise.stream.replay import replay_movie
 from livedenoise.stream.service import estimate_norm
 
@@ -107,7 +107,7 @@ def test_renorm_uses_the_first_n_frames_of_the_acquisition(tmp_path, movie, cfg_
 
 def test_scanimage_tiff_streams_equal_offline_per_channel_and_plane(tmp_path, cfg_factory):
     """Two channels x two planes: ScanImage numbers every plane as a frame (frame_step 2), nothing is 'dropped'."""
-    from livedenoise.models.scanimage_tiff import write_scanimage_tiff
+    from livedenoise.io.scanimage_tiff import write_scanimage_tiff
 
     rng = np.random.default_rng(5)
     data = rng.integers(0, 400, (10, 2, 2, 16, 24)).astype(np.int16)  # (t, z, c, H, W)

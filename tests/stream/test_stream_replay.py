@@ -35,7 +35,7 @@ def test_loop_keeps_counting_frames_until_stopped(tmp_path):
 
 
 def test_scanimage_source_publishes_every_stream_paced_by_its_times(tmp_path):
-    from livedenoise.models.scanimage_tiff import write_scanimage_tiff
+    from livedenoise.io.scanimage_tiff import write_scanimage_tiff
 
     data = np.zeros((6, 1, 2, 3, 4), np.int16)  # (T, Z, C, H, W)
     for k in range(6):

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streamkit import MeanEngine, RawPublisher, RunningService, cfg_factory, frame_parts, lite_card  # noqa: F401
 
-from livedenoise.stream.protocol import DTYPES, ProtocolError, decode
-from livedenoise.stream.receiver import Receiver, StreamTable
-from livedenoise.stream.recorder import read_recording
+from livedenoise.stream.protocols.frames import DTYPES, ProtocolError, decode
+from livedenoise.stream.sources.frames import Receiver, StreamTable
+from livedenoise.stream.sinks.recorder import read_recording
 from livedenoise.stream.stats import ServiceStats
 
 # ---------------------------------------------------------------- malformed message strategies
@@ -283,7 +283,7 @@ def test_tiff_recording_holds_frames_numbers_and_times(tmp_path, cfg_factory):
 
 
 def test_a_recorder_that_cannot_keep_up_says_so_in_the_stats(tmp_path, caplog):
-    from livedenoise.stream.recorder import Recorder
+    from livedenoise.stream.sinks.recorder import Recorder
 
     stats = ServiceStats()
     rec = Recorder(tmp_path / "rec", max_queue_mb=0.01, stats=stats)  # 10 KB of queue: a 16 KB frame never fits

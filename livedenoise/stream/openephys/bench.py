@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 
 
 def _encoded_blocks(C: int, block: int, n_blocks: int, rate: float):
-    from livedenoise.stream.openephys.zmq_interface import DataEncoder
+    from livedenoise.stream.protocols.zmq_interface import DataEncoder
 
     enc = DataEncoder("ProbeA-AP", [f"CH{k + 1}" for k in range(C)], rate)
     data = (np.random.default_rng(0).standard_normal((C, block)) * 20).astype(np.float32)
@@ -59,8 +59,8 @@ def _encoded_blocks(C: int, block: int, n_blocks: int, rate: float):
 
 def bench_ingest(C: int = 384, block: int = 1024, seconds: float = 2.0, rate: float = 30000.0) -> dict:
     """decode + assemble on this thread, messages pre-encoded (what the receiver thread does per message)."""
-    from livedenoise.stream.openephys.ingest import BlockAssembler
-    from livedenoise.stream.openephys.zmq_interface import decode
+    from livedenoise.stream.sources.openephys import BlockAssembler
+    from livedenoise.stream.protocols.zmq_interface import decode
 
     n_blocks = max(2, int(seconds * rate / block))
     msgs = _encoded_blocks(C, block, n_blocks, rate)
@@ -110,7 +110,7 @@ def bench_ingest_zmq(C: int = 384, block: int = 1024, seconds: float = 2.0, rate
     import queue
     import threading
 
-    from livedenoise.stream.openephys.ingest import Block, Receiver
+    from livedenoise.stream.sources.openephys import Block, Receiver
 
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -150,8 +150,7 @@ def bench_ingest_zmq(C: int = 384, block: int = 1024, seconds: float = 2.0, rate
 
 
 def _card(spec: str, C: int):
-    from livedenoise.models import block_ephys, interp_ephys
-
+    from livedenoise.models.nets import block_ephys, interp_ephys
     arch, _, preset = spec.partition(":")
     if arch == "block-ephys":
         return block_ephys.make_card(C, 30, 30, 1, preset or "fast", norm_std=20.0)
@@ -164,9 +163,9 @@ def bench_model(spec: str, backend: str, C: int = 384, block: int = 1024, second
                 rate: float = 30000.0, threads: int | None = None, workdir: str | None = None) -> dict:
     import torch
 
-    from livedenoise.export.engine import open_engine
+    from livedenoise.export.engines.base import open_engine
     from livedenoise.models.checkpoint import save_checkpoint
-    from livedenoise.models.denoise_ephys import EphysStream
+    from livedenoise.stream.ephys import EphysStream
     from livedenoise.models.registry import build_network
 
     card = _card(spec, C)

@@ -19,22 +19,8 @@ import time
 import zmq
 
 from livedenoise.errors import UserError
-from livedenoise.stream.openephys.zmq_interface import DEFAULT_DATA_PORT, DataEncoder, encode_ttl
-from livedenoise.stream.openephys.zmq_out import HeartbeatResponder
-
-
-def add_arguments(group) -> None:
-    """Options of `replay openephys` (added to the shared replay parser)."""
-    group.add_argument("--port", type=int, default=DEFAULT_DATA_PORT, help="data port (PUB); heartbeats on port + 1")
-    group.add_argument("--host", default="127.0.0.1", help="address to bind (use * for every interface, as the plugin)")
-    group.add_argument("--block", type=int, default=1024, help="samples per block (the GUI's buffer size)")
-    group.add_argument("--speed", type=float, default=1.0, help="pace at SPEED x the sample rate; 0 = as fast as possible")
-    group.add_argument("--stream", default=None, help="Open Ephys stream to publish (name or index; default the first)")
-    group.add_argument("--stream-name", default=None, help="stream name in the messages (default the recording's)")
-    group.add_argument("--channels", type=int, default=None, help="channel count of a flat .dat file")
-    group.add_argument("--sample-rate", type=float, default=None, help="sample rate of a flat .dat file (default 30000)")
-    group.add_argument("--seconds", type=float, default=None, help="publish only the first SECONDS of the recording")
-    group.add_argument("--ttl-every", type=float, default=0.0, metavar="S", help="also send a TTL event every S seconds")
+from livedenoise.stream.protocols.zmq_interface import DEFAULT_DATA_PORT, DataEncoder, encode_ttl
+from livedenoise.stream.sinks.zmq_interface_out import HeartbeatResponder
 
 
 class OpenEphysReplay:
@@ -121,7 +107,7 @@ def run(args) -> int:
     """Entry point for `livedenoise replay openephys RECORDING`."""
     import signal
 
-    from livedenoise.models.readers_ephys import open_recording
+    from livedenoise.io.readers_ephys import open_recording
 
     rec = open_recording(args.path, stream=getattr(args, "stream", None), channels=getattr(args, "channels", None),
                          sample_rate=getattr(args, "sample_rate", None))

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from livedenoise.models.denoise_ephys import EphysStream, open_ephys_engine
-from livedenoise.stream.openephys.ingest import Block, Receiver, Restart
+from livedenoise.stream.ephys import EphysStream, open_ephys_engine
+from livedenoise.stream.sources.openephys import Block, Receiver, Restart
 
 log = logging.getLogger("livedenoise.stream.openephys")
 
@@ -111,12 +111,12 @@ class Sidecar:
                                  idle_flush_s=cfg.idle_flush_s, ctx=self.ctx, max_pending=cfg.max_pending)
         self.socket = None
         if cfg.socket_port is not None:
-            from livedenoise.stream.openephys.ephys_socket import EphysSocketServer
+            from livedenoise.stream.sinks.ephys_socket import EphysSocketServer
 
             self.socket = EphysSocketServer(cfg.socket_port, cfg.socket_host, cfg.socket_samples)
         self.zout = None
         if cfg.zmq_output:
-            from livedenoise.stream.openephys.zmq_out import ZmqInterfaceOutput
+            from livedenoise.stream.sinks.zmq_interface_out import ZmqInterfaceOutput
 
             self.zout = ZmqInterfaceOutput(cfg.zmq_output, self.ctx, stream_name=cfg.zmq_stream_name)
         self.stats = SidecarStats()
@@ -293,7 +293,7 @@ class Sidecar:
         if self.zout is not None:
             self.zout.configure(first.stream, self.names, first.sample_rate)
         if self.cfg.record:
-            from livedenoise.models.writers_ephys import BinaryWriter
+            from livedenoise.io.writers_ephys import BinaryWriter
 
             root = Path(self.cfg.record)
             if self.stats.segments > 1:

@@ -3,11 +3,11 @@
 This folder ships the MATLAB/Octave side (``livedenoise_*.m``): ScanImage user
 functions for the ``acqModeStart``, ``frameAcquired``, ``acqDone`` and
 ``acqAbort`` events that publish every saved channel and plane over a ZeroMQ
-PUB socket (JeroMQ) in the imaging wire protocol (`livedenoise.stream.protocol`).
+PUB socket (JeroMQ) in the imaging wire protocol (`livedenoise.stream.protocols.frames`).
 Add `matlab_path()` to the MATLAB path (`livedenoise scanimage-path` prints it);
 set-up steps are in docs/scanimage.md.
 
-`tiff_source.scanimage_acquisition(path)` replays a ScanImage TIFF as the same
+`livedenoise.stream.sources.scanimage_tiff.scanimage_acquisition(path)` replays a ScanImage TIFF as the same
 stream (start metadata + frames de-interleaved by channel and plane).
 """
 

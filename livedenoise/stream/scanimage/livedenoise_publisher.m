@@ -18,7 +18,7 @@ function out = livedenoise_publisher(cmd, varargin)
 %   Environment variables LIVEDENOISE_ENDPOINT and LIVEDENOISE_JEROMQ_JAR set
 %   the defaults.
 %
-%   Wire protocol (livedenoise/stream/protocol.py): multipart [topic, JSON header,
+%   Wire protocol (livedenoise/stream/protocols/frames.py): multipart [topic, JSON header,
 %   payload], topics 'start' / 'frame' / 'stop', little-endian payload.
 %
 %   The socket is created once and kept (root appdata 'livedenoise_scanimage'),

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from livedenoise.models import block_ephys, interp_ephys
+from livedenoise.models.nets import block_ephys, interp_ephys
 from livedenoise.models.checkpoint import save_checkpoint
 from livedenoise.models.registry import build_network
-from livedenoise.models.simulate_ephys import simulate_ephys
+from livedenoise.sim.ephys import simulate_ephys
 
 C = 16
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import zmq
 
-from livedenoise.models.denoise_ephys import denoise_recording, open_ephys_engine
-from livedenoise.models.readers_ephys import open_recording
-from livedenoise.stream.openephys.ephys_socket import HEADER, read_packet
+from livedenoise.stream.ephys import denoise_recording, open_ephys_engine
+from livedenoise.io.readers_ephys import open_recording
+from livedenoise.stream.sinks.ephys_socket import HEADER, read_packet
 from livedenoise.stream.openephys.replay import OpenEphysReplay
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
-from livedenoise.stream.openephys.zmq_interface import decode
+from livedenoise.stream.protocols.zmq_interface import decode
 
 
 class SocketClient(threading.Thread):
@@ -140,7 +140,7 @@ def test_replay_through_sidecar_equals_offline_denoise(arch, small_recording, ti
 
 
 def _float_reference(rec, model):
-    from livedenoise.models.denoise_ephys import denoise_array
+    from livedenoise.stream.ephys import denoise_array
 
     return denoise_array(open_ephys_engine(model, "torch"), rec.read())
 

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import zmq
 
-from livedenoise.stream.openephys.ephys_socket import read_packet
+from livedenoise.stream.sinks.ephys_socket import read_packet
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
-from livedenoise.stream.openephys.zmq_interface import DATA, DataEncoder, encode_ttl
-from livedenoise.stream.openephys.zmq_out import HeartbeatResponder
+from livedenoise.stream.protocols.zmq_interface import DATA, DataEncoder, encode_ttl
+from livedenoise.stream.sinks.zmq_interface_out import HeartbeatResponder
 
 C, N, BLOCKS = 16, 500, 24
 
@@ -123,14 +123,14 @@ def test_restarted_acquisition_and_message_gaps_do_not_stall(tiny_models, ports,
     assert stats["restarts"] == 1 and stats["segments"] == 2
     assert stats["gaps"] == 5
     assert stats["samples_in"] == 12 * N and stats["output_samples"] == 12 * N
-    from livedenoise.models.readers_ephys import open_recording
+    from livedenoise.io.readers_ephys import open_recording
 
     assert open_recording(tmp_path / "rec" / "denoised").n_samples == 6 * N
     assert open_recording(tmp_path / "rec" / "segment2" / "denoised").n_samples == 6 * N
 
 
 def test_an_engine_too_slow_for_the_stream_skips_old_data_instead_of_growing_memory(tiny_models, ports):
-    from livedenoise.models.denoise_ephys import open_ephys_engine
+    from livedenoise.stream.ephys import open_ephys_engine
 
     class Slow:
         def __init__(self, eng):

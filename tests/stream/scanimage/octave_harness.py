@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livedenoise.stream.protocol import ControlMessage, FrameMessage, decode
+from livedenoise.stream.protocols.frames import ControlMessage, FrameMessage, decode
 from livedenoise.stream.scanimage import matlab_path
 
 HERE = Path(__file__).resolve().parent

@@ -1,0 +1,465 @@
+"""ScanImage TIFFs: channels and planes de-interleaved from the file's own metadata.
+
+ScanImage (2016 and later) logs one TIFF page per channel per frame, channels
+fastest, then the frames of a slice, then the planes (plus any flyback frames)
+of a volume, then volumes. Its static metadata (`SI.hChannels.channelSave`,
+`SI.hStackManager.numSlices` / `actualNumSlices`, `framesPerSlice`,
+`numFramesPerVolumeWithFlyback`, ...) says how; each page's ImageDescription
+carries that frame's `frameNumbers` and `frameTimestamps_sec`. tifffile parses
+both (`TiffFile.scanimage_metadata`).
+
+`open_scanimage_movie(path, channel, plane)` gives one (channel, plane) stream
+as a `Movie` (T, lines, pixels) with per-frame `frame_numbers` and
+`frame_timestamps` (s). Channel numbers are ScanImage's channel IDs (1-4);
+planes count from 1 in acquisition order. A file holding several channels or
+planes needs `--channel` / `--plane`: no stream is picked silently (denoising
+the red structural channel instead of the green activity channel wastes a
+training run); the error lists what the file holds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livedenoise.errors import UserError
+from livedenoise.io.readers import Movie, _first_line, _quiet_tifffile
+
+_FRAME_NO = re.compile(r'frameNumbers"?\s*[=:]\s*(\d+)')
+_TIMESTAMP = re.compile(r'frameTimestamps_sec"?\s*[=:]\s*([-+0-9.eEinfINFnaN]+)')
+
+
+def _frame_stamp(desc: str) -> tuple[int, float]:
+    """(frame number, timestamp in s) from a ScanImage page description; -1 / NaN where absent or garbled."""
+    m = _FRAME_NO.search(desc)
+    number = int(m.group(1)) if m else -1
+    m = _TIMESTAMP.search(desc)
+    try:
+        stamp = float(m.group(1)) if m else np.nan
+    except ValueError:
+        stamp = np.nan
+    return number, stamp
+
+
+def is_scanimage_tiff(path: str | os.PathLike) -> bool:
+    """True when `path` is a TIFF that ScanImage wrote (its pages carry ScanImage metadata)."""
+    import tifffile
+
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            return bool(tif.is_scanimage)
+    except Exception:
+        return False
+
+
+@dataclass
+class ScanImageLayout:
+    """How a ScanImage TIFF's pages map onto (channel, plane, frame)."""
+
+    path: Path
+    version: int
+    channels: list[int]
+    """Saved channel IDs (SI.hChannels.channelSave), in page order."""
+    planes: int
+    """Planes per volume holding data (flyback frames excluded)."""
+    frames_per_volume: int
+    """Logged frames per volume, flyback frames included (1 for a single plane)."""
+    frames_per_slice: int
+    """Consecutive frames of one plane (a slow stack); 1 for fast-z volumes and time series."""
+    shape: tuple[int, int]
+    dtype: np.dtype
+    frame_rate: float
+    volume_rate: float
+    zoom: float
+    z: list[float]
+    n_pages: int
+    frame_numbers: np.ndarray
+    """Per page: frameNumbers from its description (-1 where missing)."""
+    timestamps: np.ndarray
+    """Per page: frameTimestamps_sec (NaN where missing)."""
+    offsets: np.ndarray | None
+    """Per page: byte offset of its pixels when every page is one uncompressed block."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # page p -> channel index, plane (1-based, 0 = flyback), time index
+    def page_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p = np.arange(self.n_pages)
+        n_c = len(self.channels)
+        ch = p % n_c
+        f = p // n_c
+        fps, per_vol = self.frames_per_slice, self.frames_per_volume
+        if fps > 1:  # slow stack: all frames of plane 1, then plane 2, ...
+            block = fps * per_vol
+            plane0 = (f // fps) % per_vol
+            t = (f // block) * fps + f % fps
+        else:
+            plane0 = f % per_vol
+            t = f // per_vol
+        plane = plane0 + 1
+        plane[plane0 >= self.planes] = 0  # flyback frames
+        return ch, plane, t
+
+    def pages_of(self, channel_index: int, plane: int) -> np.ndarray:
+        ch, pl, _ = self.page_plan()
+        return np.flatnonzero((ch == channel_index) & (pl == plane))
+
+    def describe_streams(self) -> str:
+        chans = ", ".join(map(str, self.channels))
+        planes = "plane 1" if self.planes == 1 else f"planes 1-{self.planes}"
+        return f"channel{'s' if len(self.channels) > 1 else ''} {chans} and {planes}"
+
+
+def _as_list(v) -> list:
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        out = []
+        for x in v:
+            out.extend(_as_list(x))
+        return out
+    return [v]
+
+
+def _num(meta: dict, key: str, default=None):
+    v = meta.get(key, default)
+    if isinstance(v, (list, tuple)):
+        flat = _as_list(v)
+        v = flat[0] if flat else default
+    try:
+        return float(v) if v is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def read_layout(path: str | os.PathLike, tif=None) -> ScanImageLayout:
+    """Parse a ScanImage TIFF's metadata and page table; UserError when it is not one."""
+    import tifffile
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; check the path")
+    own = tif is None
+    try:
+        with _quiet_tifffile():
+            if own:
+                tif = tifffile.TiffFile(path)
+            try:
+                return _read_layout(path, tif)
+            finally:
+                if own:
+                    tif.close()
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable ScanImage TIFF (truncated or corrupt?): {_first_line(exc)}") from None
+
+
+def _frame_data(tif) -> tuple[dict, int]:
+    meta = tif.scanimage_metadata or {}
+    frame = dict(meta.get("FrameData") or {})
+    version = int(meta.get("version") or 0)
+    if not frame:
+        # Pages carry the same frame data in their Software tag.
+        from tifffile.tifffile import matlabstr2py
+
+        soft = tif.pages.first.software or ""
+        if soft.startswith("SI."):
+            frame = matlabstr2py(soft)
+    if not frame:
+        desc = tif.pages.first.description or ""
+        if "scanimage.SI" in desc:  # ScanImage 5 kept it in the description
+            from tifffile.tifffile import matlabstr2py
+
+            raw = matlabstr2py(desc)
+            frame = {k.replace("scanimage.SI.", "SI.").replace("scanimage.SI5.", "SI."): v for k, v in raw.items()}
+    if version == 0:
+        version = int(_num(frame, "SI.TIFF_FORMAT_VERSION", 3) or 3)
+    return frame, version
+
+
+def _read_layout(path: Path, tif) -> ScanImageLayout:
+    if not tif.is_scanimage:
+        raise UserError(
+            f"{path} has no ScanImage metadata (no SI.* frame data in its header or pages); "
+            "it is a plain TIFF, not a ScanImage recording"
+        )
+    meta, version = _frame_data(tif)
+    if "SI.hChannels.channelSave" not in meta:
+        raise UserError(f"{path}: its ScanImage metadata has no SI.hChannels.channelSave; cannot tell its channels apart")
+    channels = [int(c) for c in _as_list(meta["SI.hChannels.channelSave"])]
+    if not channels:
+        raise UserError(f"{path}: SI.hChannels.channelSave is empty; the file holds no saved channel")
+    stack_on = meta.get("SI.hStackManager.enable", True)
+    planes = _num(meta, "SI.hStackManager.actualNumSlices")
+    if planes is None:
+        planes = _num(meta, "SI.hStackManager.slicesPerAcq")
+    if planes is None:
+        planes = _num(meta, "SI.hStackManager.numSlices", 1)
+    planes = int(planes or 1) if stack_on is not False else 1
+    planes = max(planes, 1)
+    avg = _num(meta, "SI.hScan2D.logAverageFactor", 1) or 1
+    fps = _num(meta, "SI.hStackManager.framesPerSlice", 1)
+    if fps is None or not np.isfinite(fps):
+        fps = 1
+    fps = max(int(fps // max(avg, 1)), 1)
+    per_volume = planes
+    if planes > 1 and fps == 1:
+        if version >= 4:
+            with_fb = _num(meta, "SI.hStackManager.numFramesPerVolumeWithFlyback")
+        else:
+            discard = bool(meta.get("SI.hFastZ.discardFlybackFrames", False))
+            with_fb = None if discard else _num(meta, "SI.hFastZ.numFramesPerVolume")
+        if with_fb is not None and np.isfinite(with_fb) and int(with_fb) >= planes:
+            per_volume = int(with_fb)
+    if planes == 1:
+        fps = 1  # a time series: frame order is just time
+    z = [float(v) for v in _as_list(meta.get("SI.hStackManager.zs", []))]
+    if len(z) != planes:
+        z = []
+    frame_rate = _num(meta, "SI.hRoiManager.scanFrameRate", 0.0) or 0.0
+    volume_rate = _num(meta, "SI.hRoiManager.scanVolumeRate")
+    if volume_rate is None or planes == 1:
+        volume_rate = frame_rate / per_volume if per_volume else frame_rate
+    zoom = _num(meta, "SI.hRoiManager.scanZoomFactor", 1.0) or 1.0
+
+    pages = tif.pages
+    pages.cache = False
+    first = pages.first
+    page_shape = tuple(int(s) for s in first.shape)
+    if len(page_shape) != 2:
+        raise UserError(f"{path}: pages of shape {page_shape} are not single-channel frames")
+    dtype = np.dtype(first.dtype)
+    if dtype.kind not in "iuf":
+        raise UserError(f"{path}: sample type {dtype} is not supported (need integers or floats)")
+    common = dict(path=path, version=version, channels=channels, planes=planes, frames_per_volume=per_volume,
+                  frames_per_slice=fps, shape=page_shape, dtype=dtype, frame_rate=float(frame_rate),
+                  volume_rate=float(volume_rate), zoom=float(zoom), z=z, metadata=meta)
+    fast = _walk_bigtiff(path, page_shape, dtype) if tif.is_bigtiff and tif.byteorder == "<" else None
+    if fast is not None:
+        numbers, stamps, offsets = fast
+        return ScanImageLayout(n_pages=len(numbers), frame_numbers=numbers, timestamps=stamps,
+                               offsets=offsets, **common)
+    numbers, stamps, offsets = [], [], []
+    contiguous = True
+    frame_bytes = page_shape[0] * page_shape[1] * dtype.itemsize
+    size = path.stat().st_size
+    for page in pages:
+        desc = page.description or ""
+        number, stamp = _frame_stamp(desc)
+        numbers.append(number)
+        stamps.append(stamp)
+        if tuple(page.shape) != page_shape or np.dtype(page.dtype) != dtype:
+            raise UserError(f"{path}: its pages differ in size or sample type; not a ScanImage recording livedenoise can read")
+        if contiguous:
+            offs, counts = list(page.dataoffsets), list(page.databytecounts)
+            ok = (
+                page.compression == 1 and page.predictor == 1 and page.fillorder == 1
+                and sum(counts) == frame_bytes
+                and all(b == a + c for a, c, b in zip(offs, counts, offs[1:]))
+            )
+            if ok:
+                if offs[0] + frame_bytes > size:
+                    raise UserError(f"{path} is truncated: page {len(offsets)} points past the end of the file")
+                offsets.append(offs[0])
+            else:
+                contiguous = False
+    n_pages = len(numbers)
+    if n_pages == 0:
+        raise UserError(f"{path} contains no images")
+    return ScanImageLayout(
+        n_pages=n_pages, frame_numbers=np.asarray(numbers, np.int64), timestamps=np.asarray(stamps, np.float64),
+        offsets=np.asarray(offsets, np.int64) if contiguous else None, **common,
+    )
+
+
+def _walk_bigtiff(path: Path, shape: tuple[int, int], dtype: np.dtype):
+    """Page table of a little-endian BigTIFF whose pages are single uncompressed strips.
+
+    Reads only each IFD and its ImageDescription (not the large Software and
+    Artist tags that ScanImage repeats on every page): tens of thousands of
+    pages in about a second. None when a page does not fit that pattern (the
+    caller then lets tifffile read every page).
+    """
+    import struct
+
+    size = path.stat().st_size
+    frame_bytes = shape[0] * shape[1] * dtype.itemsize
+    numbers: list[int] = []
+    stamps: list[float] = []
+    offsets: list[int] = []
+    seen = set()
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if len(head) < 16 or head[:4] != b"II+\0":
+            return None
+        ifd = struct.unpack_from("<Q", head, 8)[0]
+        while ifd:
+            if ifd in seen or ifd + 8 > size:
+                return None
+            seen.add(ifd)
+            fh.seek(ifd)
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return None
+            n = struct.unpack("<Q", raw)[0]
+            if n > 4096:
+                return None
+            block = fh.read(n * 20 + 8)
+            if len(block) < n * 20 + 8:
+                return None
+            tags = {}
+            for k in range(n):
+                tag, typ, count = struct.unpack_from("<HHQ", block, k * 20)
+                tags[tag] = (typ, count, block[k * 20 + 12:k * 20 + 20])
+            ifd = struct.unpack_from("<Q", block, n * 20)[0]
+
+            def value(tag, default=None):
+                if tag not in tags:
+                    return default
+                typ, count, raw8 = tags[tag]
+                if count != 1:
+                    return None
+                fmt = {3: "<H", 4: "<I", 16: "<Q"}.get(typ)
+                return struct.unpack_from(fmt, raw8)[0] if fmt else None
+
+            if (value(256) != shape[1] or value(257) != shape[0] or value(259, 1) != 1
+                    or value(317, 1) != 1 or value(266, 1) != 1 or value(277, 1) != 1
+                    or value(258) != dtype.itemsize * 8 or value(279) != frame_bytes):
+                return None
+            off = value(273)
+            if off is None or off + frame_bytes > size:
+                return None
+            desc = ""
+            if 270 in tags:
+                typ, count, raw8 = tags[270]
+                if count <= 8:
+                    desc = raw8[:count].decode("latin-1")
+                else:
+                    here = fh.tell()
+                    fh.seek(struct.unpack_from("<Q", raw8)[0])
+                    desc = fh.read(min(count, 1 << 16)).decode("latin-1")
+                    fh.seek(here)
+            number, stamp = _frame_stamp(desc)
+            numbers.append(number)
+            stamps.append(stamp)
+            offsets.append(off)
+    if not offsets:
+        return None
+    return np.asarray(numbers, np.int64), np.asarray(stamps, np.float64), np.asarray(offsets, np.int64)
+
+
+class PageReader:
+    """Reads single pages of a ScanImage TIFF by index (memory-mapped when possible)."""
+
+    def __init__(self, layout: ScanImageLayout):
+        self.layout = layout
+        self._mm = None
+        self._tif = None
+        if layout.offsets is not None:
+            self._mm = np.memmap(layout.path, dtype=np.uint8, mode="r")
+        else:
+            import tifffile
+
+            self._tif = tifffile.TiffFile(layout.path)
+
+    def read(self, page: int) -> np.ndarray:
+        """Page `page` as a new (lines, pixels) array in native byte order."""
+        lay = self.layout
+        try:
+            if self._mm is not None:
+                off = int(lay.offsets[page])
+                n = lay.shape[0] * lay.shape[1] * lay.dtype.itemsize
+                raw = np.frombuffer(self._mm[off:off + n], dtype=lay.dtype).reshape(lay.shape)
+                return raw.astype(lay.dtype.newbyteorder("="), copy=True)
+            with _quiet_tifffile():
+                return np.asarray(self._tif.pages[page].asarray(maxworkers=1)).reshape(lay.shape).astype(
+                    lay.dtype.newbyteorder("="), copy=False)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{lay.path}: cannot read page {page} ({_first_line(exc)}); the file may be truncated or corrupt") from None
+
+    def close(self) -> None:
+        if self._mm is not None:
+            mm = getattr(self._mm, "_mmap", None)
+            self._mm = None
+            if mm is not None:
+                try:
+                    mm.close()
+                except Exception:
+                    pass
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+
+class ScanImageMovie(Movie):
+    """One (channel, plane) stream of a ScanImage TIFF as a (T, lines, pixels) movie."""
+
+    def __init__(self, layout: ScanImageLayout, channel: int, plane: int):
+        self.layout = layout
+        self.path = layout.path
+        self.channel = int(channel)
+        self.plane = int(plane)
+        self.pages = layout.pages_of(layout.channels.index(self.channel), self.plane)
+        self.shape = (int(len(self.pages)), *layout.shape)  # type: ignore[assignment]
+        self.dtype = layout.dtype.newbyteorder("=")
+        self.memmapped = layout.offsets is not None
+        self.frame_numbers = layout.frame_numbers[self.pages]
+        """ScanImage frameNumbers of each frame (from the page descriptions; -1 if missing)."""
+        self.frame_timestamps = layout.timestamps[self.pages]
+        """frameTimestamps_sec of each frame (s since the acquisition started; NaN if missing)."""
+        self._reader = PageReader(layout)
+
+    @property
+    def frame_rate(self) -> float:
+        """Rate of this stream's frames (the volume rate for a multi-plane file)."""
+        return self.layout.volume_rate if self.layout.planes > 1 else self.layout.frame_rate
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = self._check_range(start, stop)
+        out = np.empty((stop - start, *self.shape[1:]), self.dtype)
+        for k in range(start, stop):
+            out[k - start] = self._reader.read(int(self.pages[k]))
+        return out
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def describe(self) -> str:
+        return f"{super().describe()} (ScanImage channel {self.channel}, plane {self.plane})"
+
+
+def open_scanimage_movie(path: str | os.PathLike, channel: int | None = None, plane: int | None = None) -> ScanImageMovie:
+    """The (channel, plane) stream of a ScanImage TIFF; see the module docstring for the rules."""
+    layout = read_layout(path)
+    name = layout.path.name
+    if channel is None:
+        if len(layout.channels) > 1:
+            raise UserError(
+                f"{name} holds {layout.describe_streams()}; pick a channel with --channel "
+                f"(one of {', '.join(map(str, layout.channels))})"
+            )
+        channel = layout.channels[0]
+    elif int(channel) not in layout.channels:
+        raise UserError(
+            f"{name} has no channel {channel}: ScanImage saved channel{'s' if len(layout.channels) > 1 else ''} "
+            f"{', '.join(map(str, layout.channels))} (SI.hChannels.channelSave)"
+        )
+    if plane is None:
+        if layout.planes > 1:
+            raise UserError(f"{name} holds {layout.describe_streams()}; pick a plane with --plane (1-{layout.planes})")
+        plane = 1
+    elif not 1 <= int(plane) <= layout.planes:
+        avail = "plane 1 only" if layout.planes == 1 else f"planes 1-{layout.planes}"
+        raise UserError(f"{name} has no plane {plane}: it holds {avail} (SI.hStackManager.numSlices)")
+    movie = ScanImageMovie(layout, int(channel), int(plane))
+    if len(movie) == 0:
+        movie.close()
+        raise UserError(f"{name} holds no frame of channel {channel}, plane {plane}")
+    return movie

@@ -1,0 +1,128 @@
+"""DeepInterpolation's Neuropixels network (Lecoq et al. 2021), `interp-ephys`.
+
+One pass predicts ONE sample of every channel from `pre` samples before and
+`post` after, with the sample itself and `omission` neighbours on each side
+hidden (DI: pre = post = 30, omission 1, so 3 centre samples are hidden).
+
+Layouts (how the C channels of one sample become a 2D frame):
+- `checkerboard` (DI): C x 2; even channels in column 0 of even rows, odd
+  channels in column 1 of odd rows, zeros elsewhere (the probe's staggered sites).
+- `dense`: ceil(C/2) x 2; channel c at row c // 2, column c % 2.
+
+Engine contract, as for every per-frame model: input (B, pre+post, rows, 2)
+normalised windows, output (B, 1, rows, 2); the engine returns (B, rows, 2) and
+`from_frames` turns that back into (B, C). Any channel count works.
+
+Network: DI's `unet_single_ephys_1024` shape: 2D U-Net, (3, 2) convs + ReLU,
+widths 64-128-256-512-1024, max-pool (2, 1) along the probe only, nearest
+upsampling (2, 1), concat skips, 1x1 linear output. Trained with L2 on the
+occupied sites only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from livedenoise.models.nets.interp2d import UNet2d
+from livedenoise.models.window import WindowSpec
+
+ARCH = "interp-ephys"
+LAYOUTS = ("checkerboard", "dense")
+PRESETS: dict[str, dict] = {
+    "di": {"widths": [64, 128, 256, 512, 1024], "convs": 1},
+    "lite": {"widths": [16, 32, 64], "convs": 2},
+}
+DEFAULTS = {"pre": 30, "post": 30, "omission": 1}
+
+
+def window(pre: int, post: int, omission: int) -> WindowSpec:
+    return WindowSpec.interp(pre, post, omission)
+
+
+def preset_params(preset: str, layout: str = "checkerboard") -> dict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown interp-ephys preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown ephys layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    return {"preset": preset, **PRESETS[preset], "layout": layout}
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def frame_shape(n_channels: int, layout: str) -> tuple[int, int]:
+    if layout == "checkerboard":
+        return (n_channels, 2)
+    if layout == "dense":
+        return ((n_channels + 1) // 2, 2)
+    raise ValueError(f"unknown ephys layout {layout!r}")
+
+
+def site_mask(n_channels: int, layout: str) -> np.ndarray:
+    """(rows, 2) bool: True where a channel sits."""
+    rows, _ = frame_shape(n_channels, layout)
+    m = np.zeros((rows, 2), bool)
+    r, c = _positions(n_channels, layout)
+    m[r, c] = True
+    return m
+
+
+def _positions(n_channels: int, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(n_channels)
+    if layout == "checkerboard":
+        return k, k % 2
+    return k // 2, k % 2
+
+
+def to_frames(samples: np.ndarray, layout: str) -> np.ndarray:
+    """(..., C) -> (..., rows, 2) with zeros where no channel sits."""
+    c = samples.shape[-1]
+    rows, _ = frame_shape(c, layout)
+    out = np.zeros(samples.shape[:-1] + (rows, 2), np.float32)
+    r, col = _positions(c, layout)
+    out[..., r, col] = samples
+    return out
+
+
+def from_frames(frames: np.ndarray, n_channels: int, layout: str) -> np.ndarray:
+    """(..., rows, 2) -> (..., C)."""
+    r, col = _positions(n_channels, layout)
+    return np.ascontiguousarray(frames[..., r, col])
+
+
+def to_frames_torch(samples: torch.Tensor, layout: str) -> torch.Tensor:
+    c = samples.shape[-1]
+    rows, _ = frame_shape(c, layout)
+    out = samples.new_zeros(samples.shape[:-1] + (rows, 2))
+    r, col = (torch.from_numpy(a) for a in _positions(c, layout))
+    out[..., r, col] = samples
+    return out
+
+
+# --------------------------------------------------------------------------- network
+
+
+def build(card) -> nn.Module:
+    return UNet2d(card.n_inputs, list(card.params["widths"]), int(card.params.get("convs", 1)),
+                  kernel=(3, 2), pool=(2, 1), pad_mode="constant")
+
+
+def example_input(card, frame_shape_=None) -> torch.Tensor:
+    rows, cols = frame_shape_ or card.frame_shape or frame_shape(int(card.params.get("n_channels", 384)), card.layout)
+    return torch.zeros(1, card.n_inputs, rows, cols)
+
+
+def make_card(n_channels: int, pre: int = 30, post: int = 30, omission: int = 1, preset: str = "di",
+              layout: str = "checkerboard", norm_mean: float = 0.0, norm_std: float = 1.0, training: dict | None = None):
+    from livedenoise.models.card import ModelCard
+
+    params = preset_params(preset, layout)
+    params["n_channels"] = int(n_channels)
+    spec = window(pre, post, omission)
+    return ModelCard(
+        arch=ARCH, params=params, modality="ephys", pre=pre, post=post, omission=omission,
+        offsets=list(spec.offsets), layout=layout, frame_shape=list(frame_shape(n_channels, layout)),
+        norm_mean=float(norm_mean), norm_std=float(norm_std), training=training or {},
+    )

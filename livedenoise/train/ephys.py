@@ -1,0 +1,205 @@
+"""Self-supervised training of the ephys models on a user's own recording.
+
+L2 loss between the prediction and the hidden input sample(s); one global
+mean / std per recording, stored in the model card. No clean data needed.
+
+- interp-ephys: random samples t with a full window; input (B, pre+post, rows, 2),
+  target sample t in the same layout; loss on occupied sites only.
+- block-ephys: random crops of `crop` output samples (plus context) over a random
+  run of up to `channels_per_crop` neighbouring channels; loss on every output.
+"""
+
+from __future__ import annotations
+
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from livedenoise.errors import UserError
+from livedenoise.models.checkpoint import save_checkpoint
+from livedenoise.models.registry import build_network
+
+EPHYS_ARCHS = ("interp-ephys", "block-ephys")
+
+
+def recording_stats(rec, max_samples: int = 300_000, seed: int = 0) -> tuple[float, float]:
+    """Global mean / std (µV) from up to `max_samples` samples spread over the recording."""
+    rng = np.random.default_rng(seed)
+    n = rec.n_samples
+    piece = min(n, 3000)
+    k = max(1, min(max_samples // max(piece, 1), n // max(piece, 1)))
+    starts = np.sort(rng.integers(0, max(1, n - piece + 1), size=k))
+    vals = np.concatenate([rec.read(s, s + piece).ravel() for s in starts])
+    std = float(vals.std())
+    return float(vals.mean()), (std if std > 0 else 1.0)
+
+
+def make_card(arch: str, n_channels: int, pre: int, post: int, omission: int, preset: str | None, layout: str | None,
+              mean: float, std: float, training: dict):
+    if arch == "interp-ephys":
+        from livedenoise.models.nets import interp_ephys
+        return interp_ephys.make_card(n_channels, pre, post, omission, preset or "lite", layout or "checkerboard", mean, std, training)
+    if arch == "block-ephys":
+        from livedenoise.models.nets import block_ephys
+        return block_ephys.make_card(n_channels, pre, post, omission, preset or "fast", mean, std, training)
+    raise UserError(f"architecture {arch!r} is not an ephys model; choose one of {', '.join(EPHYS_ARCHS)}")
+
+
+class _Chunks:
+    """Random in-memory chunks of normalised data, refreshed every few steps (keeps I/O low)."""
+
+    def __init__(self, rec, mean: float, std: float, length: int, rng: np.random.Generator, lo: int = 0, hi: int | None = None):
+        self.rec, self.mean, self.std, self.rng = rec, mean, std, rng
+        self.lo, self.hi = lo, rec.n_samples if hi is None else hi
+        self.length = min(length, self.hi - self.lo)
+        self.data = None
+
+    def refresh(self) -> np.ndarray:
+        a = int(self.rng.integers(self.lo, self.hi - self.length + 1))
+        self.data = (self.rec.read(a, a + self.length) - np.float32(self.mean)) * np.float32(1.0 / self.std)
+        return self.data
+
+
+def train_ephys(
+    rec,
+    arch: str = "block-ephys",
+    out: str | os.PathLike = "ephys_model.pt",
+    pre: int = 30,
+    post: int = 30,
+    omission: int = 1,
+    preset: str | None = None,
+    layout: str | None = None,
+    steps: int = 2000,
+    batch: int | None = None,
+    lr: float = 1e-3,
+    crop: int = 512,
+    channels_per_crop: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    val_fraction: float = 0.1,
+    log=None,
+    log_every: int = 50,
+    time_limit: float | None = None,
+):
+    """Train and save a checkpoint; returns (card, history dict)."""
+    if isinstance(rec, (str, os.PathLike)):
+        from livedenoise.io.readers_ephys import open_recording
+
+        rec = open_recording(rec)
+    neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
+    if neural is not None and 0 < len(neural) < rec.n_channels and list(neural) == list(range(len(neural))):
+        import dataclasses
+
+        k = len(neural)  # train on the probe's sites only, not the SpikeGLX sync channel
+        rec = dataclasses.replace(rec, data=rec.data[:, :k], bit_volts=rec.bit_volts[:k], channel_names=rec.channel_names[:k])
+    if log is None:
+        def log(msg):
+            print(msg, file=sys.stderr, flush=True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mean, std = recording_stats(rec, seed=seed)
+    training = {
+        "source": str(rec.path), "format": rec.format, "stream": rec.stream_name, "n_channels": rec.n_channels,
+        "n_samples": rec.n_samples, "sample_rate": rec.sample_rate, "steps": steps, "lr": lr, "loss": "l2", "seed": seed,
+    }
+    card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training)
+    net = build_network(card).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    n = rec.n_samples
+    before = card.pre + card.omission
+    after = card.lag
+    need = before + after + 1
+    if n < need + 2:
+        raise UserError(f"{rec.path}: {n} samples is too short for a window of {need} samples")
+    n_val = int(n * val_fraction) if n * val_fraction >= need * 4 else 0
+    train_hi = n - n_val
+    if arch == "interp-ephys":
+        batch = batch or 32
+        length = max(need + batch * 4, 30000)
+    else:
+        batch = batch or 8
+        crop = min(crop, train_hi - before - after)
+        length = max(before + after + crop, 60000)
+    chunks = _Chunks(rec, mean, std, length, rng, 0, train_hi)
+    hist: dict = {"loss": [], "val_loss": None}
+    t0 = time.perf_counter()
+    net.train()
+    done = 0
+    for step in range(steps):
+        if step % 25 == 0:
+            data = chunks.refresh()
+        x, y, m = _batch(card, data, batch, crop, channels_per_crop, rng)
+        x, y = x.to(device), y.to(device)
+        pred = net(x)
+        if m is not None:
+            m = m.to(device)
+            loss = ((pred - y) ** 2 * m).sum() / (m.sum() * pred.shape[0])
+        else:
+            loss = torch.mean((pred - y) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        lv = float(loss.detach())
+        hist["loss"].append(lv)
+        done = step + 1
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            log(f"step {step + 1}/{steps} loss {lv:.4f} ({time.perf_counter() - t0:.0f} s)")
+        if time_limit and time.perf_counter() - t0 > time_limit:
+            log(f"time limit reached after {step + 1} steps")
+            break
+    net.eval()
+    if n_val:
+        vchunks = _Chunks(rec, mean, std, min(n_val, length), np.random.default_rng(seed + 1), train_hi, n)
+        vdata = vchunks.refresh()
+        with torch.no_grad():
+            losses = []
+            for _ in range(4):
+                x, y, m = _batch(card, vdata, batch, crop, channels_per_crop, rng)
+                pred = net(x)
+                if m is not None:
+                    losses.append(float(((pred - y) ** 2 * m).sum() / (m.sum() * pred.shape[0])))
+                else:
+                    losses.append(float(torch.mean((pred - y) ** 2)))
+        hist["val_loss"] = float(np.mean(losses))
+        log(f"validation loss {hist['val_loss']:.4f} (1.0 = predicting the mean)")
+    card.training.update({"steps_done": done, "final_loss": float(np.mean(hist["loss"][-20:])) if hist["loss"] else None,
+                          "val_loss": hist["val_loss"], "train_seconds": round(time.perf_counter() - t0, 1)})
+    net = net.cpu()
+    save_checkpoint(Path(out), card, net.state_dict())
+    log(f"saved {out}: {card.summary()}")
+    return card, hist
+
+
+def _batch(card, data: np.ndarray, batch: int, crop: int, cpc: int, rng: np.random.Generator):
+    n, C = data.shape
+    before = card.pre + card.omission
+    after = card.lag
+    if card.arch == "interp-ephys":
+        from livedenoise.models.nets import interp_ephys as ie
+        ts = rng.integers(before, n - after, size=batch)
+        offs = np.asarray(card.offsets)
+        win = data[ts[:, None] + offs[None, :]]  # (B, K, C)
+        tgt = data[ts][:, None, :]  # (B, 1, C)
+        x = torch.from_numpy(ie.to_frames(win, card.layout))
+        y = torch.from_numpy(ie.to_frames(tgt, card.layout))
+        m = torch.from_numpy(ie.site_mask(C, card.layout).astype(np.float32))[None, None]
+        return x, y, m
+    c = min(C, cpc)
+    t_in = before + crop + after
+    xs, ys = [], []
+    for _ in range(batch):
+        a = int(rng.integers(0, n - t_in + 1))
+        c0 = int(rng.integers(0, C - c + 1))
+        seg = data[a:a + t_in, c0:c0 + c].T  # (c, T_in)
+        xs.append(seg)
+        ys.append(seg[:, before:before + crop])
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
+    y = torch.from_numpy(np.ascontiguousarray(np.stack(ys)[:, None]))
+    return x, y, None

@@ -1,0 +1,436 @@
+"""Self-supervised training (no clean data) for interp2d and cad3d.
+
+`train(movies, cfg)` returns (card, state_dict, history); the caller saves the
+checkpoint. The card carries the window, the normalisation (global mean/std of
+the training movies, estimated from a sample of frames) and a training summary.
+
+- interp2d: input = the window around t (frame t and the omission band hidden),
+  target = frame t (DeepInterpolation).
+- cad3d: odd/even sub-stacks, loss on every temporal position (DeepCAD).
+- Random square crops with flips/rot90; a held-out validation block (the last
+  `val_fraction` of each movie, or separate `val_movies`) with its own loss;
+  the best state by validation loss is returned.
+- Budgets: `steps` and/or `max_minutes` (whichever ends first). The learning
+  rate follows a cosine from `lr` down to lr/10 over the budget.
+- Repeatable: the same seed and the same `steps` (no time budget) give
+  identical weights on CPU.
+- Several GPUs (or CPU processes) with torchrun: WORLD_SIZE / LOCAL_RANK are
+  detected, DistributedDataParallel wraps the network (nccl on CUDA, gloo on
+  CPU), each rank draws its own samples, rank 0 validates and returns the
+  state (other ranks return it too, but only rank 0 should save).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from livedenoise.models.card import ModelCard
+from livedenoise.models.registry import arch_module, build_network
+from livedenoise.train.samples import MovieSource, SampleMaker, estimate_norm, min_frames
+
+LOSSES = ("l1", "l2", "mixed")
+TRAINABLE = ("interp2d", "cad3d")
+
+# Per-architecture defaults (None in TrainConfig picks these).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "interp2d": {"preset": "lite", "loss": "l2", "crop": 64, "batch": 8, "lr": 1e-3},
+    "cad3d": {"preset": "rt", "loss": "mixed", "crop": 64, "batch": 2, "lr": 3e-4},
+}
+DEFAULT_STEPS = 2000
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "interp2d"
+    preset: str | None = None
+    pre: int = 8
+    post: int = 1
+    omission: int = 0
+    loss: str | None = None
+    """l1, l2 or mixed (0.5 L1 + 0.5 L2); default l2 for interp2d (Poisson noise at low counts), mixed for cad3d."""
+    crop: int | None = None
+    batch: int | None = None
+    lr: float | None = None
+    steps: int | None = None
+    max_minutes: float | None = None
+    val_fraction: float = 0.1
+    val_every: int = 50
+    val_samples: int = 32
+    norm_frames: int = 256
+    init: str | None = None
+    """Path of a checkpoint to fine-tune (same arch and window)."""
+    seed: int = 0
+    device: str = "auto"
+    modality: str = "2p"
+    progress: bool = True
+    tune_innovation: bool = True
+    """After training, tune the innovation step (models/innovation.py) on up to 100 validation frames."""
+    sources: list[str] = field(default_factory=list)
+    """Names of the training movies, recorded in the card."""
+
+    def resolved(self) -> "TrainConfig":
+        if self.arch not in TRAINABLE:
+            raise ValueError(f"architecture {self.arch!r} is not trainable here; choose one of {', '.join(TRAINABLE)}")
+        d = DEFAULTS[self.arch]
+        out = copy.copy(self)
+        for k in ("preset", "loss", "crop", "batch", "lr"):
+            if getattr(out, k) is None:
+                setattr(out, k, d[k])
+        if out.loss not in LOSSES:
+            raise ValueError(f"unknown loss {out.loss!r}; choose one of {', '.join(LOSSES)}")
+        if out.steps is None and out.max_minutes is None:
+            out.steps = DEFAULT_STEPS
+        if out.steps is not None and out.steps < 1:
+            raise ValueError("steps must be >= 1")
+        if out.max_minutes is not None and not out.max_minutes > 0:
+            raise ValueError("max_minutes must be > 0")
+        if not 0 <= out.val_fraction < 1:
+            raise ValueError("val_fraction must be in [0, 1)")
+        if out.crop < 8 or out.batch < 1 or not out.lr > 0:
+            raise ValueError("need crop >= 8, batch >= 1 and lr > 0")
+        return out
+
+
+def loss_fn(name: str):
+    if name == "l1":
+        return F.l1_loss
+    if name == "l2":
+        return F.mse_loss
+    return lambda a, b: 0.5 * F.l1_loss(a, b) + 0.5 * F.mse_loss(a, b)
+
+
+def make_card(cfg: TrainConfig, mean: float = 0.0, std: float = 1.0) -> ModelCard:
+    if cfg.preset is None:
+        cfg = cfg.resolved()
+    mod = arch_module(cfg.arch)
+    params = mod.preset_params(cfg.preset)
+    spec = mod.window(cfg.pre, cfg.post, cfg.omission)
+    return ModelCard(cfg.arch, params, cfg.modality, cfg.pre, cfg.post, cfg.omission, list(spec.offsets), norm_mean=mean, norm_std=std)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but torch sees no GPU (use --device cpu)")
+    return torch.device(name)
+
+
+def _as_movie(m) -> Any:
+    return m if hasattr(m, "shape") else np.asarray(m)
+
+
+def split_sources(movies: Sequence, val_movies: Sequence | None, val_fraction: float, need: int, names: Sequence[str] | None = None):
+    """Training and validation MovieSources: the last val_fraction of each movie, or separate movies."""
+    train_src, val_src = [], []
+    names = list(names or [f"movie {i}" for i in range(len(movies))])
+    for m, name in zip(movies, names):
+        m = _as_movie(m)
+        n = int(m.shape[0])
+        if n < need:
+            raise ValueError(f"{name} has {n} frames; this window needs at least {need} to train")
+        n_val = 0 if (val_movies or val_fraction == 0) else max(int(round(n * val_fraction)), need)
+        if n - n_val < need:
+            n_val = 0  # too short to split: train on everything, no validation block
+        train_src.append(MovieSource(m, 0, n - n_val, name))
+        if n_val:
+            val_src.append(MovieSource(m, n - n_val, n, f"{name} (validation block)"))
+    for i, m in enumerate(val_movies or []):
+        m = _as_movie(m)
+        if int(m.shape[0]) < need:
+            raise ValueError(f"validation movie {i} has {m.shape[0]} frames; this window needs at least {need}")
+        val_src.append(MovieSource(m, name=f"validation movie {i}"))
+    return train_src, val_src
+
+
+class _Dist:
+    def __init__(self, device_name: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        self.owns_group = False
+        if device_name == "auto":
+            device_name = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.active and device_name.startswith("cuda") and ":" not in device_name:
+            device_name = f"cuda:{self.local_rank}"
+        self.device = pick_device(device_name)
+        if self.active:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+                self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def any_stop(self, stop: bool) -> bool:
+        if not self.active:
+            return stop
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _to_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+def _predict(net, x: torch.Tensor, arch: str) -> torch.Tensor:
+    return net.forward_all(x)[:, 0] if arch == "cad3d" else net(x)
+
+
+def _evaluate(net, arch: str, val: tuple[torch.Tensor, torch.Tensor], lossf, chunk: int = 8) -> float:
+    net.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        xs, ys = val
+        for a in range(0, xs.shape[0], chunk):
+            x, y = xs[a : a + chunk], ys[a : a + chunk]
+            total += float(lossf(_predict(net, x, arch), y)) * x.shape[0]
+            n += x.shape[0]
+    net.train()
+    return total / max(n, 1)
+
+
+class _NetEngine:
+    """The two things `denoise_movie` needs from an engine, for the network in training."""
+
+    def __init__(self, net, card: ModelCard, device: torch.device):
+        self.net, self.card, self.device = net, card, device
+
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.net(_to_tensor(windows, self.device))[:, 0].float().cpu().numpy()
+
+
+def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device,
+                    max_frames: int = 100, max_side: int = 256) -> dict | None:
+    """Self-supervised innovation settings for `net` on (a centre crop of) the first frames of `src`.
+
+    The frames are denoised exactly as `livedenoise denoise` would (same windows and
+    edges). Returns the card entry ({sigma_xy, k, loss_prediction, loss_best, frames,
+    crop}) or None when the step does not apply to this model or does not lower the loss.
+    """
+    from livedenoise.stream.offline import denoise_array
+    from livedenoise.models.innovation import applies_to, tune
+
+    n = min(len(src), max_frames)
+    if applies_to(card) is not None or n < card.window.size + 1:  # too short for one full window
+        return None
+    h, w = src.frame_shape
+    ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    raw = np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
+    was_training = net.training
+    net.eval()
+    pred = denoise_array(raw, _NetEngine(net, card, device))
+    net.train(was_training)
+    cfg, report = tune(pred, raw)
+    if cfg is None:
+        return None
+    return {**cfg.to_dict(), "loss_prediction": report["loss_prediction"], "loss_best": report["loss_best"],
+            "frames": n, "crop": [ch, cw]}
+
+
+def train(movies: Sequence, cfg: TrainConfig, val_movies: Sequence | None = None, log=None):
+    """Train a self-supervised denoiser; returns (card, state_dict, history).
+
+    `movies` are array-likes of shape (frames, H, W) (numpy arrays, memmaps, or
+    the readers' lazy movies). `log` (a callable taking a string) receives one
+    line per validation when the progress bar is off.
+    """
+    cfg = cfg.resolved()
+    dist = _Dist(cfg.device)
+    device = dist.device
+    try:
+        return _train(movies, cfg, val_movies, dist, device, log)
+    finally:
+        dist.close()
+
+
+def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.device, log):
+    from livedenoise.models.checkpoint import read_checkpoint
+
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    card = make_card(cfg)
+    need = min_frames(card)
+    names = cfg.sources or None
+    train_src, val_src = split_sources(movies, val_movies, cfg.val_fraction, need, names)
+    mean, std = estimate_norm(train_src, cfg.norm_frames)
+    card.norm_mean, card.norm_std = mean, std
+
+    net = build_network(card)
+    init_info = None
+    if cfg.init:
+        init_card, state = read_checkpoint(cfg.init)
+        if init_card.arch != card.arch or list(init_card.offsets) != list(card.offsets) or init_card.omission != card.omission:
+            raise ValueError(
+                f"--init {cfg.init} is {init_card.arch} with offsets {init_card.offsets}; "
+                f"it cannot start a {card.arch} model with offsets {card.offsets}"
+            )
+        card.params = dict(init_card.params)
+        net = build_network(card)
+        net.load_state_dict(state)
+        init_info = str(cfg.init)
+    net.to(device).train()
+
+    rng = np.random.default_rng([cfg.seed, dist.rank])
+    maker = SampleMaker(card, train_src, cfg.crop, rng)
+    val_maker = SampleMaker(card, val_src, cfg.crop, np.random.default_rng(0), augment=False) if val_src else None
+    val = None
+    if val_maker is not None and dist.main:
+        vx, vy = val_maker.fixed(cfg.val_samples, seed=cfg.seed + 12345)
+        val = (_to_tensor(vx, device), _to_tensor(vy, device))
+
+    model = net
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if card.arch == "cad3d":
+        net.all_positions = True  # forward returns every temporal position (through DDP too)
+        fwd = lambda x: model(x)[:, 0]  # noqa: E731
+    else:
+        fwd = model
+
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    lossf = loss_fn(cfg.loss)
+    max_s = cfg.max_minutes * 60.0 if cfg.max_minutes else None
+    history: dict[str, Any] = {"step": [], "loss": [], "val_step": [], "val_loss": [], "samples_per_s": []}
+
+    bar = None
+    if cfg.progress and dist.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, desc=f"train {card.arch}")
+
+    best_state = copy.deepcopy(net.state_dict())
+    best_val = math.inf
+    best_step = 0
+    step = 0
+    running = None
+    seen = 0
+    t_loop = time.perf_counter()
+    interrupted = False
+    last_val = None
+
+    def validate() -> None:
+        """Validation loss now; keep the weights when it is the best so far."""
+        nonlocal last_val, best_val, best_step, best_state
+        last_val = _evaluate(net, card.arch, val, lossf)
+        history["val_step"].append(step)
+        history["val_loss"].append(last_val)
+        if last_val < best_val:
+            best_val, best_step = last_val, step
+            best_state = copy.deepcopy(net.state_dict())
+
+    def progress() -> float:
+        p = 0.0
+        if cfg.steps:
+            p = max(p, step / cfg.steps)
+        if max_s:
+            p = max(p, (time.perf_counter() - t_loop) / max_s)
+        return min(p, 1.0)
+
+    try:
+        while True:
+            stop = (cfg.steps is not None and step >= cfg.steps) or (max_s is not None and time.perf_counter() - t_loop >= max_s)
+            if dist.any_stop(stop):
+                break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress())))
+            xb, yb = maker.batch(cfg.batch)
+            x, y = _to_tensor(xb, device), _to_tensor(yb, device)
+            loss = lossf(fwd(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += cfg.batch * dist.world
+            lv = float(loss.detach())
+            running = lv if running is None else 0.95 * running + 0.05 * lv
+            history["step"].append(step)
+            history["loss"].append(lv)
+            if dist.main and val is not None and (step % cfg.val_every == 0):
+                validate()
+            rate = seen / max(time.perf_counter() - t_loop, 1e-9)
+            history["samples_per_s"].append(rate)
+            if bar is not None:
+                post = {"loss": f"{running:.4f}", "samples/s": f"{rate:.1f}"}
+                if last_val is not None:
+                    post["val"] = f"{last_val:.4f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+            elif log and dist.main and step % cfg.val_every == 0:
+                log(f"step {step} loss {running:.4f} val {last_val if last_val is not None else float('nan'):.4f} {rate:.1f} samples/s")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if dist.main and val is not None and (not history["val_step"] or history["val_step"][-1] != step) and step:
+        validate()
+    if val is None:
+        best_state, best_step = copy.deepcopy(net.state_dict()), step
+    if card.arch == "cad3d":
+        net.all_positions = False
+    tuned = None
+    if dist.main and cfg.tune_innovation:
+        net.load_state_dict(best_state)
+        usable = [src for src in (*val_src, *train_src) if len(src) > card.window.size]  # validation first
+        tuned = tune_innovation(net, card, usable[0], device) if usable else None
+        if tuned is not None:
+            card.innovation = {"sigma_xy": tuned["sigma_xy"], "k": tuned["k"]}
+
+    elapsed = time.perf_counter() - t_start
+    history.update(best_step=best_step, best_val_loss=None if val is None else best_val, steps=step,
+                   seconds=elapsed, interrupted=interrupted, world_size=dist.world, device=str(device))
+    card.training = {
+        "sources": [s.name for s in train_src],
+        "frames": int(sum(len(s) for s in train_src)),
+        "validation_frames": int(sum(len(s) for s in val_src)),
+        "frame_shape": list(train_src[0].frame_shape),
+        "loss": cfg.loss,
+        "crop": int(maker.crop),
+        "batch": cfg.batch,
+        "lr": cfg.lr,
+        "steps": step,
+        "best_step": best_step,
+        "best_val_loss": None if val is None else float(best_val),
+        "seconds": round(elapsed, 1),
+        "seed": cfg.seed,
+        "device": str(device),
+        "world_size": dist.world,
+        "init": init_info,
+        "innovation_tuning": tuned,
+    }
+    state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
+    return card, state, history
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)

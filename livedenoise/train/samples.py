@@ -1,0 +1,211 @@
+"""Self-supervised training samples: (input window, target) crops from noisy movies.
+
+Windows are gathered with `card.window.source_indices(t, last)`, the very
+function inference uses, so training and denoising share the edge policy.
+
+- interp2d (and any single-output arch): input = the window's frames for
+  output t, target = frame t (never an input).
+- cad3d: DeepCAD's odd/even Noise2Noise sub-stacks. Input = the window's
+  frames for an interior output t (s, s+2, ..., a stride of 2(omission+1)),
+  target = each input frame + (omission+1); the loss covers every temporal
+  position.
+
+Crops are square (so rot90 applies) and augmented with flips and rot90,
+identically for input and target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from livedenoise.models.norm import normalise
+
+IN_MEMORY_BYTES = 2 << 30
+"""Movies smaller than this (as float32) are read into RAM once; larger ones are read crop by crop."""
+
+
+class MovieSource:
+    """Frames lo..hi-1 of an array-like movie (N, H, W), seen as a movie of its own."""
+
+    def __init__(self, movie, lo: int = 0, hi: int | None = None, name: str = "movie", in_memory_bytes: int = IN_MEMORY_BYTES):
+        shape = tuple(int(s) for s in getattr(movie, "shape", np.shape(movie)))
+        if len(shape) != 3:
+            raise ValueError(f"{name}: expected a movie of shape (frames, height, width), got {shape}")
+        n = shape[0]
+        hi = n if hi is None else min(int(hi), n)
+        lo = max(0, int(lo))
+        if hi <= lo:
+            raise ValueError(f"{name}: empty frame range {lo}..{hi}")
+        self.name = name
+        self.lo, self.hi = lo, hi
+        self.frame_shape = shape[1:]
+        nbytes = (hi - lo) * shape[1] * shape[2] * 4
+        self._reader = None
+        if nbytes <= in_memory_bytes:
+            self.data = np.asarray(movie.read(lo, hi)) if _is_reader(movie) else np.asarray(movie[lo:hi])
+            self.offset = 0
+        elif _is_reader(movie):
+            self.data = None
+            self._reader = movie  # a readers.Movie: read frame by frame
+            self.offset = lo
+        else:
+            self.data = movie
+            self.offset = lo
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def last(self) -> int:
+        return len(self) - 1
+
+    def crop(self, indices: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
+        """(len(indices), size, size) float32 crop of the given (local) frames."""
+        idx = np.asarray(indices, dtype=np.int64) + self.offset
+        if self._reader is not None:
+            return np.stack([self._frame(int(i))[y : y + size, x : x + size] for i in idx]).astype(np.float32)
+        try:
+            block = self.data[idx, y : y + size, x : x + size]
+        except (TypeError, IndexError, ValueError):
+            block = np.stack([np.asarray(self.data[int(i)])[y : y + size, x : x + size] for i in idx])
+        return np.asarray(block, dtype=np.float32)
+
+    def frames(self, indices) -> np.ndarray:
+        idx = [int(i) + self.offset for i in indices]
+        if self._reader is not None:
+            return np.stack([self._frame(i) for i in idx]).astype(np.float32)
+        return np.stack([np.asarray(self.data[i], dtype=np.float32) for i in idx])
+
+    def _frame(self, i: int) -> np.ndarray:
+        return self._reader.read(i, i + 1)[0]
+
+
+def _is_reader(movie) -> bool:
+    """A livedenoise.io.readers.Movie (shape + read(start, stop)), not an array."""
+    return not isinstance(movie, np.ndarray) and callable(getattr(movie, "read", None))
+
+
+def estimate_norm(sources: list[MovieSource], max_frames: int = 256) -> tuple[float, float]:
+    """Global mean and std over a sample of evenly spread frames of all sources."""
+    per = max(1, max_frames // max(1, len(sources)))
+    total = 0.0
+    total_sq = 0.0
+    count = 0
+    for src in sources:
+        idx = np.unique(np.linspace(0, len(src) - 1, min(per, len(src))).astype(int))
+        for i in idx:
+            f = src.frames([i]).astype(np.float64)
+            total += f.sum()
+            total_sq += np.square(f).sum()
+            count += f.size
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    std = float(np.sqrt(var))
+    if not std > 0:
+        std = 1.0
+    return float(mean), std
+
+
+@dataclass
+class Plan:
+    """Which output frames of a source can make a training sample."""
+
+    source: MovieSource
+    ts: np.ndarray
+
+
+def target_shift(card) -> int | None:
+    """cad3d targets sit this many frames after each input; None for single-output archs."""
+    if card.arch == "cad3d":
+        return int(card.omission) + 1
+    return None
+
+
+def plan_source(card, src: MovieSource) -> Plan:
+    spec = card.window
+    last = src.last
+    shift = target_shift(card)
+    if shift is None:
+        ts = [t for t in range(len(src)) if spec.source_indices(t, last=last) is not None]
+    else:
+        offs = np.asarray(spec.offsets)
+        lo = -int(offs.min())
+        hi = last - int(offs.max()) - shift
+        ts = list(range(lo, hi + 1)) if hi >= lo else []
+    return Plan(src, np.asarray(ts, dtype=np.int64))
+
+
+def min_frames(card) -> int:
+    """Fewest frames a movie needs to give at least one training sample."""
+    offs = card.window.offsets
+    shift = target_shift(card)
+    if shift is None:
+        return 2
+    return max(offs) - min(offs) + shift + 1
+
+
+def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    k = int(rng.integers(4))
+    if k:
+        x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    if rng.integers(2):
+        x, y = x[..., ::-1], y[..., ::-1]
+    return x, y
+
+
+class SampleMaker:
+    """Draws normalised (input, target) crop batches from planned sources."""
+
+    def __init__(self, card, sources: list[MovieSource], crop: int, rng: np.random.Generator, augment: bool = True):
+        self.card = card
+        self.shift = target_shift(card)
+        self.plans = [p for p in (plan_source(card, s) for s in sources) if len(p.ts)]
+        if not self.plans:
+            raise ValueError("no frame of the movies can make a training sample for this window")
+        h = min(min(p.source.frame_shape) for p in self.plans)
+        self.crop = int(min(crop, h))
+        self.rng = rng
+        self.augment = augment
+        weights = np.array([len(p.ts) for p in self.plans], dtype=np.float64)
+        self.weights = weights / weights.sum()
+        self.mean, self.std = float(card.norm_mean), float(card.norm_std)
+
+    @property
+    def n_samples(self) -> int:
+        return int(sum(len(p.ts) for p in self.plans))
+
+    def one(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        rng = rng or self.rng
+        plan = self.plans[int(rng.choice(len(self.plans), p=self.weights))] if len(self.plans) > 1 else self.plans[0]
+        t = int(plan.ts[int(rng.integers(len(plan.ts)))])
+        src = plan.source
+        c = self.crop
+        y0 = int(rng.integers(src.frame_shape[0] - c + 1))
+        x0 = int(rng.integers(src.frame_shape[1] - c + 1))
+        idx = self.card.window.source_indices(t, last=src.last)
+        if self.shift is None:
+            block = src.crop(np.append(idx, t), y0, x0, c)
+            x, y = block[:-1], block[-1:]
+        else:
+            x = src.crop(idx, y0, x0, c)
+            y = src.crop(idx + self.shift, y0, x0, c)
+        if self.augment:
+            x, y = _augment(x, y, rng)
+        return x, y
+
+    def batch(self, n: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = zip(*(self.one(rng) for _ in range(n)))
+        x = normalise(np.stack(xs), self.mean, self.std)
+        y = normalise(np.stack(ys), self.mean, self.std)
+        return x, y
+
+    def fixed(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """A repeatable set of n samples (validation), unaugmented."""
+        rng = np.random.default_rng(seed)
+        aug, self.augment = self.augment, False
+        try:
+            return self.batch(n, rng)
+        finally:
+            self.augment = aug

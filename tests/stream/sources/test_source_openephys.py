@@ -1,0 +1,154 @@
+"""ZMQ Interface messages -> blocks: the wire format, and every anomaly counted without stalling."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from livedenoise.stream.sources.openephys import Block, BlockAssembler, Heartbeat, Restart
+from livedenoise.stream.protocols.zmq_interface import (
+    DATA,
+    DataEncoder,
+    DataMessage,
+    EventMessage,
+    ProtocolError,
+    decode,
+    encode_data,
+    encode_ttl,
+)
+
+C, N = 4, 8
+
+
+def msgs(sample_num, first_msg=0, channels=range(C), stream="ProbeA-AP", value=None):
+    enc = DataEncoder(stream, [f"CH{k + 1}" for k in range(C)], 30000.0)
+    enc.message_num = first_msg
+    data = np.stack([np.arange(N, dtype=np.float32) + 100 * k + (sample_num if value is None else value) for k in range(C)])
+    parts = enc.encode_block(sample_num, data)
+    return [decode(parts[k]) for k in channels]
+
+
+def blocks(items):
+    return [i for i in items if isinstance(i, Block)]
+
+
+def feed(asm, messages):
+    out = []
+    for m in messages:
+        out += asm.add(m)
+    return out
+
+
+def test_encode_decode_roundtrip_matches_the_plugin_format():
+    parts = encode_data(7, "ProbeA-AP", 3, "CH4", 123456789012, 30000.0, np.arange(5, dtype=np.float32), timestamp=1700000000000)
+    assert parts[0] == b"DATA\0" and len(parts) == 3
+    head = json.loads(parts[1])
+    assert head == {"message_num": 7, "type": "data", "data_size": 20, "timestamp": 1700000000000,
+                    "content": {"stream": "ProbeA-AP", "channel_num": 3, "channel_name": "CH4", "num_samples": 5,
+                                "sample_num": 123456789012, "sample_rate": 30000.0}}
+    m = decode(parts)
+    assert isinstance(m, DataMessage) and m.sample_num == 123456789012 and m.channel_num == 3
+    assert np.array_equal(m.samples, np.arange(5, dtype=np.float32))
+    # the fast encoder writes the same JSON
+    fast = DataEncoder("ProbeA-AP", ["CH1", "CH2", "CH3", "CH4"], 30000.0)
+    fast.message_num = 7
+    p2 = fast.encode_block(123456789012, np.tile(np.arange(5, dtype=np.float32), (4, 1)), timestamp=1700000000000)[3]
+    assert json.loads(p2[1]) == {**head, "message_num": 10}
+    ttl = decode(encode_ttl(1, "ProbeA-AP", 10, 2, True))
+    assert isinstance(ttl, EventMessage) and ttl.kind == "ttl" and len(ttl.payload) == 10
+
+
+@pytest.mark.parametrize("parts,why", [
+    ([DATA, b"{not json", b""], "JSON"),
+    ([DATA, b"[1, 2]", b""], "object"),
+    ([DATA, json.dumps({"message_num": 0, "content": {"num_samples": 4, "sample_num": 0, "channel_num": 0,
+                                                      "sample_rate": 30000}, "data_size": 12}).encode(), b"\0" * 12], "data_size"),
+    ([DATA, json.dumps({"message_num": 0, "content": {"num_samples": 4, "sample_num": 0, "channel_num": 0,
+                                                      "sample_rate": 30000}, "data_size": 16}).encode(), b"\0" * 12], "payload"),
+    ([DATA, json.dumps({"message_num": 0, "content": {"num_samples": 1, "sample_num": "x", "channel_num": 0,
+                                                      "sample_rate": 30000}, "data_size": 4}).encode(), b"\0" * 4], "integer"),
+    ([b"BOGUS", b"{\"message_num\": 1}", b""], "envelope"),
+    ([DATA], "parts"),
+])
+def test_malformed_messages_raise_protocol_error(parts, why):
+    with pytest.raises(ProtocolError, match=why):
+        decode(parts)
+
+
+def test_blocks_are_assembled_in_order_and_channel_count_is_learned():
+    asm = BlockAssembler()
+    out = feed(asm, msgs(0, 0))
+    assert not blocks(out)  # the channel count is known once the next block starts
+    out = feed(asm, msgs(N, C)[:1])
+    assert [x.sample_num for x in blocks(out)] == [0]
+    out += feed(asm, msgs(N, C)[1:] + msgs(2 * N, 2 * C))
+    b = blocks(out)
+    assert [x.sample_num for x in b] == [0, N, 2 * N]
+    assert b[0].data.shape == (C, N) and b[0].data[2, 0] == 200
+    assert not blocks(asm.flush())
+    assert asm.n_channels == C and asm.gaps == 0 and asm.missing_channels == 0
+
+
+def test_missing_channel_is_zero_filled_and_counted_without_stalling():
+    asm = BlockAssembler(n_channels=C, max_pending=2)
+    out = feed(asm, msgs(0, 0, channels=[0, 1, 3]))
+    assert not blocks(out)
+    out += feed(asm, msgs(N, 3) + msgs(2 * N, 3 + C) + msgs(3 * N, 3 + 2 * C))
+    b = blocks(out)
+    assert [x.sample_num for x in b][:1] == [0]
+    assert b[0].missing == 1 and np.all(b[0].data[2] == 0)
+    assert asm.missing_channels == 1 and asm.incomplete_blocks == 1
+    assert asm.gaps == 1  # the plugin numbered the lost message
+
+
+def test_duplicates_late_and_out_of_order_messages():
+    asm = BlockAssembler(n_channels=C)
+    m0 = msgs(0, 0)
+    m1 = msgs(N, C)
+    out = feed(asm, [m0[0], m0[2], m0[1], m0[1], m0[3]])  # out of order inside a block + one duplicate
+    assert len(blocks(out)) == 1 and asm.duplicates == 1
+    assert np.array_equal(blocks(out)[0].data[1], m0[1].samples)
+    out = feed(asm, m1 + [m0[2]])  # a message for a block already sent
+    assert asm.late == 1 and len(blocks(out)) == 1
+
+
+def test_sample_gap_is_filled_and_restart_resets():
+    asm = BlockAssembler(n_channels=C)
+    out = feed(asm, msgs(0, 0) + msgs(3 * N, C))  # two blocks never sent
+    b = blocks(out)
+    assert [(x.sample_num, x.data.shape[1], x.filler) for x in b] == [(0, N, False), (N, 2 * N, True), (3 * N, N, False)]
+    assert asm.dropped_samples == 2 * N
+    out = feed(asm, msgs(0, 0))  # acquisition restarted: message_num and sample_num back to 0
+    assert any(isinstance(i, Restart) for i in out) and asm.restarts == 1
+    assert [x.sample_num for x in blocks(out)] == [0]
+
+
+def test_events_and_other_streams_are_counted_and_ignored():
+    asm = BlockAssembler(stream="ProbeA-AP", n_channels=C)
+    ev = decode(encode_ttl(0, "ProbeA-AP", 0, 1, True))
+    other = msgs(0, 1, stream="ProbeA-LFP")
+    out = feed(asm, [ev] + other + msgs(0, 1 + C))
+    assert asm.events == 1 and asm.other_stream == C
+    assert len(blocks(out)) == 1
+
+
+def test_heartbeat_without_a_plugin_never_blocks():
+    ctx = zmq.Context.instance()
+    stop = threading.Event()
+    hb = Heartbeat(ctx, "tcp://127.0.0.1:1", "uuid-x", stop, interval=0.05, timeout=0.05)
+    hb.start()
+    time.sleep(0.5)
+    stop.set()
+    hb.join(2)
+    assert not hb.is_alive()
+    assert hb.sent >= 2 and hb.timeouts >= 2 and hb.replies == 0
+
+
+def test_joining_in_the_middle_of_a_block_drops_only_that_partial_block():
+    asm = BlockAssembler()
+    out = feed(asm, msgs(0, 0, channels=[2, 3]) + msgs(N, C) + msgs(2 * N, 2 * C))
+    assert [x.sample_num for x in blocks(out)] == [N, 2 * N]
+    assert asm.partial_first == 1 and asm.missing_channels == 0 and asm.n_channels == C
