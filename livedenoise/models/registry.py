@@ -33,6 +33,30 @@ def arch_module(arch: str) -> ModuleType:
         raise
 
 
+def min_frames(card) -> int:
+    """Fewest frames (or samples) a recording must have for this model: the one length rule.
+
+    `train`, `denoise` and `serve` all ask this function, so a movie one of them
+    accepts is accepted by the others. An architecture module may declare
+    ``min_frames(card)``; otherwise a window of input offsets needs the target
+    plus one usable neighbour (2), and the edge rule of `WindowSpec.source_indices`
+    supplies the rest of the window.
+    """
+    mod = arch_module(card.arch)
+    if hasattr(mod, "min_frames"):
+        return int(mod.min_frames(card))
+    return 2
+
+
+def check_length(card, n: int, what: str) -> None:
+    """UserError naming the rule when `what` (e.g. "movie.tif") has fewer than `min_frames(card)` frames."""
+    need = min_frames(card)
+    if n < need:
+        unit = "samples" if card.modality == "ephys" else "frames"
+        raise UserError(f"{what} has {n} {unit} but this {card.arch} model needs at least {need}; "
+                        "use a longer recording or a model with a smaller window")
+
+
 def build_network(card):
     """The torch module for a card, with freshly initialised weights."""
     return arch_module(card.arch).build(card)

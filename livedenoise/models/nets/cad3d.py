@@ -63,6 +63,12 @@ def window(pre: int, post: int, omission: int) -> WindowSpec:
     return WindowSpec(offsets(pre, post, omission), omission)
 
 
+def min_frames(card) -> int:
+    """A whole odd/even sub-stack: the window's span plus the target shift (DeepCAD-RT's pairs)."""
+    offs = card.window.offsets
+    return max(offs) - min(offs) + int(card.omission) + 2
+
+
 def read_offset(omission: int) -> int:
     """Window offset whose output position predicts frame t."""
     return -(int(omission) + 1)
