@@ -72,11 +72,11 @@ def simulate(seed, args):
 
 def run_card(card, net, movie):
     """Denoise an in-memory movie the way `livedenoise denoise` does (float32 output)."""
-    from livedenoise.export.engines.base import TorchEngine
+    from livedenoise.export.engines.torch import TorchEngine
     from livedenoise.stream.offline import denoise_array
 
     t0 = time.perf_counter()
-    out = denoise_array(movie, TorchEngine(card, net), batch=8)
+    out = denoise_array(TorchEngine(card, net), movie, batch=8)
     return out, (time.perf_counter() - t0) / len(movie)
 
 

@@ -1,40 +1,26 @@
-"""`livedenoise bench <what>`: benchmarks.
+"""`livedenoise bench <what>`: the benchmark verbs, `engine`, `stream` and `ephys`.
 
-Subcommands register themselves like verbs (a module exposing
-``register(subparsers)``): `engine` (livedenoise.export.bench_engine) always;
-`stream` (livedenoise.stream.bench) and `ephys`
-(livedenoise.stream.openephys.bench) when those modules are installed.
+Each subcommand lives with what it measures and registers itself like a verb
+(``register(subparsers)``): `engine` (livedenoise.export.bench_engine), `stream`
+(livedenoise.stream.bench), `ephys` (livedenoise.stream.openephys.bench).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
-SUBCOMMANDS = [
-    "livedenoise.export.bench_engine",  # engine
-    "livedenoise.stream.bench",  # stream
-    "livedenoise.stream.openephys.bench",  # ephys
-]
-
-
-def _present(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a parent package is missing
-        return False
-
 
 def register(subparsers) -> None:
+    from livedenoise.export import bench_engine
+    from livedenoise.stream import bench as bench_stream
+    from livedenoise.stream.openephys import bench as bench_ephys
+
     p = subparsers.add_parser(
         "bench",
         help="benchmarks: engine backends, the live stream, the ephys sidecar",
         description="Benchmarks. Run `livedenoise bench <what> --help` for each.",
     )
     sub = p.add_subparsers(dest="bench", metavar="<what>")
-    for name in SUBCOMMANDS:
-        if _present(name):
-            importlib.import_module(name).register(sub)
+    for module in (bench_engine, bench_stream, bench_ephys):
+        module.register(sub)
 
     def _help(args) -> int:
         p.print_help()

@@ -88,16 +88,18 @@ def _get_model(args, out: Path, quiet: bool) -> Path:
     from livedenoise.sim.imaging import SimConfig, simulate_movie
     from livedenoise.train.imaging import TrainConfig, train
 
-    _say(f"[2/5] model: training interp2d lite (pre 8, post 1) for {args.train_minutes:g} min on a second simulated movie", quiet)
+    # the shipped model's recipe: the default imaging architecture and preset (interp2d lite), pre 8, post 1
+    cfg = TrainConfig(pre=8, post=1, max_minutes=args.train_minutes,
+                      steps=None, seed=0, progress=not quiet, sources=["demo simulation"]).resolved()
+    _say(f"[2/5] model: training {cfg.arch} {cfg.preset} (pre 8, post 1) for {args.train_minutes:g} min "
+         "on a second simulated movie", quiet)
     sim = simulate_movie(SimConfig(frames=1000, height=args.size, width=args.size, photons=args.photons, seed=args.seed + 100))
-    cfg = TrainConfig(arch="interp2d", preset="lite", pre=8, post=1, max_minutes=args.train_minutes,
-                      steps=None, seed=0, progress=not quiet, sources=["demo simulation"])
     card, state, _ = train([sim.noisy], cfg)
     return save_checkpoint(out / "model.pt", card, state)
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.export.engines.base import open_engine
+    from livedenoise.export.engines import open_engine
     from livedenoise.export.onnx_export import export_onnx
     from livedenoise.export.parity import check, limit_for, movie_windows
     from livedenoise.sim.imaging import SimConfig, save_simulation, simulate_movie

@@ -118,6 +118,8 @@ def run_ephys(args) -> int:
     if getattr(args, "json", False):
         print(json.dumps({"input": str(args.input), "output": rep["out"], "model": str(args.model), **rep}))
     else:
+        seg = (f"; {rep['segments']} segments (sample numbers: {rep['gaps']} gaps, {rep['restarts']} restarts), "
+               "each denoised on its own" if rep["segments"] > 1 else "")
         print(f"denoised {rep['samples']} samples x {rep['channels']} channels -> {rep['out']} in {rep['seconds']:.1f} s "
-              f"({rep['realtime_factor']:.2f}x real time)")
+              f"({rep['realtime_factor']:.2f}x real time){seg}")
     return 0

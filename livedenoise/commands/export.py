@@ -62,7 +62,10 @@ def _say(args, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from livedenoise.export import parity
-    from livedenoise.export.engines.base import OnnxRuntimeEngine, TorchEngine, read_onnx_card, require_tensorrt
+    from livedenoise.export.engines.base import read_onnx_card
+    from livedenoise.export.engines.onnxruntime import OnnxRuntimeEngine
+    from livedenoise.export.engines.tensorrt import require_tensorrt
+    from livedenoise.export.engines.torch import TorchEngine
     from livedenoise.export.onnx_export import export_onnx, onnx_info, resolve_frame_shape
 
     model = Path(args.model)
@@ -127,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     # -- TensorRT
     if args.tensorrt and all(r.ok for r in results):
-        from livedenoise.export.tensorrt_build import build_engine
         from livedenoise.export.engines.tensorrt import TensorRTEngine
+        from livedenoise.export.tensorrt_build import build_engine
 
         engine_path = Path(args.tensorrt)
         calib = None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
 import signal
@@ -13,8 +11,6 @@ import threading
 
 from livedenoise.errors import UserError
 from livedenoise.stream.protocols.frames import DEFAULT_INPUT
-
-OPENEPHYS = "livedenoise.stream.openephys.replay"
 
 
 def register(subparsers) -> None:
@@ -49,11 +45,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if args.what == "openephys":
-        if importlib.util.find_spec("livedenoise.stream.openephys") is None or importlib.util.find_spec(OPENEPHYS) is None:
-            raise UserError("`replay openephys` is not available in this build of livedenoise (no Open Ephys support)")
         if not args.path:
             raise UserError("`replay openephys` needs the recording: livedenoise replay openephys RECORDING")
-        return int(importlib.import_module(OPENEPHYS).run(args) or 0)
+        from livedenoise.stream.openephys import replay as openephys_replay
+
+        return int(openephys_replay.run(args) or 0)
     if args.path:
         raise UserError(f"unexpected argument {args.path!r}: replay takes one movie file (or `openephys RECORDING`)")
     if args.frames is not None and args.frames < 1:
@@ -91,9 +87,9 @@ def run(args) -> int:
 
 
 def add_openephys_arguments(group) -> None:
+    """Options of `replay openephys` (added to the shared replay parser)."""
     from livedenoise.stream.protocols.zmq_interface import DEFAULT_DATA_PORT
 
-    """Options of `replay openephys` (added to the shared replay parser)."""
     group.add_argument("--port", type=int, default=DEFAULT_DATA_PORT, help="data port (PUB); heartbeats on port + 1")
     group.add_argument("--host", default="127.0.0.1", help="address to bind (use * for every interface, as the plugin)")
     group.add_argument("--block", type=int, default=1024, help="samples per block (the GUI's buffer size)")

@@ -1,4 +1,4 @@
-"""`livedenoise sidecar openephys --model M`: denoise Open Ephys data live, beside the GUI."""
+"""Owns the `livedenoise sidecar openephys --model M` command line (arguments -> `Sidecar`): denoise Open Ephys data live."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from livedenoise.errors import UserError
 
 def _backends() -> tuple[str, ...]:
     try:
-        from livedenoise.export.engines.base import BACKENDS
+        from livedenoise.export.engines import BACKENDS
     except ImportError:
         return ("auto", "torch", "onnxruntime", "tensorrt")
     return tuple(BACKENDS)

@@ -20,8 +20,7 @@ import sys
 from pathlib import Path
 
 from livedenoise.errors import UserError
-
-ARCH_CHOICES = ("interp2d", "cad3d", "classic", "interp-ephys", "block-ephys")
+from livedenoise.models import registry
 
 
 def register(sub) -> None:
@@ -37,7 +36,9 @@ def register(sub) -> None:
     )
     p.add_argument("movies", nargs="+", metavar="MOVIE", help="noisy training movie(s)")
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt)")
-    p.add_argument("--arch", choices=ARCH_CHOICES, default="interp2d", help="architecture")
+    p.add_argument("--arch", choices=registry.names(), default=None,
+                   help=f"architecture (default {registry.default_name('2p')}; "
+                        f"{registry.default_name('ephys')} for ephys recordings)")
     p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
     p.add_argument("--pre", type=int, default=None,
                    help="frames (ephys: samples) before the predicted one (default 8, ephys 30; "
@@ -115,11 +116,25 @@ def _read_truth(path, args, n: int):
         return tuple(mv.shape), mv.read(0, min(n, len(mv))).astype(np.float32)
 
 
-def _default_window(args, ephys: bool) -> tuple[int, int, int]:
-    """(pre, post, omission) when not given: DeepInterpolation's Neuropixels window for ephys."""
-    if ephys:
-        return 30, 30, 1
-    return (64 if (args.arch == "classic" and args.tune_against) else 8), 1, 0
+def _default_window(args) -> tuple[int, int, int]:
+    """(pre, post, omission) when not given: the architecture's (DeepInterpolation's Neuropixels
+    window for ephys); a filter grid-searched against ground truth caps past frames at `tune_pre`."""
+    d = registry.defaults(args.arch)
+    pre = d.get("tune_pre", d["pre"]) if args.tune_against else d["pre"]
+    return int(pre), int(d["post"]), int(d["omission"])
+
+
+def _resolve_arch(args) -> str:
+    """The architecture to train: --arch, else the default of the recording's modality."""
+    from livedenoise.io.readers_ephys import is_ephys_path
+
+    data = "ephys" if is_ephys_path(args.movies[0]) else "2p"
+    if args.arch is None:
+        return registry.default_name(data)
+    if data == "ephys" and registry.modality(args.arch) != "ephys":
+        raise UserError(f"{args.movies[0]} is an ephys recording; --arch {args.arch} reads {registry.modality(args.arch)} "
+                        f"movies: choose one of {', '.join(registry.names(modality='ephys'))}")
+    return args.arch
 
 
 def run(args) -> int:
@@ -128,15 +143,14 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
-    from livedenoise.io.readers_ephys import is_ephys_path
-
-    ephys = args.arch in ("interp-ephys", "block-ephys") or is_ephys_path(args.movies[0])
-    for name, default in zip(("pre", "post", "omission"), _default_window(args, ephys)):
+    args.arch = _resolve_arch(args)
+    for name, default in zip(("pre", "post", "omission"), _default_window(args)):
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if ephys:
+    how = registry.trainer(args.arch)
+    if how == "ephys":
         return run_ephys(args, out)
-    if args.arch == "classic":
+    if how == "filter":
         return _run_classic(args, out)
     return _run_train(args, out)
 
@@ -194,9 +208,10 @@ def _innovation_note(card) -> str:
 def _run_classic(args, out: Path) -> int:
     import numpy as np
 
-    from livedenoise.models.nets import classic as baselines
     from livedenoise.models.checkpoint import save_checkpoint
     from livedenoise.models.registry import describe_receptive_field
+
+    baselines = registry.arch_module(args.arch)  # a filter module: classic_card, build, tune, DEFAULT_GRID
 
     if args.omission:
         raise UserError("classic filters read the frame itself and cannot hide neighbours; use --omission 0")
@@ -249,9 +264,9 @@ def run_ephys(args, out) -> int:
     import torch
 
     from livedenoise.commands.args import open_from_args
-    from livedenoise.train.ephys import EPHYS_ARCHS, train_ephys
+    from livedenoise.train.ephys import train_ephys
 
-    arch = args.arch if args.arch in EPHYS_ARCHS else "block-ephys"
+    arch = args.arch if args.arch and registry.trainer(args.arch) == "ephys" else registry.default_name("ephys")
     if len(args.movies) > 1:
         raise UserError("ephys training takes one recording (concatenate sessions or train on the longest)")
     rec = open_from_args(args.movies[0], args)
@@ -263,9 +278,10 @@ def run_ephys(args, out) -> int:
     log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     log(f"training {arch} on {rec.describe()}; window pre={pre} post={post} omission={omission}")
     steps = args.steps or 2000
+    d = registry.defaults(arch)
     card, hist = train_ephys(
         rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
-        lr=args.lr or 1e-3, crop=args.crop or 512, seed=args.seed, device=device, val_fraction=args.val_fraction,
+        lr=args.lr or d["lr"], crop=args.crop or d["crop"], seed=args.seed, device=device, val_fraction=args.val_fraction,
         log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None),
     )
     if getattr(args, "json", False):

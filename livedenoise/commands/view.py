@@ -26,7 +26,9 @@ def register(sub) -> None:
                    help=f"raw stream (imaging: {DEFAULT_INPUT}; ephys: {EPHYS_RAW}); 'none' to leave it out")
     p.add_argument("--denoised", metavar="ENDPOINT", default=None,
                    help=f"denoised stream (imaging: {DEFAULT_OUTPUT}; ephys: {EPHYS_DENOISED}); 'none' to leave it out")
-    p.add_argument("--file", metavar="RAW", help="play a raw movie (.tif, .npy, .h5) instead of a stream")
+    p.add_argument("--file", metavar="RAW",
+                   help="play a raw movie instead of a stream: any movie `denoise` reads (TIFF, BigTIFF, "
+                        "ScanImage TIFF, HDF5, .npy; a `serve --record` file finds its denoised_* partner)")
     p.add_argument("--denoised-file", metavar="DEN", help="play a denoised movie beside --file")
     p.add_argument("--fps", type=float, default=30.0, help="file playback rate (0: as fast as possible)")
     p.add_argument("--loop", action="store_true", help="loop file playback")
@@ -39,8 +41,9 @@ def register(sub) -> None:
     p.add_argument("--roi", action="append", default=[], metavar="X,Y,W,H",
                    help="add a rectangle ROI (pixels; repeatable)")
     p.add_argument("--levels", metavar="LO,HI", help="fixed contrast for raw and denoised (locks it)")
-    p.add_argument("--channel", type=int, help="imaging channel to show first")
-    p.add_argument("--plane", type=int, help="imaging plane to show first")
+    p.add_argument("--channel", type=int, help="imaging channel to show first (with a ScanImage TIFF --file: the channel to play)")
+    p.add_argument("--plane", type=int, help="imaging plane to show first (with a ScanImage TIFF --file: the plane to play)")
+    p.add_argument("--dataset", default=None, help="HDF5 dataset holding the --file movie")
     p.add_argument("--window", type=float, default=None,
                    help="trace window in s (imaging ROI traces: 10; ephys: 0.5)")
     p.add_argument("--first-channel", type=int, default=0, help="ephys: first channel shown")
@@ -92,7 +95,7 @@ def options(args):
         denoised=None if files else _endpoint(args.denoised, den_default),
         file=args.file, denoised_file=args.denoised_file, fps=args.fps, loop=args.loop, ephys=args.ephys,
         screenshot=args.screenshot, frames=args.frames, timeout=args.timeout, rois=rois, levels=levels,
-        channel=args.channel, plane=args.plane,
+        channel=args.channel, plane=args.plane, dataset=args.dataset,
         window_s=args.window if args.window is not None else (0.5 if args.ephys else 10.0),
         first_channel=args.first_channel, n_channels=args.n_channels, gain=args.gain,
         positions=args.channel_positions, size=(w, h),

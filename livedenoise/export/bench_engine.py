@@ -69,29 +69,26 @@ def named_checkpoint(spec: str, folder: Path, pre=None, post=None, omission=None
     """A random-weight checkpoint for `di`, `lite`, `cad3d` or `ARCH:PRESET`."""
     import torch
 
-    from livedenoise.models.card import ModelCard
+    from livedenoise.models import registry
     from livedenoise.models.checkpoint import save_checkpoint
-    from livedenoise.models.registry import arch_module
 
     if spec in NAMED:
         arch, preset, d_pre, d_post, d_om = NAMED[spec]
     elif ":" in spec:
         arch, preset = spec.split(":", 1)
-        d_pre, d_post, d_om = 8, 1, 0
+        d = registry.defaults(arch)  # UserError for an unknown architecture
+        d_pre, d_post, d_om = d["pre"], d["post"], d["omission"]
     else:
         raise UserError(f"--model {spec!r}: give a .pt/.onnx/.engine file or one of {', '.join(NAMED)} (or ARCH:PRESET)")
-    mod = arch_module(arch)
     pre = d_pre if pre is None else pre
     post = d_post if post is None else post
     omission = d_om if omission is None else omission
     try:
-        params = mod.preset_params(preset)
-        win = mod.window(pre, post, omission)
-    except ValueError as exc:
+        card = registry.make_card(arch, preset=preset, pre=pre, post=post, omission=omission)
+    except (ValueError, TypeError) as exc:
         raise UserError(f"--model {spec}: {exc}") from None
-    card = ModelCard(arch, params, "2p", pre, post, omission, list(win.offsets), norm_mean=0.0, norm_std=1.0)
     torch.manual_seed(0)
-    net = mod.build(card)
+    net = registry.build_network(card)
     path = folder / f"{spec.replace(':', '-')}.pt"
     save_checkpoint(path, card, net.state_dict())
     return path
@@ -148,7 +145,7 @@ def _machine(threads: int) -> dict:
     except ImportError:
         pass
     try:
-        from livedenoise.export.engines.base import tensorrt_status
+        from livedenoise.export.engines.tensorrt import tensorrt_status
 
         ok, why = tensorrt_status()
         info["gpu"] = why if ok else None
@@ -187,14 +184,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, threads: int) -> int:
-    from livedenoise.export.engines.base import (
-        OnnxRuntimeEngine,
-        TorchEngine,
-        ort_providers_available,
-        read_onnx_card,
-        sample_shape,
-        tensorrt_status,
-    )
+    from livedenoise.export.engines.base import read_onnx_card, sample_shape
+    from livedenoise.export.engines.onnxruntime import ort_providers_available
+    from livedenoise.export.engines.tensorrt import tensorrt_status
 
     with tempfile.TemporaryDirectory(prefix="livedenoise-bench-") as tmp:
         tmp = Path(tmp)
@@ -244,7 +236,7 @@ def _run(args: argparse.Namespace, threads: int) -> int:
             fs = tuple(card.frame_shape)
             onnx_path = model
         else:
-            from livedenoise.export.tensorrt_build import read_sidecar
+            from livedenoise.export.engines.tensorrt import read_sidecar
             from livedenoise.models.card import ModelCard
 
             card = ModelCard.from_dict(read_sidecar(model)["card"])
@@ -256,7 +248,7 @@ def _run(args: argparse.Namespace, threads: int) -> int:
         results = []
         for backend, precision in _configs(model, runnable, args.precisions):
             try:
-                engine = _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max(args.batch), TorchEngine, OnnxRuntimeEngine)
+                engine = _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max(args.batch))
             except UserError as exc:
                 skipped.append({"backend": f"{backend} {precision}", "reason": str(exc)})
                 continue
@@ -311,7 +303,11 @@ def _device_of(engine) -> str:
     return getattr(engine, "gpu_name", "gpu")
 
 
-def _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max_batch, TorchEngine, OnnxRuntimeEngine):
+def _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max_batch):
+    from livedenoise.export.engines.onnxruntime import OnnxRuntimeEngine
+    from livedenoise.export.engines.tensorrt import TensorRTEngine
+    from livedenoise.export.engines.torch import TorchEngine
+
     if backend == "torch":
         import torch
 
@@ -324,8 +320,6 @@ def _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max_batc
     if backend in ("onnxruntime", "onnxruntime-cuda"):
         provider = "CPUExecutionProvider" if backend == "onnxruntime" else "CUDAExecutionProvider"
         return OnnxRuntimeEngine(onnx_path, provider, threads, reason="bench")
-    from livedenoise.export.engines.tensorrt import TensorRTEngine
-
     if precision == "engine":
         return TensorRTEngine(model, reason="bench")
     from livedenoise.export.tensorrt_build import build_engine

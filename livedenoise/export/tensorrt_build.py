@@ -22,8 +22,8 @@ Precision:
 
 The sidecar holds the model card, TensorRT version, GPU name, compute
 capability, precision, build flags, batch profile, input shape and the ONNX it
-came from; `TensorRTEngine` refuses an engine whose sidecar names another
-GPU or TensorRT version.
+came from (its format and reader live with the runtime, `engines.tensorrt`, which
+refuses an engine whose sidecar names another GPU or TensorRT version).
 
 Engine cache: ``cached_engine(onnx, precision)`` keeps engines next to the
 ONNX as ``<onnx stem>.<gpu>-sm<cc>.trt<version>.<precision>.engine`` (in the
@@ -45,53 +45,21 @@ import numpy as np
 from livedenoise import __version__
 from livedenoise.errors import UserError
 from livedenoise.export.engines.base import cache_dir, read_onnx_card
-from livedenoise.export.engines.tensorrt import CudaContext, gpu_info, import_tensorrt, rebuild_command, trt_logger
+from livedenoise.export.engines.tensorrt import (
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    CudaContext,
+    gpu_info,
+    import_tensorrt,
+    read_sidecar,
+    sidecar_path,
+    trt_logger,
+)
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "livedenoise-tensorrt-engine"
-SIDECAR_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_GIB = 4.0
-
-
-def sidecar_path(engine_path) -> Path:
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def read_sidecar(engine_path) -> dict:
-    engine_path = Path(engine_path)
-    if not engine_path.is_file():
-        raise UserError(f"TensorRT engine {engine_path} does not exist; build it with `livedenoise export MODEL.pt --tensorrt {engine_path}`")
-    sc = sidecar_path(engine_path)
-    if not sc.is_file():
-        raise UserError(
-            f"{engine_path} has no sidecar {sc.name} (model card, GPU, TensorRT version); it was not built by livedenoise or the "
-            f"sidecar was lost: rebuild with `livedenoise export MODEL.pt --tensorrt {engine_path}`"
-        )
-    try:
-        data = json.loads(sc.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{sc}: unreadable engine sidecar ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "card" not in data:
-        raise UserError(f"{sc} is not a livedenoise engine sidecar")
-    return data
-
-
-def _describe_target(d: dict) -> str:
-    return f"{d.get('gpu_name', '?')} (compute capability {d.get('compute_capability', '?')}) with TensorRT {d.get('tensorrt_version', '?')}"
-
-
-def check_compatible(sidecar: dict, here: dict, engine_path) -> None:
-    """Refuse an engine built for another GPU or TensorRT version (names both + the rebuild command)."""
-    keys = ("gpu_name", "compute_capability", "tensorrt_version")
-    if all(str(sidecar.get(k)) == str(here.get(k)) for k in keys):
-        return
-    raise UserError(
-        f"{engine_path} was built for {_describe_target(sidecar)}, but this machine has {_describe_target(here)}; "
-        f"TensorRT engines only run where they were built: rebuild it here with {rebuild_command(sidecar, engine_path)}"
-    )
 
 
 def _slug(text: str) -> str:

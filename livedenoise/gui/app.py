@@ -76,6 +76,7 @@ class ViewOptions:
     levels: tuple | None = None
     channel: int | None = None
     plane: int | None = None
+    dataset: str | None = None
     window_s: float = 10.0
     first_channel: int = 0
     n_channels: int = 32
@@ -87,18 +88,20 @@ class ViewOptions:
 def build_imaging(opts: ViewOptions):
     """(window, sources) for the imaging view, sources started."""
     from livedenoise.gui.imaging import ImagingWindow
-    from livedenoise.gui.sources import FileFrameSource, ZmqFrameSource, load_movie
+    from livedenoise.gui.sources import ZmqFrameSource, open_file_source
 
     limit = opts.frames if opts.screenshot else None
     if opts.file or opts.denoised_file:
         raw = den = None
+        play = dict(fps=opts.fps, loop=opts.loop, frame_limit=limit, channel=opts.channel, plane=opts.plane)
         if opts.file:
-            raw = FileFrameSource("raw", load_movie(opts.file, "raw"), fps=opts.fps, loop=opts.loop,
-                                  frame_limit=limit, endpoint=opts.file, history=32)
+            raw = open_file_source("raw", opts.file, dataset=opts.dataset, prefer="raw", endpoint=opts.file,
+                                   history=32, **play)
         den_path = opts.denoised_file or _sibling_denoised(opts.file)
         if den_path:
-            den = FileFrameSource("denoised", load_movie(den_path, "denoised"), fps=opts.fps, loop=opts.loop,
-                                  frame_limit=limit, endpoint=den_path)
+            den = open_file_source("denoised", den_path, prefer="denoised", endpoint=den_path, **play)
+            if raw is not None and not den.labelled:  # e.g. `denoise scan.tif --channel 2` wrote a plain TIFF
+                den.channel, den.plane = raw.channel, raw.plane
     else:
         raw = ZmqFrameSource("raw", opts.raw, history=32) if opts.raw else None
         den = ZmqFrameSource("denoised", opts.denoised) if opts.denoised else None
@@ -120,11 +123,11 @@ def _sibling_denoised(raw_path: str | None) -> str | None:
     `serve --record` neighbour (raw_c1_p1_a001.h5 -> denoised_c1_p1_a001.h5)."""
     from pathlib import Path
 
-    from livedenoise.gui.sources import h5_has
+    from livedenoise.gui.sources import has_denoised_partner
 
     if not raw_path:
         return None
-    if h5_has(raw_path, "denoised"):
+    if has_denoised_partner(raw_path):
         return raw_path
     p = Path(raw_path)
     if p.name.startswith("raw_"):

@@ -6,9 +6,10 @@ float32[num_samples] payload. The Open Ephys ZMQ Interface plugin (port 5556) an
 our sidecar's denoised PUB (port 5560) both speak it; messages are decoded by
 `livedenoise.stream.protocols.zmq_interface.decode`, the sidecar's own decoder.
 
-The receiver thread writes every block into a preallocated (channels, capacity)
-float32 ring indexed by absolute sample number; the GUI copies the window it
-draws at screen rate. The thread never touches Qt.
+The receiver thread writes every block into a preallocated ring of samples
+(`livedenoise.stream.ring.Ring`, capacity x channels float32) indexed by absolute
+sample number; the GUI copies the window it draws at screen rate. The thread
+never touches Qt.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.gui.source_thread import SourceThread
+from livedenoise.stream.ring import Ring
 from livedenoise.stream.protocols.zmq_interface import (
     DEFAULT_DATA_PORT, DEFAULT_OUTPUT_PORT, DataMessage, ProtocolError, decode,
 )
@@ -32,74 +34,85 @@ RCVHWM = 100_000
 
 
 class EphysRing:
-    """(channels, capacity) float32 ring indexed by absolute sample number; thread-safe."""
+    """The newest samples of one stream, every channel, by absolute sample number; thread-safe.
+
+    The samples live in THE ring (`livedenoise.stream.ring.Ring`, one item = one
+    sample of all channels); a message (one channel's block) is written as that
+    channel's column. On top of it: which channels have data, where each one is,
+    the gaps in its sample numbers, and the stream's sample rate.
+    """
 
     def __init__(self, n_channels: int = 384, capacity: int = 1 << 16):
         self._lock = threading.Lock()
         self.capacity = int(capacity)
-        self.buf = np.zeros((n_channels, self.capacity), np.float32)
-        self.next_sample = np.full(n_channels, -1, np.int64)
+        self._ring = Ring(self.capacity, (int(n_channels),), np.float32)
+        self.next_sample = np.full(int(n_channels), -1, np.int64)
         """Per channel: the sample number after the last one written (-1: never written)."""
-        self.head = -1
-        """Largest sample number written + 1, over all channels."""
         self.sample_rate = 0.0
         self.gap_samples = 0
 
     @property
     def n_channels(self) -> int:
-        return self.buf.shape[0]
+        return self._ring.item_shape[0]
+
+    @property
+    def head(self) -> int:
+        """Largest sample number written + 1, over all channels (-1: nothing yet)."""
+        return self._ring.end if self._ring.end > 0 else -1
 
     def write(self, ch: int, s0: int, data: np.ndarray, rate: float) -> None:
         n = data.shape[0]
         with self._lock:
-            if ch >= self.buf.shape[0]:
-                grow = np.zeros((ch + 1, self.capacity), np.float32)
-                grow[: self.buf.shape[0]] = self.buf
-                self.buf = grow
-                self.next_sample = np.concatenate(
-                    [self.next_sample, np.full(ch + 1 - len(self.next_sample), -1, np.int64)])
-            if self.head >= 0 and s0 + n < self.head - 4 * self.capacity:
+            if ch >= self.n_channels:
+                self._grow(ch + 1)
+            ring = self._ring
+            if ring.end > 0 and s0 + n < ring.end - 4 * self.capacity:
                 # sample numbers went far back: a new acquisition; start over
-                self.buf[:] = 0
+                ring.reset()
+                ring.data[:] = 0
                 self.next_sample[:] = -1
-                self.head = -1
             self.sample_rate = rate
             prev = self.next_sample[ch]
             if prev >= 0 and s0 > prev:
                 self.gap_samples += s0 - prev
-            if n > self.capacity:
-                data, s0, n = data[-self.capacity:], s0 + n - self.capacity, self.capacity
-            i = s0 % self.capacity
-            k = min(n, self.capacity - i)
-            self.buf[ch, i:i + k] = data[:k]
-            if k < n:
-                self.buf[ch, : n - k] = data[k:]
             self.next_sample[ch] = s0 + n
-            self.head = max(self.head, s0 + n)
+            skip = max(0, ring.oldest - s0)  # samples the ring no longer holds (a channel far behind)
+            if skip < n:
+                ring.assign(s0 + skip, data[skip:], cols=ch)
+
+    def _grow(self, n_channels: int) -> None:
+        old = self._ring
+        self._ring = Ring(self.capacity, (n_channels,), np.float32)
+        self._ring.data[:, : old.item_shape[0]] = old.data
+        self._ring.end = old.end
+        self.next_sample = np.concatenate([self.next_sample, np.full(n_channels - len(self.next_sample), -1, np.int64)])
 
     def read(self, channels: np.ndarray, n: int, end: int | None = None, out: np.ndarray | None = None):
         """Samples [end - n, end) of `channels` into `out` ((len(channels), n) float32).
 
-        Returns (out, end). Samples never written read as 0.
+        Returns (out, end). Samples never written, or no longer held, read as 0.
         """
         n = min(int(n), self.capacity)
         with self._lock:
+            ring = self._ring
             if end is None:
                 end = self.head
             if out is None or out.shape != (len(channels), n):
                 out = np.empty((len(channels), n), np.float32)
-            if end <= 0:
+            a = end - n
+            lo, hi = max(a, ring.oldest, 0), min(end, ring.end)
+            if hi <= lo:
                 out[:] = 0
                 return out, max(end, 0)
+            out[:, : lo - a] = 0
+            out[:, hi - a:] = 0
             chans = np.asarray(channels)
-            chans = np.where(chans < self.buf.shape[0], chans, 0)
-            i = (end - n) % self.capacity
-            k = min(n, self.capacity - i)
-            out[:, :k] = self.buf[chans, i:i + k]
-            if k < n:
-                out[:, k:] = self.buf[chans, : n - k]
-            if end - n < 0:
-                out[:, : n - end] = 0
+            chans = np.where(chans < self.n_channels, chans, 0)
+            i = lo % self.capacity
+            k = min(hi - lo, self.capacity - i)
+            out[:, lo - a: lo - a + k] = ring.data[i:i + k, chans].T
+            if k < hi - lo:
+                out[:, lo - a + k: hi - a] = ring.data[: hi - lo - k, chans].T
             return out, end
 
     def channels_seen(self) -> int:
@@ -110,10 +123,6 @@ class EphysRing:
         """Indices of the channels that have data (the plugin may send a subset)."""
         with self._lock:
             return np.flatnonzero(self.next_sample >= 0)
-
-    def channel_head(self) -> np.ndarray:
-        with self._lock:
-            return self.next_sample.copy()
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""ROI traces: per-ROI rolling rings of (t, frame, mean), filled for every frame.
+"""ROI traces: per-ROI rolling rings (`livedenoise.stream.ring.Ring`) of (t, frame, mean), filled for every frame.
 
 Qt-free on purpose: the receiver threads call `RoiTraces.add` for every frame of
 the selected (channel, plane) stream, so traces keep the stream's full time
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.stream.protocols.frames import FrameHeader
+from livedenoise.stream.ring import Ring
 
 
 @dataclass(frozen=True)
@@ -35,32 +36,15 @@ class RectRoi:
         return RectRoi(y0, y1, x0, x1)
 
 
-class _Ring:
-    __slots__ = ("t", "frame", "value", "n", "head")
+def _trace_ring(capacity: int) -> Ring:
+    """One ROI's trace: the ROI mean per frame, with the frame's time and number as fields."""
+    return Ring(capacity, (), np.float64, fields={"t": np.float64, "frame": np.int64})
 
-    def __init__(self, capacity: int):
-        self.t = np.zeros(capacity, np.float64)
-        self.frame = np.zeros(capacity, np.int64)
-        self.value = np.zeros(capacity, np.float64)
-        self.n = 0
-        self.head = 0  # next write index
 
-    def push(self, t: float, frame: int, value: float) -> None:
-        i = self.head
-        self.t[i] = t
-        self.frame[i] = frame
-        self.value[i] = value
-        cap = self.t.shape[0]
-        self.head = (i + 1) % cap
-        self.n = min(self.n + 1, cap)
-
-    def ordered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cap = self.t.shape[0]
-        if self.n < cap:
-            sl = slice(0, self.n)
-            return self.t[sl].copy(), self.frame[sl].copy(), self.value[sl].copy()
-        idx = np.roll(np.arange(cap), -self.head)
-        return self.t[idx], self.frame[idx], self.value[idx]
+def _ordered(ring: Ring) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, frame, mean) of every item the ring holds, oldest first (copies)."""
+    slots = np.arange(ring.oldest, ring.end) % ring.capacity
+    return ring.fields["t"][slots], ring.fields["frame"][slots], ring.data[slots]
 
 
 class RoiTraces:
@@ -70,7 +54,7 @@ class RoiTraces:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._rois: dict[int, RectRoi] = {}
-        self._rings: dict[int, _Ring] = {}
+        self._rings: dict[int, Ring] = {}
         self._stream: tuple[int, int] | None = None
 
     # --- GUI side -------------------------------------------------------
@@ -79,14 +63,14 @@ class RoiTraces:
         with self._lock:
             if stream != self._stream:
                 self._stream = stream
-                self._rings = {k: _Ring(self.capacity) for k in self._rois}
+                self._rings = {k: _trace_ring(self.capacity) for k in self._rois}
 
     def set_roi(self, roi_id: int, roi: RectRoi) -> None:
         """Add or move an ROI; a moved ROI starts a fresh trace."""
         with self._lock:
             if self._rois.get(roi_id) != roi:
                 self._rois[roi_id] = roi
-                self._rings[roi_id] = _Ring(self.capacity)
+                self._rings[roi_id] = _trace_ring(self.capacity)
 
     def remove_roi(self, roi_id: int) -> None:
         with self._lock:
@@ -95,7 +79,7 @@ class RoiTraces:
 
     def clear(self) -> None:
         with self._lock:
-            self._rings = {k: _Ring(self.capacity) for k in self._rois}
+            self._rings = {k: _trace_ring(self.capacity) for k in self._rois}
 
     def roi_ids(self) -> list[int]:
         with self._lock:
@@ -108,7 +92,7 @@ class RoiTraces:
             if ring is None:
                 e = np.zeros(0)
                 return e, np.zeros(0, np.int64), e
-            return ring.ordered()
+            return _ordered(ring)
 
     # --- receiver-thread side --------------------------------------------
     def add(self, header: FrameHeader, pixels: np.ndarray) -> None:
@@ -124,7 +108,7 @@ class RoiTraces:
                 if r is None:
                     continue
                 value = float(pixels[r.y0:r.y1, r.x0:r.x1].mean(dtype=np.float64))
-                self._rings[roi_id].push(header.t, header.frame, value)
+                self._rings[roi_id].append(np.array([value]), t=header.t, frame=header.frame)
 
 
 def write_traces_csv(path: str | Path, raw: RoiTraces | None, denoised: RoiTraces | None) -> int:

@@ -1,4 +1,4 @@
-"""The receiver-thread lifecycle shared by the viewer's imaging and ephys sources.
+"""The receiver-thread lifecycle shared by the viewer's imaging and ephys sources, and their SUB sockets.
 
 A source owns one daemon thread that drains its socket or file; the Qt side only
 reads what the thread left behind. An exception in the thread is kept for the
@@ -10,8 +10,20 @@ from __future__ import annotations
 import threading
 import time
 
+from livedenoise.errors import UserError
+
+
+def connectable(endpoint: str) -> str:
+    """A bind address (`tcp://*:5571`, `tcp://0.0.0.0:5571`) turned into one a SUB can connect to."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint[len(wildcard):]
+    return endpoint
+
 
 class SourceThread:
+    """One daemon thread running `_run`; its exception, if any, is kept in `_error`."""
+
     def __init__(self, name: str, endpoint: str, thread_prefix: str = "view"):
         self.name = name
         self.endpoint = endpoint
@@ -49,9 +61,6 @@ class SourceThread:
     def _subscribe(self, topic: bytes, rcvhwm: int):
         """A SUB socket connected to this source's endpoint, and a poller on it."""
         import zmq
-
-        from livedenoise.errors import UserError
-        from livedenoise.gui.sources import connectable
 
         sock = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)

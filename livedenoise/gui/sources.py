@@ -1,5 +1,8 @@
 """Imaging frame sources for the viewer: a ZMQ subscriber or file playback, each on its own thread.
 
+File playback opens movies with `livedenoise.io.readers.open_movie`, the reader
+every verb uses, so `view --file` plays whatever `denoise` reads.
+
 The receiver thread never touches Qt. For every frame it updates counters,
 rate, latency and ROI traces; only the newest frame of each (channel, plane)
 stream is copied into a preallocated slot (`NewestFrames`), from which the GUI
@@ -19,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.errors import UserError
 from livedenoise.gui.rois import RoiTraces
 from livedenoise.gui.source_thread import SourceThread
+from livedenoise.io.readers import HDF5_EXTS, TIFF_EXTS, ArrayMovie, Movie, open_movie
 from livedenoise.stream.protocols.frames import (
     ControlMessage, FrameHeader, FrameMessage, ProtocolError, decode,
 )
@@ -30,14 +33,6 @@ RCVHWM = 2000
 """Receive queue, in messages: enough for a second of a kHz stream while the thread is busy."""
 MAX_BATCH = 512
 """Messages drained before the newest frames are published to the slots."""
-
-
-def connectable(endpoint: str) -> str:
-    """A bind address (`tcp://*:5571`, `tcp://0.0.0.0:5571`) turned into one a SUB can connect to."""
-    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
-        if endpoint.startswith(wildcard):
-            return "tcp://127.0.0.1:" + endpoint[len(wildcard):]
-    return endpoint
 
 
 class NewestFrames:
@@ -335,104 +330,113 @@ class ZmqFrameSource(FrameSource):
             sock.close(0)
 
 
-@dataclass
-class Movie:
-    """A (T, H, W) movie and what a recording says about its frames."""
+def open_file_source(name: str, path: str | Path, *, channel: int | None = None, plane: int | None = None,
+                     dataset: str | None = None, prefer: str | None = None, **kw) -> "FileFrameSource":
+    """A `FileFrameSource` playing `path`, opened with `livedenoise.io.readers.open_movie`.
 
-    frames: Any  # numpy array, memmap or h5py dataset
-    frame: np.ndarray | None = None
-    """Acquisition frame numbers (recordings of `serve --record`); None: 0, 1, 2, ..."""
-    t: np.ndarray | None = None
-    channel: int = 1
-    plane: int = 1
-    close: Any = None
-
-    def __len__(self) -> int:
-        return int(self.frames.shape[0])
-
-
-def load_movie(path: str | Path, prefer: str = "raw") -> Movie:
-    """A movie from TIFF, NPY or HDF5 (memory-mapped or read lazily where the format allows).
-
-    HDF5: a `serve --record` file (`frames`, `frame`, `t`, attrs channel/plane), or the
-    dataset named `prefer` ("raw" or "denoised"), `data`, `movie`, else the first 3-D dataset.
+    Every movie `denoise` reads plays: TIFF / BigTIFF, ScanImage TIFF (`channel`,
+    `plane` pick the stream; on other files they only say which stream to show),
+    HDF5 (`dataset`; else the 3-D dataset named `prefer`, "raw" or "denoised", when
+    the file has one; else open_movie's choice), .npy. A `serve --record` HDF5 file
+    keeps its frame numbers, times, channel and plane, so raw and denoised
+    recordings line up frame by frame.
     """
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"no such file: {p}")
-    suffix = p.suffix.lower()
+    hdf5 = p.suffix.lower() in HDF5_EXTS
+    if dataset is None and prefer and hdf5 and _h5_movie_dataset(p, prefer):
+        dataset = prefer
+    scanimage = p.suffix.lower() in TIFF_EXTS and _is_scanimage(p)
+    stamps = _recording_stamps(p) if hdf5 and dataset in (None, "frames", "/frames") else {}
+    movie = open_movie(p, channel=channel if scanimage else None, plane=plane if scanimage else None, dataset=dataset)
+    if getattr(movie, "dataset", None) != "/frames":
+        stamps = {}
+    for key in ("frame_numbers", "times"):
+        if key in stamps and len(stamps[key]) < len(movie):
+            del stamps[key]
+    if scanimage:
+        stamps = {"channel": movie.channel, "plane": movie.plane}
+    src = FileFrameSource(name, movie, **stamps, **kw)
+    src._owns_movie = True
+    src.labelled = bool(stamps)
+    return src
+
+
+def _is_scanimage(path: Path) -> bool:
+    from livedenoise.io.readers_scanimage import is_scanimage_tiff
+
     try:
-        if suffix == ".npy":
-            movie = Movie(np.load(p, mmap_mode="r"))
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            try:
-                movie = Movie(tifffile.memmap(p, mode="r"))
-            except ValueError:
-                movie = Movie(tifffile.imread(p))
-        elif suffix in (".h5", ".hdf5"):
-            movie = _load_h5(p, prefer)
-        else:
-            raise UserError(f"{p}: unknown movie format (use .tif, .npy or .h5)")
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"cannot read {p}: {exc}") from None
-    if movie.frames.ndim == 2:
-        movie.frames = np.asarray(movie.frames)[None]
-    if movie.frames.ndim != 3:
-        raise UserError(f"{p}: expected a (frames, height, width) movie, got shape {movie.frames.shape}")
-    if len(movie) == 0:
-        raise UserError(f"{p}: the movie has no frames")
-    return movie
-
-
-def _load_h5(p: Path, prefer: str) -> Movie:
-    import h5py
-
-    f = h5py.File(p, "r", libver="latest", swmr=True)
-    if prefer in f and isinstance(f[prefer], h5py.Dataset) and f[prefer].ndim == 3:
-        return Movie(f[prefer], close=f.close)
-    if "frames" in f and f["frames"].ndim == 3:  # a `serve --record` file
-        frame = f["frame"][:] if "frame" in f else None
-        t = f["t"][:] if "t" in f else None
-        return Movie(f["frames"], frame, t, int(f.attrs.get("channel", 1)), int(f.attrs.get("plane", 1)), f.close)
-    for key in ("data", "movie", "mov"):
-        if key in f and isinstance(f[key], h5py.Dataset) and f[key].ndim == 3:
-            return Movie(f[key], close=f.close)
-    found: list = []
-    f.visititems(lambda name, obj: found.append(obj) if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else None)
-    if not found:
-        raise UserError(f"{p}: no 3-D dataset inside")
-    return Movie(found[0], close=f.close)
-
-
-def h5_has(path: str | Path, key: str) -> bool:
-    p = Path(path)
-    if p.suffix.lower() not in (".h5", ".hdf5") or not p.exists():
+        return bool(is_scanimage_tiff(path))
+    except Exception:  # unreadable: open_movie says why
         return False
+
+
+def _h5_open(path: Path):
+    """An HDF5 file opened read-only; a `serve --record` file still being written needs SWMR mode."""
     import h5py
 
-    with h5py.File(p, "r") as f:
-        return key in f
+    try:
+        return h5py.File(path, "r")
+    except OSError:
+        return h5py.File(path, "r", swmr=True)
+
+
+def _h5_movie_dataset(path: Path, name: str) -> bool:
+    """True when HDF5 file `path` has a 3-D dataset `name`."""
+    try:
+        with _h5_open(path) as f:
+            return name in f and getattr(f[name], "ndim", 0) == 3
+    except Exception:  # unreadable: open_movie says why
+        return False
+
+
+def _recording_stamps(path: Path) -> dict:
+    """Frame numbers, times, channel and plane of a `serve --record` HDF5 file (datasets
+    `frames`, `frame`, `t`; attrs channel, plane); {} for any other file."""
+    try:
+        with _h5_open(path) as f:
+            if "frames" not in f:
+                return {}
+            out: dict = {"channel": int(f.attrs.get("channel", 1)), "plane": int(f.attrs.get("plane", 1))}
+            if "frame" in f:
+                out["frame_numbers"] = np.asarray(f["frame"][:], np.int64)
+            if "t" in f:
+                out["times"] = np.asarray(f["t"][:], np.float64)
+            return out
+    except Exception:  # unreadable: open_movie says why
+        return {}
+
+
+def has_denoised_partner(path: str | Path) -> bool:
+    """True when `path` is an HDF5 file holding a 3-D `denoised` dataset beside its raw movie."""
+    p = Path(path)
+    return p.suffix.lower() in HDF5_EXTS and p.exists() and _h5_movie_dataset(p, "denoised")
 
 
 class FileFrameSource(FrameSource):
-    """Plays a movie as protocol frames at `fps` (0: as fast as possible).
+    """Plays a movie (a `livedenoise.io.readers.Movie`, or any (T, H, W) array) as protocol frames.
 
-    Frames keep a recording's frame numbers and times, so raw and denoised files
-    line up. With `frame_limit`, stops after that many frames; with `loop`, starts over.
+    Plays at `fps` (0: as fast as possible). `frame_numbers` / `times` (a recording's)
+    are kept, so raw and denoised files line up; otherwise frames are numbered 0, 1, ...
+    With `frame_limit`, stops after that many frames; with `loop`, starts over.
     """
 
     def __init__(self, name: str, movie: Movie | np.ndarray, fps: float = 30.0, loop: bool = False,
-                 frame_limit: int | None = None, endpoint: str = "", extra: dict | None = None, **kw):
+                 frame_limit: int | None = None, endpoint: str = "", extra: dict | None = None, *,
+                 frame_numbers: np.ndarray | None = None, times: np.ndarray | None = None,
+                 channel: int = 1, plane: int = 1, **kw):
         super().__init__(name, endpoint or "file", **kw)
-        self.movie = movie if isinstance(movie, Movie) else Movie(movie)
+        self.movie = movie if isinstance(movie, Movie) else ArrayMovie(movie)
+        self.frame_numbers = frame_numbers
+        self.times = times
+        self.channel = int(channel)
+        self.plane = int(plane)
         self.fps = fps
         self.loop = loop
         self.frame_limit = frame_limit
         self.extra = extra or {}
+        self._owns_movie = False
+        self.labelled = False
+        """True when the file itself says which (channel, plane) it is (a recording, a ScanImage TIFF)."""
         self._running = threading.Event()
         self._running.set()
 
@@ -444,13 +448,20 @@ class FileFrameSource(FrameSource):
             self._running.set()
 
     def _run(self) -> None:
+        try:
+            self._play()
+        finally:
+            if self._owns_movie:
+                self.movie.close()
+
+    def _play(self) -> None:
         mv = self.movie
         n = len(mv)
-        dtype = str(np.dtype(mv.frames.dtype))
+        dtype = str(np.dtype(mv.dtype))
         if dtype not in ("int16", "uint16", "float32"):
             dtype = "float32"
         period = 1.0 / self.fps if self.fps > 0 else 0.0
-        shape = tuple(int(s) for s in mv.frames.shape[1:])
+        shape = tuple(int(s) for s in mv.shape[1:])
         t_next = self._t0
         i = k = 0
         base = 0
@@ -468,13 +479,13 @@ class FileFrameSource(FrameSource):
                 base = k
             if self.frame_limit is not None and k >= self.frame_limit:
                 break
-            pixels = np.asarray(mv.frames[i])
+            pixels = mv.read(i, i + 1)[0]
             if str(pixels.dtype) != dtype:
                 pixels = pixels.astype(dtype)
-            number = base + (int(mv.frame[i]) if mv.frame is not None else i)
-            t = float(mv.t[i]) if mv.t is not None and not base else number * (period or 1 / 30)
-            header = FrameHeader(frame=number, t=t, shape=shape, dtype=dtype, channel=mv.channel,
-                                 plane=mv.plane, source=self.endpoint, extra=self.extra)
+            number = base + (int(self.frame_numbers[i]) if self.frame_numbers is not None else i)
+            t = float(self.times[i]) if self.times is not None and not base else number * (period or 1 / 30)
+            header = FrameHeader(frame=number, t=t, shape=shape, dtype=dtype, channel=self.channel,
+                                 plane=self.plane, source=self.endpoint, extra=self.extra)
             self._on_frame(header, pixels)
             self.newest.put(header, pixels)
             i += 1

@@ -5,7 +5,8 @@
 file's sample type (native byte order). Nothing reads the whole file: TIFF and
 NumPy files are memory-mapped when their pixels are stored contiguously and
 uncompressed, otherwise read page by page; HDF5 is read by hyperslab, so a
-20 GB recording costs only the frames asked for.
+20 GB recording costs only the frames asked for (a `serve --record` file still
+being written is opened in SWMR mode).
 
 Formats: multi-page TIFF and BigTIFF (.tif/.tiff), ScanImage TIFF (channels and
 planes de-interleaved by `livedenoise.io.readers_scanimage`, chosen with
@@ -20,74 +21,20 @@ unreadable file, a 2D image instead of a movie, a missing dataset) raises
 from __future__ import annotations
 
 import contextlib
-import importlib
-import logging
 import os
-from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.io.movie import Movie, first_line, quiet_tifffile
+from livedenoise.io.readers_scanimage import is_scanimage_tiff, open_scanimage_movie
 
 TIFF_EXTS = (".tif", ".tiff")
 HDF5_EXTS = (".h5", ".hdf5", ".hdf")
 NPY_EXTS = (".npy",)
 MOVIE_EXTS = TIFF_EXTS + HDF5_EXTS + NPY_EXTS
 DEFAULT_DATASETS = ("data", "mov")
-
-
-class Movie(ABC):
-    """A (T, H, W) movie on disk, read in frame ranges."""
-
-    path: Path
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    memmapped: bool = False
-    """True when reads come from a memory map (no file I/O until pages are touched)."""
-
-    def __len__(self) -> int:
-        return int(self.shape[0])
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        return (int(self.shape[1]), int(self.shape[2]))
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
-
-    def _check_range(self, start: int, stop: int) -> tuple[int, int]:
-        start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= len(self):
-            raise IndexError(f"frames {start}:{stop} outside 0:{len(self)} of {self.path}")
-        return start, stop
-
-    @abstractmethod
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Frames start..stop-1 as a new (stop - start, H, W) array of `dtype`."""
-
-    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(first frame index, frames) in consecutive pieces of at most `size` frames."""
-        for a in range(0, len(self), size):
-            yield a, self.read(a, min(len(self), a + size))
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "Movie":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def describe(self) -> str:
-        t, h, w = self.shape
-        return f"{self.path.name}: {t} frames of {h}x{w} {np.dtype(self.dtype).name}"
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.describe()}>"
 
 
 class ArrayMovie(Movie):
@@ -123,18 +70,6 @@ class ArrayMovie(Movie):
 
 
 # --------------------------------------------------------------------------- TIFF
-
-
-@contextlib.contextmanager
-def _quiet_tifffile():
-    """tifffile logs multi-line warnings about broken files; we report one line ourselves."""
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _not_a_movie(path: Path, shape) -> UserError:
@@ -174,11 +109,11 @@ class TiffPagesMovie(Movie):
         start, stop = self._check_range(start, stop)
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
         try:
-            with _quiet_tifffile():
+            with quiet_tifffile():
                 for k in range(start, stop):
                     out[k - start] = self._pages[k].asarray(maxworkers=1).reshape(self.shape[1:])
         except Exception as exc:  # tifffile raises ValueError / TiffFileError / OSError / codec errors
-            raise UserError(f"{self.path}: cannot read frame {k} ({_first_line(exc)}); the file may be truncated or corrupt") from None
+            raise UserError(f"{self.path}: cannot read frame {k} ({first_line(exc)}); the file may be truncated or corrupt") from None
         return out
 
     def close(self) -> None:
@@ -187,29 +122,24 @@ class TiffPagesMovie(Movie):
             self._tif = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
-
-
 def _open_tiff(path: Path) -> Movie:
     import tifffile
 
     size = path.stat().st_size
     try:
-        with _quiet_tifffile():
+        with quiet_tifffile():
             tif = tifffile.TiffFile(path)
     except Exception as exc:
-        raise UserError(f"{path} is not a readable TIFF (truncated or corrupt?): {_first_line(exc)}") from None
+        raise UserError(f"{path} is not a readable TIFF (truncated or corrupt?): {first_line(exc)}") from None
     try:
-        with _quiet_tifffile():
+        with quiet_tifffile():
             movie = _tiff_movie(path, tif, size)
     except UserError:
         tif.close()
         raise
     except Exception as exc:
         tif.close()
-        raise UserError(f"{path} is not a readable TIFF (truncated or corrupt?): {_first_line(exc)}") from None
+        raise UserError(f"{path} is not a readable TIFF (truncated or corrupt?): {first_line(exc)}") from None
     return movie
 
 
@@ -324,7 +254,7 @@ class H5Movie(Movie):
             data = self._ds[self._time_key(start, stop)]
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(
-                f"{self.path}: cannot read frames {start}:{stop} of {self.dataset} ({_first_line(exc)}); "
+                f"{self.path}: cannot read frames {start}:{stop} of {self.dataset} ({first_line(exc)}); "
                 "the file may be truncated or corrupt"
             ) from None
         return np.ascontiguousarray(data.reshape(stop - start, *self.shape[1:]), dtype=self.dtype)
@@ -372,7 +302,10 @@ def _open_h5(path: Path, dataset: str | None) -> Movie:
     try:
         f = h5py.File(path, "r")
     except Exception as exc:
-        raise UserError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {_first_line(exc)}") from None
+        try:  # a `serve --record` file still being written (SWMR) refuses plain readers
+            f = h5py.File(path, "r", swmr=True)
+        except Exception:
+            raise UserError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {first_line(exc)}") from None
     try:
         datasets = _h5_datasets(f)
         listing = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in datasets.items()) or "none"
@@ -422,7 +355,7 @@ def _open_npy(path: Path) -> Movie:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
-        raise UserError(f"{path} is not a readable .npy file (truncated or corrupt?): {_first_line(exc)}") from None
+        raise UserError(f"{path} is not a readable .npy file (truncated or corrupt?): {first_line(exc)}") from None
     if not isinstance(arr, np.ndarray):
         raise UserError(f"{path} does not hold a single array")
     if arr.dtype.kind not in "iuf":
@@ -435,15 +368,6 @@ def _open_npy(path: Path) -> Movie:
 
 
 # --------------------------------------------------------------------------- entry
-
-
-def _scanimage_module():
-    try:
-        return importlib.import_module("livedenoise.io.readers_scanimage")
-    except ModuleNotFoundError as exc:
-        if exc.name == "livedenoise.io.readers_scanimage":
-            return None
-        raise
 
 
 def open_movie(
@@ -465,17 +389,14 @@ def open_movie(
     if dataset is not None and ext not in HDF5_EXTS:
         raise UserError(f"--dataset applies to HDF5 files only; {path.name} is {ext}")
     if ext in TIFF_EXTS:
-        si = _scanimage_module()
-        is_si = False
-        if si is not None:
-            try:
-                is_si = bool(si.is_scanimage_tiff(path))
-            except UserError:
-                raise
-            except Exception:
-                is_si = False  # unreadable: let the generic reader say why
+        try:
+            is_si = bool(is_scanimage_tiff(path))
+        except UserError:
+            raise
+        except Exception:
+            is_si = False  # unreadable: let the generic reader say why
         if is_si:
-            return si.open_scanimage_movie(path, channel, plane)
+            return open_scanimage_movie(path, channel, plane)
         _refuse_channel_plane(path, channel, plane)
         return _open_tiff(path)
     _refuse_channel_plane(path, channel, plane)

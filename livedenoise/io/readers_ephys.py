@@ -1,9 +1,13 @@
-"""Extracellular recordings on disk: Open Ephys Binary, SpikeGLX, flat int16 .dat.
+"""Owns reading extracellular recordings from disk: Open Ephys Binary, SpikeGLX, flat int16 .dat.
 
 Every reader returns a `Recording`: a memory-mapped (samples, channels) array
 of the stored integers plus what turns them into microvolts (`bit_volts` per
 channel), the sample rate and the acquisition sample numbers. Nothing is read
 into memory until `read(start, stop)` asks for a range.
+
+Sample numbers are returned as stored: an Open Ephys `sample_numbers.npy` may
+jump (samples never acquired) or fall back (a restart); `stream/gaps.py`
+decides what that means, and nothing here fills or reorders samples.
 
     rec = open_recording("path/to/Record Node 101")          # Open Ephys Binary
     rec = open_recording("run_g0_t0.imec0.ap.bin")           # SpikeGLX (+ .meta)

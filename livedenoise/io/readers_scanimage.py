@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.errors import UserError
-from livedenoise.io.readers import Movie, _first_line, _quiet_tifffile
+from livedenoise.io.movie import Movie, first_line, quiet_tifffile
 
 _FRAME_NO = re.compile(r'frameNumbers"?\s*[=:]\s*(\d+)')
 _TIMESTAMP = re.compile(r'frameTimestamps_sec"?\s*[=:]\s*([-+0-9.eEinfINFnaN]+)')
@@ -51,7 +51,7 @@ def is_scanimage_tiff(path: str | os.PathLike) -> bool:
     import tifffile
 
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             return bool(tif.is_scanimage)
     except Exception:
         return False
@@ -145,7 +145,7 @@ def read_layout(path: str | os.PathLike, tif=None) -> ScanImageLayout:
         raise UserError(f"{path} does not exist; check the path")
     own = tif is None
     try:
-        with _quiet_tifffile():
+        with quiet_tifffile():
             if own:
                 tif = tifffile.TiffFile(path)
             try:
@@ -156,7 +156,7 @@ def read_layout(path: str | os.PathLike, tif=None) -> ScanImageLayout:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"{path} is not a readable ScanImage TIFF (truncated or corrupt?): {_first_line(exc)}") from None
+        raise UserError(f"{path} is not a readable ScanImage TIFF (truncated or corrupt?): {first_line(exc)}") from None
 
 
 def _frame_data(tif) -> tuple[dict, int]:
@@ -376,13 +376,13 @@ class PageReader:
                 n = lay.shape[0] * lay.shape[1] * lay.dtype.itemsize
                 raw = np.frombuffer(self._mm[off:off + n], dtype=lay.dtype).reshape(lay.shape)
                 return raw.astype(lay.dtype.newbyteorder("="), copy=True)
-            with _quiet_tifffile():
+            with quiet_tifffile():
                 return np.asarray(self._tif.pages[page].asarray(maxworkers=1)).reshape(lay.shape).astype(
                     lay.dtype.newbyteorder("="), copy=False)
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"{lay.path}: cannot read page {page} ({_first_line(exc)}); the file may be truncated or corrupt") from None
+            raise UserError(f"{lay.path}: cannot read page {page} ({first_line(exc)}); the file may be truncated or corrupt") from None
 
     def close(self) -> None:
         if self._mm is not None:

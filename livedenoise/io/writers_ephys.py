@@ -1,4 +1,4 @@
-"""Write extracellular recordings: Open Ephys Binary, SpikeGLX .bin/.meta, flat .dat.
+"""Owns writing extracellular recordings: Open Ephys Binary, SpikeGLX .bin/.meta, flat .dat.
 
 Writers stream: `write(block_uv)` appends (samples, channels) microvolts,
 quantised to int16 with the channel's bit_volts; `close()` finishes the files.
@@ -10,6 +10,8 @@ Open Ephys output is a session folder a GUI user would recognise:
                                                                .../timestamps.npy
 
 readable by `open_ephys.analysis.Session(OUT)`, SpikeInterface and our readers.
+`write(block, sample_numbers)` stores each sample's own number, gaps included
+(default: continuing from the last one); nothing is ever padded.
 """
 
 from __future__ import annotations

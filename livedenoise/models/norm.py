@@ -1,23 +1,56 @@
-"""Per-movie normalisation, done the same way offline and live.
+"""Normalisation of imaging frames: the one place that estimates, applies and undoes it.
 
-Both paths call these two functions, so a streamed frame and a file frame pass
-through identical float32 arithmetic (the "streaming equals offline" rule).
+Training, offline denoising and the live service all call these functions, so a
+streamed frame and a file frame pass through identical float32 arithmetic (the
+"streaming equals offline" rule), and the statistics a model is trained with
+are estimated the same way as `serve --renorm` re-estimates them.
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 
 
 def normalise(frames: np.ndarray, mean: float, std: float, out: np.ndarray | None = None) -> np.ndarray:
-    """(frames - mean) / std in float32, into `out` when given."""
+    """(frames - mean) / std in float32, into `out` when given (any shape; `out` the same shape)."""
     out = np.subtract(frames, np.float32(mean), out=out, dtype=np.float32, casting="unsafe")
     out *= np.float32(1.0 / std)
     return out
 
 
 def denormalise(pred: np.ndarray, mean: float, std: float, out: np.ndarray | None = None) -> np.ndarray:
-    """pred * std + mean in float32, into `out` when given."""
+    """pred * std + mean in float32, into `out` when given (any shape; `out` the same shape)."""
     out = np.multiply(pred, np.float32(std), out=out, dtype=np.float32, casting="unsafe")
     out += np.float32(mean)
     return out
+
+
+def estimate_norm(frames: np.ndarray | Iterable[np.ndarray]) -> tuple[float, float]:
+    """Mean and standard deviation (float64) of every sample of `frames`.
+
+    `frames`: one array of any shape (e.g. (T, H, W) raw frames, any numeric
+    dtype), or an iterable of such arrays (frames or chunks read one at a time,
+    so a long movie never has to be in memory): the result is that of all their
+    samples together. Chunks are combined with Chan's pairwise update, which
+    stays exact for large means. The std is 1.0 when the samples are constant
+    (or there are none), so normalising never divides by zero; the mean is 0.0
+    when there are no samples.
+    """
+    parts = (frames,) if isinstance(frames, np.ndarray) else frames
+    n, mean, m2 = 0, 0.0, 0.0
+    for part in parts:
+        x = np.asarray(part, dtype=np.float64)
+        k = x.size
+        if not k:
+            continue
+        mk = float(x.mean())
+        m2k = float(np.square(x - mk).sum())
+        delta = mk - mean
+        tot = n + k
+        mean += delta * k / tot
+        m2 += m2k + delta * delta * n * k / tot
+        n = tot
+    std = float(np.sqrt(m2 / n)) if n else 0.0
+    return mean, (std if std > 0 and np.isfinite(std) else 1.0)

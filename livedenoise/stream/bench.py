@@ -201,21 +201,19 @@ def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, 
 def _default_models(tmp: Path) -> list[Path]:
     import torch
 
-    from livedenoise.models.nets import interp2d
-    from livedenoise.models.card import ModelCard
+    from livedenoise.models import registry
     from livedenoise.models.checkpoint import save_checkpoint
 
     out = []
     for post in (0, 1):
-        card = ModelCard("interp2d", interp2d.preset_params("lite"), "2p", 4, post, 0,
-                         list(interp2d.window(4, post, 0).offsets), norm_mean=1000.0, norm_std=500.0)
+        card = registry.make_card("interp2d", preset="lite", pre=4, post=post, omission=0, norm_mean=1000.0, norm_std=500.0)
         torch.manual_seed(0)
-        out.append(save_checkpoint(tmp / f"lite_pre4_post{post}.pt", card, interp2d.build(card).state_dict()))
+        out.append(save_checkpoint(tmp / f"lite_pre4_post{post}.pt", card, registry.build_network(card).state_dict()))
     return out
 
 
 def _open(model: Path, backend: str, size: int, tmp: Path):
-    from livedenoise.export.engines.base import open_engine
+    from livedenoise.export.engines import open_engine
 
     if backend.startswith("onnxruntime") and model.suffix == ".pt":
         from livedenoise.export.onnx_export import export_onnx

@@ -1,18 +1,28 @@
-"""Denoise extracellular data, offline and live, with ONE streaming processor.
+"""Owns extracellular denoising, offline and live: `SamplePipeline` (segments, ring, engine) and its file driver.
 
-`EphysStream` takes samples in whatever pieces they come (file chunks or
-network blocks), keeps a preallocated ring buffer of normalised samples, and
-returns every output sample as soon as the model's lag allows. Offline
-denoising is the same object fed a file in chunks and then `finish()`ed, so the
-live sidecar and `livedenoise denoise` compute the same numbers.
+`SamplePipeline` takes samples with their acquisition sample numbers, in
+whatever pieces they come (file chunks or network blocks), keeps preallocated
+rings (`stream.ring.Ring`) of normalised and raw samples, and returns every
+output sample, with its own sample number, as soon as the model's lag allows.
+Offline denoising (`denoise_array`, `denoise_recording`) is the same object
+fed a file in chunks and then `finish()`ed, so the live sidecar and
+`livedenoise denoise` compute the same numbers.
 
-Edge policy, identical offline and live:
+Segments (the one gap/restart policy, `stream/gaps.py`): samples are denoised
+within a segment of consecutive sample numbers. Where a sample number is not
+the expected one (a forward jump: a gap; a fall back: a restart) the pipeline
+finishes the current segment with the end-of-recording edge rule and starts a
+new one at the received number. Nothing is invented: no window crosses a
+segment boundary and every sample goes out exactly once, with its own number.
+This is the only place that splits a stream into segments; the file path and
+the live path both go through `SamplePipeline.push`.
+
+Edge rule at a segment's ends, declared by the model:
+- block models (`card.layout == "block"`, e.g. `block-ephys`): normalised zeros
+  (the mean) for the `ctx_before` / `ctx_after` samples outside the segment;
 - per-sample models (`interp-ephys`): the window rule of models/window.py
-  (mirror, then nearest usable sample); a causal model's first sample passes
-  through raw.
-- block models (`block-ephys`): normalised zeros (the mean) before the first
-  and after the last sample.
-Output has exactly as many samples as the input.
+  (mirror, then nearest usable sample); a causal model's first sample of a
+  segment has no input and passes through raw (`passthrough`).
 """
 
 from __future__ import annotations
@@ -21,42 +31,19 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.models.norm import denormalise, normalise
-
-BLOCK_ARCHS = ("block-ephys",)
-
-
-def is_block_card(card) -> bool:
-    return card.arch in BLOCK_ARCHS or card.layout == "block"
-
-
-class _TorchRunner:
-    """Minimal engine for a torch module (B, ...) -> (B, *frame), same contract as export.engine."""
-
-    def __init__(self, card, net, device: str = "cpu"):
-        import torch
-
-        self.card, self.backend = card, "torch"
-        self.torch = torch
-        self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            y = self.net(self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device))[:, 0]
-            return y.cpu().numpy()
-
-    def describe(self) -> str:
-        return f"torch on {self.device}: {self.card.summary()}"
+from livedenoise.stream import gaps
+from livedenoise.stream.ring import Ring
 
 
 def open_ephys_engine(model: str | os.PathLike, backend: str = "auto", device: str | None = None, threads: int | None = None):
-    """An engine (export.engine.open_engine) for a .pt / .onnx / .engine ephys model."""
-    from livedenoise.export.engines.base import open_engine
+    """An engine (`export.engines.open_engine`) for a .pt / .onnx / .engine ephys model; UserError for any other."""
+    from livedenoise.export.engines import open_engine
 
     eng = open_engine(Path(model), backend, device=device, threads=threads)
     if eng.card.modality != "ephys":
@@ -65,44 +52,27 @@ def open_ephys_engine(model: str | os.PathLike, backend: str = "auto", device: s
     return eng
 
 
-class SampleRing:
-    """Preallocated (capacity, channels) float32 ring addressed by absolute sample index."""
+class Samples(NamedTuple):
+    """Output of the pipeline: `sample_numbers` (n,) int64 and `data` (n, channels) float32 µV."""
 
-    def __init__(self, capacity: int, channels: int):
-        self.cap = int(capacity)
-        self.buf = np.zeros((self.cap, channels), np.float32)
-        self.end = 0  # absolute index one past the newest sample
+    sample_numbers: np.ndarray
+    data: np.ndarray
 
-    def write(self, block: np.ndarray) -> None:
-        n = block.shape[0]
-        if n > self.cap:
-            raise ValueError("block larger than the ring")
-        i = self.end % self.cap
-        k = min(n, self.cap - i)
-        self.buf[i:i + k] = block[:k]
-        if k < n:
-            self.buf[:n - k] = block[k:]
-        self.end += n
-
-    def oldest(self) -> int:
-        return max(0, self.end - self.cap)
-
-    def take(self, idx: np.ndarray) -> np.ndarray:
-        return self.buf[np.asarray(idx) % self.cap]
-
-    def span(self, a: int, b: int) -> np.ndarray:
-        """Samples a..b-1 (absolute), zeros for indices < 0 or >= end."""
-        out = np.zeros((b - a, self.buf.shape[1]), np.float32)
-        lo, hi = max(a, 0), min(b, self.end)
-        if hi > lo:
-            if lo < self.oldest():
-                raise ValueError(f"sample {lo} already left the ring (oldest {self.oldest()})")
-            out[lo - a:hi - a] = self.take(np.arange(lo, hi))
-        return out
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.data.shape[0])
 
 
-class EphysStream:
-    """Streaming denoiser: push(uv) -> (first sample index, denoised µV), finish() flushes the tail."""
+class SamplePipeline:
+    """Streaming denoiser of one channel count, segment by segment.
+
+    `push(uv, sample_numbers)` -> `Samples` ready now; `finish()` ends the current
+    segment (end-of-recording rule) and returns its tail. `sample_numbers` is
+    per sample (n,), or the first sample's number (the rest follow it), or None
+    (continue the current segment; 0 for the very first sample).
+
+    Counters: `segments` started, `gaps` and `restarts` that started one,
+    `passthrough` samples output raw.
+    """
 
     def __init__(self, engine, n_channels: int, max_block: int = 4096, batch: int = 256, ring_samples: int | None = None):
         self.engine = engine
@@ -110,73 +80,122 @@ class EphysStream:
         if card.modality != "ephys":
             raise UserError(f"model is a {card.modality} model; the ephys denoiser needs an ephys model (interp-ephys, block-ephys)")
         self.C = int(n_channels)
-        self.block = is_block_card(card)
+        self.block = card.layout == "block"
         self.spec = card.window
         self.lag = int(card.lag)
         self.mean, self.std = float(card.norm_mean), float(card.norm_std)
         self.max_block, self.batch = int(max_block), int(batch)
+        p = card.params
         if self.block:
-            self.before, self.after = int(card.params["ctx_before"]), int(card.params["ctx_after"])
+            self.before, self.after = int(p["ctx_before"]), int(p["ctx_after"])
         else:
-            self.before, self.after = card.pre + card.omission, self.lag
+            self.before = int(p.get("ctx_before", card.pre + card.omission))
+            self.after = int(p.get("ctx_after", self.lag))
             from livedenoise.models.nets import interp_ephys
+
             self.layout = card.layout if card.layout in interp_ephys.LAYOUTS else "checkerboard"
             self._ie = interp_ephys
         self.history = self.before + self.after + 1
         cap = ring_samples or (self.history + 8 * self.max_block)
-        self.ring = SampleRing(cap, self.C)
-        self.raw = SampleRing(cap, self.C)  # raw µV, for pass-through samples
-        self.n_in = 0
-        self.n_out = 0
-        self.finished = False
+        self.ring = Ring(cap, (self.C,), np.float32)  # normalised samples of the current segment
+        self.raw = Ring(cap, (self.C,), np.float32)  # raw µV, for pass-through samples
         self.offsets = np.asarray(self.spec.offsets, np.int64)
-        self.passthrough = 0
-        """Samples output raw (a causal per-sample model's very first sample has no input)."""
+        self.n_in = 0
+        """Samples received in the current segment."""
+        self.n_out = 0
+        """Samples of the current segment output so far."""
+        self.base: int | None = None
+        """Sample number of the current segment's first sample (None: no segment open)."""
+        self.segments = self.gaps = self.restarts = self.passthrough = 0
+
+    # ------------------------------------------------------------------ state
 
     @property
     def pending(self) -> int:
+        """Samples received but not yet output (at most `lag` while a segment is open)."""
         return self.n_in - self.n_out
 
-    def reset(self) -> None:
-        self.ring.end = self.raw.end = 0
-        self.n_in = self.n_out = self.passthrough = 0
-        self.finished = False
+    @property
+    def expected(self) -> int | None:
+        """The sample number that continues the current segment (None: no segment open)."""
+        return None if self.base is None else self.base + self.n_in
 
-    def push(self, uv: np.ndarray) -> tuple[int, np.ndarray]:
+    def _empty(self) -> Samples:
+        return Samples(np.zeros(0, np.int64), np.zeros((0, self.C), np.float32))
+
+    # ------------------------------------------------------------------ input
+
+    def push(self, uv: np.ndarray, sample_numbers=None) -> Samples:
         uv = np.asarray(uv, np.float32)
         if uv.ndim != 2 or uv.shape[1] != self.C:
             raise ValueError(f"expected (samples, {self.C}) got {uv.shape}")
-        first = self.n_out
-        outs = []
-        step = max(1, self.ring.cap - self.history - 1)
-        for a in range(0, uv.shape[0], step):
-            piece = uv[a:a + step]
-            self.ring.write(normalise(piece, self.mean, self.std))
-            self.raw.write(piece)
-            self.n_in += piece.shape[0]
-            outs.append(self._emit(self.n_in - self.lag, last=None))
-        out = np.concatenate(outs) if outs else np.zeros((0, self.C), np.float32)
-        return first, out
+        n = uv.shape[0]
+        if n == 0:
+            return self._empty()
+        if sample_numbers is None:
+            first = self.expected if self.expected is not None else 0
+            sn = np.arange(first, first + n, dtype=np.int64)
+        elif np.ndim(sample_numbers) == 0:
+            sn = np.arange(int(sample_numbers), int(sample_numbers) + n, dtype=np.int64)
+        else:
+            sn = np.asarray(sample_numbers, np.int64)
+            if sn.shape != (n,):
+                raise ValueError(f"{len(sn)} sample numbers for {n} samples")
+        outs: list[Samples] = []
+        for a, b in gaps.segments(sn):
+            step = gaps.classify(self.expected, int(sn[a]))
+            if step is not gaps.Step.CONTINUE or self.base is None:
+                outs.append(self.finish())
+                self.base = int(sn[a])
+                self.segments += 1
+                self.gaps += step is gaps.Step.GAP
+                self.restarts += step is gaps.Step.RESTART
+            outs.append(self._push_segment(uv[a:b]))
+        return _cat(outs, self.C)
 
-    def finish(self) -> tuple[int, np.ndarray]:
-        first = self.n_out
-        if self.finished or self.n_in == 0:
-            return first, np.zeros((0, self.C), np.float32)
-        self.finished = True
-        return first, self._emit(self.n_in, last=self.n_in - 1)
+    def finish(self) -> Samples:
+        """End the current segment: its last `lag` samples go out with the end-of-recording rule."""
+        if self.base is None:
+            return self._empty()
+        y = self._emit(self.n_in, last=self.n_in - 1) if self.n_in else np.zeros((0, self.C), np.float32)
+        out = Samples(np.arange(self.base + self.n_in - len(y), self.base + self.n_in, dtype=np.int64), y)
+        self.discard()
+        return out
+
+    def discard(self) -> int:
+        """Drop the current segment without output (e.g. after an engine failure); returns the samples dropped."""
+        lost = self.pending if self.base is not None else 0
+        self.ring.reset()
+        self.raw.reset()
+        self.n_in = self.n_out = 0
+        self.base = None
+        return lost
 
     # ------------------------------------------------------------------ internals
+
+    def _push_segment(self, uv: np.ndarray) -> Samples:
+        first = self.base + self.n_out
+        outs = []
+        step = max(1, self.ring.capacity - self.history - 1)
+        for a in range(0, uv.shape[0], step):
+            piece = uv[a:a + step]
+            self.ring.assign(self.n_in, normalise(piece, self.mean, self.std))
+            self.raw.assign(self.n_in, piece)
+            self.n_in += piece.shape[0]
+            outs.append(self._emit(self.n_in - self.lag, last=None))
+        y = np.concatenate(outs) if outs else np.zeros((0, self.C), np.float32)
+        return Samples(np.arange(first, first + len(y), dtype=np.int64), y)
 
     def _emit(self, upto: int, last: int | None) -> np.ndarray:
         outs = []
         while self.n_out < upto:
             b = min(upto, self.n_out + self.max_block)
-            outs.append(self._block_out(self.n_out, b, last) if self.block else self._interp_out(self.n_out, b, last))
+            outs.append(self._block_out(self.n_out, b) if self.block else self._interp_out(self.n_out, b, last))
             self.n_out = b
         return np.concatenate(outs) if outs else np.zeros((0, self.C), np.float32)
 
-    def _block_out(self, a: int, b: int, last: int | None) -> np.ndarray:
-        x = self.ring.span(a - self.before, b + self.after)  # zeros outside the recording
+    def _block_out(self, a: int, b: int) -> np.ndarray:
+        x = self.ring.span(a - self.before, b + self.after, fill=0)  # the mean outside the segment
         y = self.engine.run(np.ascontiguousarray(x.T[None, None]))  # (1, C, T_out)
         y = np.asarray(y).reshape(self.C, b - a).T
         return denormalise(y, self.mean, self.std)
@@ -208,14 +227,28 @@ class EphysStream:
         return out
 
 
-def denoise_array(engine, uv: np.ndarray, chunk: int = 30000, **kw) -> np.ndarray:
-    """Denoise an in-memory (samples, channels) µV array; same length out."""
-    st = EphysStream(engine, uv.shape[1], **kw)
-    outs = []
-    for a in range(0, uv.shape[0], chunk):
-        outs.append(st.push(uv[a:a + chunk])[1])
-    outs.append(st.finish()[1])
-    return np.concatenate(outs)
+def _cat(parts: list[Samples], C: int) -> Samples:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Samples(np.zeros(0, np.int64), np.zeros((0, C), np.float32))
+    if len(parts) == 1:
+        return parts[0]
+    return Samples(np.concatenate([p.sample_numbers for p in parts]), np.concatenate([p.data for p in parts]))
+
+
+def denoise_array(engine, data: np.ndarray, chunk: int = 30000, sample_numbers: np.ndarray | None = None, **kw) -> np.ndarray:
+    """Denoise an in-memory (samples, channels) µV array; same length out.
+
+    `sample_numbers` (n,) gives each sample's acquisition number: the array is
+    denoised segment by segment between gaps and restarts, as live. Other
+    keywords go to `SamplePipeline`.
+    """
+    data = np.asarray(data)
+    pipe = SamplePipeline(engine, data.shape[1], **kw)
+    sn = np.arange(data.shape[0], dtype=np.int64) if sample_numbers is None else np.asarray(sample_numbers, np.int64)
+    outs = [pipe.push(data[a:a + chunk], sn[a:a + chunk]).data for a in range(0, data.shape[0], chunk)]
+    outs.append(pipe.finish().data)
+    return np.concatenate(outs) if outs else np.zeros((0, data.shape[1]), np.float32)
 
 
 def denoise_recording(
@@ -232,7 +265,11 @@ def denoise_recording(
     progress: bool = True,
     engine=None,
 ) -> dict:
-    """Read a recording (path or Recording), denoise it, write the same format to `out`."""
+    """Read a recording (path or Recording), denoise it, write the same format to `out`.
+
+    The recording's own sample numbers (Open Ephys `sample_numbers.npy`) drive
+    the segmenting: a gap or restart in them is handled exactly as live.
+    """
     from livedenoise.io.readers_ephys import Recording, open_recording
     from livedenoise.io.writers_ephys import writer_like
 
@@ -242,33 +279,32 @@ def denoise_recording(
     # SpikeGLX sync (and other non-neural) channels are copied, never denoised
     neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
     chans = np.asarray(neural, np.int64) if neural is not None and len(neural) < rec.n_channels else None
-    st = EphysStream(eng, rec.n_channels if chans is None else len(chans))
+    pipe = SamplePipeline(eng, rec.n_channels if chans is None else len(chans))
     card = eng.card
     w = writer_like(rec, out, description=f"denoised by livedenoise {card.summary()}")
+    sn = np.asarray(rec.sample_numbers[start:stop], np.int64)
+    done = 0  # output leaves in input order: the k-th output sample is input position start + k
 
-    def full(first: int, y: np.ndarray) -> np.ndarray:
-        if chans is None:
-            return y
-        out_ = rec.read(start + first, start + first + len(y))
-        out_[:, chans] = y
-        return out_
+    def write(y: Samples) -> None:
+        nonlocal done
+        if not len(y):
+            return
+        data = y.data
+        if chans is not None:
+            data = rec.read(start + done, start + done + len(y))
+            data[:, chans] = y.data
+        w.write(data, y.sample_numbers)
+        done += len(y)
+
     t0 = time.perf_counter()
-    done = 0
     try:
-        sn = np.asarray(rec.sample_numbers[start:stop])
         for a in range(start, stop, chunk):
             b = min(stop, a + chunk)
             x = rec.read(a, b)
-            first, y = st.push(x if chans is None else x[:, chans])
-            if len(y):
-                w.write(full(first, y), sn[first:first + len(y)])
-                done += len(y)
+            write(pipe.push(x if chans is None else x[:, chans], sn[a - start:b - start]))
             if progress and sys.stderr.isatty():
                 print(f"\rdenoised {done}/{stop - start} samples", end="", file=sys.stderr)
-        first, y = st.finish()
-        if len(y):
-            w.write(full(first, y), sn[first:first + len(y)])
-            done += len(y)
+        write(pipe.finish())
     finally:
         w.close()
     wall = time.perf_counter() - t0
@@ -277,6 +313,9 @@ def denoise_recording(
     return {
         "samples": done,
         "channels": rec.n_channels,
+        "segments": pipe.segments,
+        "gaps": pipe.gaps,
+        "restarts": pipe.restarts,
         "seconds": wall,
         "realtime_factor": (done / rec.sample_rate) / wall if wall > 0 else float("inf"),
         "out": str(getattr(w, "path", out)),

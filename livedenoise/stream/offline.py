@@ -1,16 +1,17 @@
-"""Offline denoising of a movie file with any engine, in bounded memory.
+"""Offline denoising: a movie file (or array) run through the imaging pipeline core, in bounded memory.
 
-For every input frame t the model sees the frames named by the card's window
-(`card.window.source_indices(t, last)`: reflected at the movie's edges, the
-same rule the live service uses), so the output has exactly as many frames as
-the input; a frame with no usable context at all (the first frame for a
-causal model) passes through unchanged.
+The file is a source for `stream.pipeline.FramePipeline`, the same object the
+live service runs per acquisition: frames are pushed in chunks and the stream
+is finished at the end of the file, so every window, edge rule (reflected at
+the movie's edges and at gaps in its counters), length rule and normalisation
+is the live service's. The output has exactly as many frames as the input; a
+frame with no usable context at all (the first frame for a causal model)
+passes through unchanged.
 
-The movie is read in chunks of whole batches plus the window's margins, so
-memory holds one chunk, never the movie. Batches are formed from the global
-frame index (frames [k*batch, (k+1)*batch)), so the engine sees the same
-batches whatever the chunk size: output is bit-identical between runs and
-between chunkings.
+The movie is read in sequential chunks of whole batches, so memory holds one
+chunk plus the window's margins, never the movie. Batches are frames
+[k*batch, (k+1)*batch) (the pipeline's `full` batching) whatever the chunk
+size: output is bit-identical between runs and between chunkings.
 
 Output values keep the input's sample type, rounded and clipped to its range
 (never wrapped around), unless `out_dtype` asks for float32.
@@ -27,7 +28,8 @@ import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.models.innovation import InnovationStep, step_for
-from livedenoise.models.norm import denormalise, normalise
+from livedenoise.models.registry import check_length, min_frames
+from livedenoise.stream.pipeline import FramePipeline
 
 DEFAULT_CHUNK = 128  # frames per read, rounded up to a whole number of batches
 
@@ -51,21 +53,17 @@ class DenoiseStats:
 
 
 def check_movie_fits(movie, card) -> None:
-    """UserError when the movie is too short for the window or the wrong frame size."""
-    need = card.window.size + 1
-    if len(movie) < need:
-        raise UserError(
-            f"{movie.path.name} has {len(movie)} frames but this model's window uses {card.window.size} input "
-            f"frames, so it needs at least {need}; use a longer movie or a model with a smaller window"
-        )
+    """UserError when the movie is shorter than the model's minimum (`registry.check_length`,
+    the rule `train` and `serve` use too), has the wrong frame size, or the model is not an imaging model."""
+    if getattr(card, "layout", "frames") != "frames":
+        raise UserError(f"this model expects {card.layout!r} input ({card.modality}), not imaging frames")
+    check_length(card, len(movie), movie.path.name)
     if card.frame_shape is not None and list(movie.shape[1:]) != list(card.frame_shape):
         h, w = movie.shape[1:]
         raise UserError(
             f"{movie.path.name} has {h}x{w} frames but the model was built for "
             f"{'x'.join(map(str, card.frame_shape))} frames; use a model trained at this size"
         )
-    if getattr(card, "layout", "frames") != "frames":
-        raise UserError(f"this model expects {card.layout!r} input ({card.modality}), not imaging frames")
 
 
 def output_dtype(in_dtype, out_dtype) -> np.dtype:
@@ -77,90 +75,112 @@ def output_dtype(in_dtype, out_dtype) -> np.dtype:
     return dt
 
 
-def _to_dtype(pred: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float32 -> dtype: integers are rounded and clipped to the type's range (no wrap-around)."""
+def _to_dtype(pred: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 -> dtype (into `out` when given): integers are rounded and clipped to the type's range (no wrap-around)."""
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        out = np.rint(pred)
-        np.clip(out, info.min, info.max, out=out)
-        return out.astype(dtype)
-    return pred.astype(dtype, copy=False)
+        r = np.rint(pred)
+        np.clip(r, info.min, info.max, out=r)
+        pred = r
+    if out is None:
+        return pred.astype(dtype, copy=False)
+    np.copyto(out, pred, casting="unsafe")
+    return out
 
 
 def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, progress: bool = True,
-                  chunk: int = DEFAULT_CHUNK, innovation: InnovationStep | None = None) -> DenoiseStats:
-    """Denoise every frame of `movie` with `engine`, appending the results to `writer`.
+                  chunk: int = DEFAULT_CHUNK, innovation: InnovationStep | None = None,
+                  counters: np.ndarray | None = None, step: int = 1) -> DenoiseStats:
+    """Denoise every frame of `movie` ((T, H, W) reader) with `engine`, appending the results to `writer`.
 
-    With `innovation`, each prediction is corrected by its own raw frame (models/innovation.py).
+    The frames go through the same `FramePipeline` as a live stream: pushed
+    `chunk` frames at a time, then finished. With `innovation`, each prediction
+    is corrected by its own raw frame (models/innovation.py). `counters` (T,)
+    gives each frame's source counter (frame number; default 0..T-1), which
+    advance by `step`: a jump or fall back splits the movie into segments
+    exactly as the live service does (stream/gaps.py). Every frame gets an
+    output. Errors: UserError for a movie the model cannot take (`check_movie_fits`)
+    or batch < 1.
     """
     card = engine.card
-    spec = card.window
     check_movie_fits(movie, card)
     if batch < 1:
         raise UserError(f"batch must be >= 1 (got {batch})")
+    if counters is not None and len(counters) != len(movie):
+        raise ValueError(f"{len(counters)} counters for a movie of {len(movie)} frames")
     dtype = output_dtype(movie.dtype, out_dtype)
     t_total = len(movie)
-    last = t_total - 1
     h, w = movie.shape[1:]
     chunk = max(batch, -(-int(chunk) // batch) * batch)
-    windows = np.empty((batch, spec.size, h, w), np.float32)
-    current = np.empty((batch, h, w), np.float32) if innovation is not None else None
-    mean, std = float(card.norm_mean), float(card.norm_std)
+    spec = card.window
+    margin = 2 * (spec.lag - min(0, min(spec.offsets)) + batch + min_frames(card)) + 8
+    pipe = FramePipeline(engine, (h, w), movie.dtype, capacity=min(t_total, chunk) + margin, max_batch=batch,
+                         innovation=innovation, step=step, name=movie.path.name)
+    out = np.empty((chunk, h, w), dtype)
+    filled = 0
 
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=t_total, unit="frame", desc="denoise", leave=False, dynamic_ncols=True)
+
+    def flush() -> None:
+        nonlocal filled
+        if filled:
+            writer.write(out[:filled])
+            if bar is not None:
+                bar.update(filled)
+            filled = 0
+
+    def drain() -> None:
+        nonlocal filled
+        for res in pipe.drain(full=True):
+            k = 0
+            while k < len(res):  # copy into the chunk buffer, flushing it when full
+                m = min(len(res) - k, chunk - filled)
+                _to_dtype(res.frames[k:k + m], dtype, out=out[filled:filled + m])
+                filled += m
+                k += m
+                if filled == chunk:
+                    flush()
+
     started = time.perf_counter()
-    passthrough = 0
     try:
         for a in range(0, t_total, chunk):
             b = min(t_total, a + chunk)
-            sources = [spec.source_indices(t, last) for t in range(a, b)]
-            used = [s for s in sources if s is not None]
-            lo = min([a] + [int(s.min()) for s in used])
-            hi = max([b - 1] + [int(s.max()) for s in used])
-            raw = movie.read(lo, hi + 1)
-            out = np.empty((b - a, h, w), dtype)
-            for ba in range(a, b, batch):
-                bb = min(b, ba + batch)
-                todo = [t for t in range(ba, bb) if sources[t - a] is not None]
-                for t in range(ba, bb):
-                    if sources[t - a] is None:
-                        out[t - a] = _to_dtype(raw[t - lo].astype(np.float32), dtype)
-                        passthrough += 1
-                if not todo:
-                    continue
-                for k, t in enumerate(todo):
-                    for c, j in enumerate(sources[t - a]):
-                        normalise(raw[j - lo], mean, std, out=windows[k, c])
-                pred = np.asarray(engine.run(windows[: len(todo)]), dtype=np.float32)
-                if pred.shape != (len(todo), h, w):
-                    raise RuntimeError(f"engine returned {pred.shape}, expected {(len(todo), h, w)}")
-                pred = denormalise(pred, mean, std)
-                if innovation is not None:
-                    for k, t in enumerate(todo):
-                        current[k] = raw[t - lo]
-                    innovation.apply(pred, current[: len(todo)])
-                for k, t in enumerate(todo):
-                    out[t - a] = _to_dtype(pred[k], dtype)
-            writer.write(out)
-            if bar is not None:
-                bar.update(b - a)
+            pipe.push_many(movie.read(a, b), None if counters is None else counters[a:b])
+            drain()
+        pipe.finish()
+        drain()
+        flush()
     finally:
         if bar is not None:
             bar.close()
+    if pipe.next_out != t_total or pipe.stats.overflow:  # the ring is sized so that this cannot happen
+        raise RuntimeError(f"internal error: {pipe.next_out} of {t_total} frames output, {pipe.stats.overflow} overflowed")
     seconds = time.perf_counter() - started
-    return DenoiseStats(t_total, passthrough, seconds, batch, dtype.name,
+    return DenoiseStats(t_total, pipe.passthrough, seconds, batch, dtype.name,
                         innovation.cfg.to_dict() if innovation is not None else None)
 
 
-def denoise_array(frames: np.ndarray, engine, *, batch: int = 8, innovation: InnovationStep | None = None) -> np.ndarray:
-    """`denoise_movie` of an in-memory (T, H, W) movie, returned as a float32 array."""
+def denoise_array(engine, data: np.ndarray, **kw) -> np.ndarray:
+    """Denoise an in-memory recording with `engine`; the one in-memory entry point, imaging and ephys.
+
+    Imaging (`engine.card.layout == "frames"`): `data` is a (T, H, W) movie;
+    returns (T, H, W) float32, `denoise_movie` of it (keywords: batch,
+    innovation, counters, step, chunk). Ephys models: `data` is (samples,
+    channels) in µV and the call goes to `livedenoise.stream.ephys`
+    (keywords as documented there).
+    """
+    if getattr(engine.card, "layout", "frames") != "frames":
+        from livedenoise.stream import ephys
+
+        return ephys.denoise_array(engine, data, **kw)
     from livedenoise.io.readers import ArrayMovie
 
-    out = np.empty(np.shape(frames), np.float32)
+    frames = np.asarray(data)
+    out = np.empty(frames.shape, np.float32)
 
     class _Into:
         done = 0
@@ -169,8 +189,7 @@ def denoise_array(frames: np.ndarray, engine, *, batch: int = 8, innovation: Inn
             out[self.done:self.done + len(chunk)] = chunk
             self.done += len(chunk)
 
-    denoise_movie(ArrayMovie(np.asarray(frames)), engine, _Into(), batch=batch, out_dtype=np.float32,
-                  progress=False, innovation=innovation)
+    denoise_movie(ArrayMovie(frames), engine, _Into(), out_dtype=np.float32, progress=False, **kw)
     return out
 
 
@@ -204,7 +223,7 @@ def denoise_file(
 
     `innovation` applies the innovation step with the card's settings (`innovation_k` overrides k).
     """
-    from livedenoise.export.engines.base import open_engine
+    from livedenoise.export.engines import open_engine
     from livedenoise.io.readers import open_movie
     from livedenoise.io.writers import WRITER_EXTS
 

@@ -18,8 +18,6 @@ Pixels are sent as int16, uint16 or float32; other sample types are converted
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import threading
 import time
@@ -35,7 +33,6 @@ from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DTYPES, FrameHead
 
 log = logging.getLogger("livedenoise.stream")
 
-SCANIMAGE_SOURCE = "livedenoise.stream.sources.scanimage_tiff"
 
 
 def wire_dtype(dtype: np.dtype) -> str:
@@ -175,12 +172,12 @@ def publish(sock: zmq.Socket, start_meta: dict, one_pass: Callable[[], Iterable[
 
 
 def _scanimage_source(path: Path):
-    if path.suffix.lower() not in (".tif", ".tiff") or importlib.util.find_spec("livedenoise.stream.scanimage") is None:
+    """The ScanImage acquisition source when `path` is a ScanImage TIFF, else None."""
+    from livedenoise.stream.sources import scanimage_tiff
+
+    if path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    if importlib.util.find_spec(SCANIMAGE_SOURCE) is None:
-        return None
-    mod = importlib.import_module(SCANIMAGE_SOURCE)
-    return mod if mod.is_scanimage_tiff(path) else None
+    return scanimage_tiff if scanimage_tiff.is_scanimage_tiff(path) else None
 
 
 def replay_movie(path, endpoint: str = DEFAULT_INPUT, fps: float | None = 30.0, loop: bool = False,

@@ -1,4 +1,4 @@
-"""`livedenoise serve`: receiver -> ring -> windows -> engine -> sinks.
+"""`livedenoise serve`: the live service -- frame receiver -> one `FramePipeline` per acquisition -> sinks.
 
 `run_service(cfg)` runs the whole service in the calling thread (the engine
 loop) plus a receiver thread and, with `--record`, a writer thread. It returns
@@ -6,24 +6,24 @@ the final stats once `stop_event` is set (or `cfg.duration` has passed): it
 then closes every stream, denoises what is left, flushes the files and sends
 a last `stats` message.
 
-Timing rule: output frame t is computed as soon as frame t + lag has arrived
-(lag 0 for causal models). When the engine is behind, up to `max_batch` ready
-windows of a stream are run in one batch. `policy="all"` processes every frame
-in order; a frame whose inputs the ring has already overwritten is counted as
-`overflow`. `policy="latest"` keeps only the newest `max_batch` ready frames
-and counts the rest as `skipped`. Windows at the start (and, once a `stop`
-arrives, at the end) of an acquisition follow `WindowSpec.source_indices`,
-exactly as offline denoising does, so streamed output equals `livedenoise
-denoise` of the same frames.
+The denoising itself is stream/pipeline.py, the same core `livedenoise
+denoise` runs on files: windows, edge rule, gap/restart segments, the length
+rule (outputs of an acquisition wait for `min_frames(card)` frames; a shorter
+acquisition or segment passes through raw), normalisation and the innovation
+step are decided there, so streamed output equals offline denoising of the
+same frames. This module owns the policies around it:
 
-Innovation step (`innovation=True`): each prediction is corrected by its own
-raw frame t, copied from the ring when the window is collected, with the same
-`InnovationStep` offline denoising uses (models/innovation.py); lag unchanged.
-
-Normalisation: the model card's mean/std, or with `renorm=N` the mean/std of
-the first N frames of each acquisition (all of frames 0..N-1 of that stream):
-outputs of a new acquisition then wait until its N-th frame has arrived (or
-the acquisition ended), after which they catch up in batches.
+- timing: output frame t is computed as soon as frame t + lag has arrived (lag
+  0 for causal models); when the engine is behind, up to `max_batch` ready
+  windows of a stream are run in one batch;
+- `policy="all"` processes every frame in order; a frame whose inputs the ring
+  has already overwritten is counted as `overflow`. `policy="latest"` keeps
+  only the newest `max_batch` ready frames and counts the rest as `skipped`;
+- sinks: each output goes to the PUB socket (header: frame number, time, lag,
+  latency, `passthrough` / `innovation` flags) and, with `--record`, to the
+  recorder; stats once per `stats_interval`;
+- normalisation: the model card's mean/std, or with `renorm=N` the mean/std
+  of the first N frames of each acquisition (outputs wait for them).
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from livedenoise.errors import UserError
 from livedenoise.models.innovation import step_for
-from livedenoise.models.norm import denormalise, normalise
+from livedenoise.models.registry import min_frames
 from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
-from livedenoise.stream.sources.frames import Acquisition, Receiver, StreamTable
+from livedenoise.stream.pipeline import Batch, FramePipeline
+from livedenoise.stream.sources.frames import Acquisition, FrameReceiver, StreamTable
 from livedenoise.stream.stats import ServiceStats
 
 log = logging.getLogger("livedenoise.stream")
@@ -102,35 +101,11 @@ def _check_engine(engine, cfg: ServeConfig) -> None:
             f"serve denoises imaging frames, but this model is for {card.modality} data; "
             "use `livedenoise sidecar` for Open Ephys models"
         )
-    span = card.window.lag - min(card.window.offsets)
-    if cfg.ring < span + 2:
-        raise UserError(f"--ring {cfg.ring} is too small for this model's window of {span + 1} frames; use at least {span + 2}")
-
-
-class _Batch:
-    """Preallocated window batch (and, for the innovation step, the raw target frames),
-    reallocated only when the frame size changes."""
-
-    def __init__(self, with_current: bool) -> None:
-        self.with_current = with_current
-        self.buf = np.zeros((0, 0, 0, 0), np.float32)
-        self.current: np.ndarray | None = None
-
-    def get(self, b: int, c: int, shape: tuple[int, int]) -> np.ndarray:
-        if self.buf.shape[0] < b or self.buf.shape[1:] != (c, *shape):
-            self.buf = np.zeros((b, c, *shape), np.float32)
-            self.current = np.zeros((b, *shape), np.float32) if self.with_current else None
-        return self.buf
-
-
-@dataclass
-class _Job:
-    acq: Acquisition
-    ts: list = field(default_factory=list)       # indices run through the engine
-    raw: list = field(default_factory=list)      # (t, float32 frame) passed through
-    info: dict = field(default_factory=dict)     # t -> (frame_no, time, arrival)
-    windows: np.ndarray | None = None
-    current: np.ndarray | None = None            # raw frames t of `ts`, for the innovation step
+    span = card.window.lag - min(0, min(card.window.offsets))
+    need = max(span + 2, min_frames(card))
+    if cfg.ring < need:
+        raise UserError(f"--ring {cfg.ring} is too small for this model (window of {span + 1} frames, "
+                        f"at least {min_frames(card)} frames per acquisition); use at least {need}")
 
 
 class Service:
@@ -144,7 +119,7 @@ class Service:
         if engine is None:
             if not cfg.model:
                 raise UserError("no model given; pass --model MODEL (a .pt checkpoint, .onnx or engine file)")
-            from livedenoise.export.engines.base import open_engine
+            from livedenoise.export.engines import open_engine
 
             engine = open_engine(cfg.model, cfg.backend)
         self.engine = engine
@@ -174,10 +149,16 @@ class Service:
         except BaseException:
             self._close_sockets()
             raise
-        self.table = StreamTable(cfg.ring, self.stats, self.recorder)
+        self._batch = Batch(cfg.max_batch, self.card.n_inputs, self.innovation is not None)
+        self.table = StreamTable(self._make_pipeline, self.stats, self.recorder)
         self._recv_stop = threading.Event()
-        self.receiver = Receiver(self.sub, self.table, self.stats, self._recv_stop)
-        self._batch = _Batch(with_current=self.innovation is not None)
+        self.receiver = FrameReceiver(self.sub, self.table, self.stats, self._recv_stop)
+
+    def _make_pipeline(self, shape: tuple[int, int], dtype: str, step: int, name: str) -> FramePipeline:
+        """A new acquisition's pipeline (called by the receiver thread); all share the engine loop's batch buffers."""
+        return FramePipeline(self.engine, shape, dtype, capacity=self.cfg.ring, max_batch=self.cfg.max_batch,
+                             innovation=self.innovation, renorm=self.cfg.renorm, step=step, name=name,
+                             stats=self.stats, batch=self._batch)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:
@@ -244,7 +225,7 @@ class Service:
 
     def _emit_stats(self) -> None:
         with self.table.cond:
-            self.stats.queue_depth = sum(self._backlog(a) for a in self.table.pending())
+            self.stats.queue_depth = sum(a.pipeline.backlog() for a in self.table.pending() if not a.failed)
         snap = self.stats.snapshot()
         snap.update(self._identity())
         self.out.control("stats", snap)
@@ -258,41 +239,30 @@ class Service:
         return {"model": self.model_name, "backend": getattr(self.engine, "backend", "?"), "lag": self.lag,
                 "innovation": self.innovation is not None}
 
-    def _backlog(self, acq: Acquisition) -> int:
-        hi = acq.last if acq.closed else acq.ring.newest - self.lag
-        return max(0, (hi if hi is not None else -1) - acq.next_out + 1)
-
     def _has_work(self) -> bool:
         if self.table.controls and not self.table.closed:
             return True
-        return any(self._ready_hi(a) >= a.next_out or a.done for a in self.table.pending())
-
-    def _ready_hi(self, acq: Acquisition) -> int:
-        """Highest index whose window is complete now (-1: none)."""
-        if acq.failed:
-            return -1
-        hi = acq.last if acq.closed else acq.ring.newest - self.lag
-        if self.cfg.renorm and acq.mean is None and not acq.closed and acq.ring.newest + 1 < self.cfg.renorm:
-            return -1
-        return hi
+        return any(a.done or (not a.failed and a.pipeline.has_work()) for a in self.table.pending())
 
     # ------------------------------------------------------------------ one step
     def _step(self) -> bool:
         """Collect one batch under the lock, run it outside; False when there was nothing to do."""
-        job = None
+        job = acq = None
         with self.table.cond:
-            for acq in list(self.table.closed):
-                if acq.done:
-                    self._finish(acq)
+            for done in list(self.table.closed):
+                if done.done:
+                    self._finish(done)
             if not self.table.closed:
                 self._forward_controls()
             for acq in self.table.pending():
-                job = self._collect(acq)
+                if acq.failed or not self._fits(acq):
+                    continue
+                job = acq.pipeline.collect(self.cfg.policy)
                 if job is not None:
                     break
         if job is None:
             return False
-        self._run_job(job)
+        self._run_job(acq, job)
         return True
 
     def _forward_controls(self) -> None:
@@ -305,12 +275,10 @@ class Service:
         if self.recorder is not None:
             self.recorder.end("denoised", acq.stream[0], acq.stream[1], acq.number)
 
-    def _collect(self, acq: Acquisition) -> _Job | None:
-        ring = acq.ring
-        hi = self._ready_hi(acq)
-        if hi < acq.next_out:
-            return None
-        if acq.mean is None:
+    def _fits(self, acq: Acquisition) -> bool:
+        """Whether the model takes this acquisition's frame size (checked once; a misfit is only recorded)."""
+        if not acq.checked:
+            acq.checked = True
             fs = self.card.frame_shape
             if fs is not None and tuple(fs) != acq.shape:
                 acq.failed = True
@@ -318,93 +286,34 @@ class Service:
                 log.error("stream ch%d plane%d sends %dx%d frames but the model was built for %s frames; "
                           "this acquisition is only recorded (use a model exported at this size)",
                           acq.stream[0], acq.stream[1], *acq.shape, "x".join(map(str, fs)))
-                return None
-            self._estimate_norm(acq)
-        lo = acq.next_out
-        if self.cfg.policy == "latest" and hi - lo + 1 > self.cfg.max_batch:  # keep only the newest
-            new_lo = hi - self.cfg.max_batch + 1
-            self.stats.skipped += sum(1 for j in range(lo, new_lo) if not (ring.holds(j) and ring.filled[ring.slot(j)]))
-            lo = new_lo
-        if lo < ring.oldest:  # the ring overwrote frames before their turn
-            self.stats.overflow += ring.oldest - lo
-            lo = ring.oldest
-        job = _Job(acq)
-        last = acq.last
-        t = lo
-        while t <= hi and len(job.ts) + len(job.raw) < self.cfg.max_batch:
-            s = ring.slot(t)
-            if ring.filled[s]:  # dropped upstream: an input for others, never an output
-                t += 1
-                continue
-            idx = self.window.source_indices(t, last)
-            if idx is not None and idx.min() < ring.oldest:
-                self.stats.overflow += 1
-                t += 1
-                continue
-            job.info[t] = (int(ring.frame_no[s]), float(ring.t[s]), float(ring.arrival[s]))
-            if idx is None:
-                job.raw.append((t, ring.frames[s].astype(np.float32)))
-            else:
-                if job.windows is None:
-                    job.windows = self._batch.get(self.cfg.max_batch, self.card.n_inputs, ring.shape)
-                    job.current = self._batch.current
-                if self.innovation is not None:
-                    job.current[len(job.ts)] = ring.frames[s]
-                w = job.windows[len(job.ts)]
-                for c, j in enumerate(idx):
-                    normalise(ring.frames[ring.slot(int(j))], acq.mean, acq.std, out=w[c])
-                job.ts.append(t)
-            t += 1
-        acq.next_out = t
-        if not job.ts and not job.raw:
-            return None
-        return job
+        return not acq.failed
 
-    def _estimate_norm(self, acq: Acquisition) -> None:
-        if not self.cfg.renorm:
-            acq.mean, acq.std = float(self.card.norm_mean), float(self.card.norm_std)
+    def _run_job(self, acq: Acquisition, job) -> None:
+        try:
+            res = acq.pipeline.run(job)
+        except Exception as exc:
+            acq.failed = True
+            self.stats.engine_errors += 1
+            log.error("engine failed on stream ch%d plane%d (%dx%d frames): %s; this acquisition is only recorded",
+                      acq.stream[0], acq.stream[1], *acq.shape, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return
-        ring = acq.ring
-        n = min(self.cfg.renorm, ring.newest + 1)
-        frames = [ring.frames[ring.slot(j)] for j in range(n) if ring.holds(j)]
-        acq.mean, acq.std = estimate_norm(np.stack(frames))
-        log.info("stream ch%d plane%d acquisition %d: normalisation from its first %d frames: mean %.4g std %.4g",
-                 acq.stream[0], acq.stream[1], acq.number, len(frames), acq.mean, acq.std)
-
-    def _run_job(self, job: _Job) -> None:
-        acq = job.acq
-        outputs: list[tuple[int, np.ndarray, bool]] = [(t, f, True) for t, f in job.raw]
-        if job.ts:
-            b = len(job.ts)
-            t0 = time.perf_counter()
-            try:
-                pred = self.engine.run(job.windows[:b])
-            except Exception as exc:
-                acq.failed = True
-                self.stats.engine_errors += 1
-                log.error("engine failed on stream ch%d plane%d (%dx%d frames): %s; this acquisition is only recorded",
-                          acq.stream[0], acq.stream[1], *acq.shape, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                pred = None
-            ms = (time.perf_counter() - t0) * 1000
-            if pred is not None:
-                self.stats.batches += 1
-                self.stats.add_engine(ms / b, ms)
-                den = denormalise(np.asarray(pred).reshape(b, *acq.shape), acq.mean, acq.std)
-                if self.innovation is not None:
-                    self.innovation.apply(den, job.current[:b])
-                outputs += [(t, den[k], False) for k, t in enumerate(job.ts)]
-        outputs.sort(key=lambda o: o[0])
+        if res.model_frames:
+            self.stats.batches += 1
+            self.stats.add_engine(res.engine_ms / res.model_frames, res.engine_ms)
         ch, plane = acq.stream
-        for t, frame, passthrough in outputs:
-            frame_no, ts, arrival = job.info[t]
-            latency = (time.monotonic() - arrival) * 1000
+        pipe = acq.pipeline
+        for k in range(len(res)):
+            passthrough = bool(res.passthrough[k])
+            frame_no, ts = int(res.counter[k]), float(res.time[k])
+            latency = (time.monotonic() - float(res.arrival[k])) * 1000
             extra = {"lag": self.lag, "latency_ms": round(latency, 3), "model": self.model_name}
-            if self.innovation is not None and not passthrough:
-                extra["innovation"] = True
             if passthrough:
                 extra["passthrough"] = True
+            elif self.innovation is not None:
+                extra["innovation"] = True
             h = FrameHeader(frame=frame_no, t=ts, shape=acq.shape, dtype="float32", channel=ch, plane=plane,
                             source=acq.source, extra=extra)
+            frame = res.frames[k]
             self.out.frame(h, frame)
             self.stats.frames_out += 1
             self.stats.passthrough += passthrough
@@ -412,17 +321,10 @@ class Service:
             if self.recorder is not None:
                 if "denoised" not in acq.meta:  # attributes of the denoised file, built once
                     acq.meta = {**acq.meta, "denoised": {
-                        "model": self.model_name, "card": self.card.to_dict(), "lag": self.lag, "norm": [acq.mean, acq.std],
+                        "model": self.model_name, "card": self.card.to_dict(), "lag": self.lag, "norm": [pipe.mean, pipe.std],
                         "innovation": self.innovation.cfg.to_dict() if self.innovation is not None else None}}
-                self.recorder.write("denoised", ch, plane, acq.number, frame, frame_no, ts, time.time(), acq.meta)
-
-
-def estimate_norm(frames: np.ndarray) -> tuple[float, float]:
-    """Mean and std (float64) of a stack of frames; std 1 when the frames are constant."""
-    x = np.asarray(frames, dtype=np.float64)
-    mean = float(x.mean())
-    std = float(x.std())
-    return mean, (std if std > 0 else 1.0)
+                # the recorder keeps the array until its thread writes it; the batch buffer is reused
+                self.recorder.write("denoised", ch, plane, acq.number, frame.copy(), frame_no, ts, time.time(), acq.meta)
 
 
 def run_service(cfg: ServeConfig, engine=None, stop_event: threading.Event | None = None,

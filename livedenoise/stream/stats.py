@@ -2,7 +2,7 @@
 
 `ServiceStats` is shared by the receiver thread (frames in, malformed,
 dropped upstream, restarts) and the engine loop (frames out, skipped,
-overflow, engine time). Plain integer increments under the GIL; each counter
+overflow, too short, engine time); the stream pipelines add to it too. Plain integer increments under the GIL; each counter
 has one writer thread. `snapshot()` builds the `stats` message body.
 """
 
@@ -74,11 +74,13 @@ COUNTERS = (
     "frames_in",       # valid frame messages received
     "frames_out",      # denoised frames published
     "dropped_upstream",  # frames missing upstream (skipped frame numbers)
+    "gaps",            # jumps in frame numbers: each ends a segment (docs/serve.md)
     "skipped",         # frames not denoised under --policy latest
     "overflow",        # frames not denoised because the ring overwrote them (--policy all)
     "malformed",       # messages that broke the protocol
     "restarts",        # stream resets: start message, shape/dtype change, counter going back
-    "passthrough",     # frames output raw (no input frame existed yet: a causal model's first frame)
+    "passthrough",     # frames output raw (no input frame existed yet: a causal model's first frame; too_short)
+    "too_short",       # frames output raw because their acquisition (or segment) had fewer than min_frames frames
     "engine_errors",   # engine failures (the stream is then only recorded)
     "record_dropped",  # frames the recorder could not keep up with (disk too slow)
     "batches",

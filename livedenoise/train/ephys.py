@@ -3,14 +3,19 @@
 L2 loss between the prediction and the hidden input sample(s); one global
 mean / std per recording, stored in the model card. No clean data needed.
 
+Training pairs are the architecture's (its module's ``training_batch``, asked
+through the registry):
+
 - interp-ephys: random samples t with a full window; input (B, pre+post, rows, 2),
   target sample t in the same layout; loss on occupied sites only.
 - block-ephys: random crops of `crop` output samples (plus context) over a random
   run of up to `channels_per_crop` neighbouring channels; loss on every output.
+
+A recording shorter than `registry.min_frames(card)` samples (one whole window)
+is refused with `registry.check_length`'s message, as `denoise` refuses it.
 """
 
 from __future__ import annotations
-
 
 import os
 import sys
@@ -21,10 +26,14 @@ import numpy as np
 import torch
 
 from livedenoise.errors import UserError
+from livedenoise.models import registry
 from livedenoise.models.checkpoint import save_checkpoint
 from livedenoise.models.registry import build_network
 
-EPHYS_ARCHS = ("interp-ephys", "block-ephys")
+
+def ephys_archs() -> list[str]:
+    """Architectures this module trains (`registry.names(trainer="ephys")`)."""
+    return registry.names(trainer="ephys")
 
 
 def recording_stats(rec, max_samples: int = 300_000, seed: int = 0) -> tuple[float, float]:
@@ -41,13 +50,15 @@ def recording_stats(rec, max_samples: int = 300_000, seed: int = 0) -> tuple[flo
 
 def make_card(arch: str, n_channels: int, pre: int, post: int, omission: int, preset: str | None, layout: str | None,
               mean: float, std: float, training: dict):
-    if arch == "interp-ephys":
-        from livedenoise.models.nets import interp_ephys
-        return interp_ephys.make_card(n_channels, pre, post, omission, preset or "lite", layout or "checkerboard", mean, std, training)
-    if arch == "block-ephys":
-        from livedenoise.models.nets import block_ephys
-        return block_ephys.make_card(n_channels, pre, post, omission, preset or "fast", mean, std, training)
-    raise UserError(f"architecture {arch!r} is not an ephys model; choose one of {', '.join(EPHYS_ARCHS)}")
+    """The card of an ephys architecture; None preset / layout take the architecture's defaults."""
+    if arch not in ephys_archs():
+        raise UserError(f"architecture {arch!r} is not an ephys model; choose one of {', '.join(ephys_archs())}")
+    extra = {"layout": layout} if layout is not None else {}
+    try:
+        return registry.make_card(arch, n_channels=n_channels, pre=pre, post=post, omission=omission, preset=preset,
+                                  norm_mean=mean, norm_std=std, training=training, **extra)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 class _Chunks:
@@ -67,7 +78,7 @@ class _Chunks:
 
 def train_ephys(
     rec,
-    arch: str = "block-ephys",
+    arch: str | None = None,
     out: str | os.PathLike = "ephys_model.pt",
     pre: int = 30,
     post: int = 30,
@@ -86,7 +97,9 @@ def train_ephys(
     log_every: int = 50,
     time_limit: float | None = None,
 ):
-    """Train and save a checkpoint; returns (card, history dict)."""
+    """Train and save a checkpoint; returns (card, history dict). `arch` None: the default ephys
+    architecture (`registry.default_name("ephys")`, block-ephys)."""
+    arch = arch or registry.default_name("ephys")
     if isinstance(rec, (str, os.PathLike)):
         from livedenoise.io.readers_ephys import open_recording
 
@@ -108,24 +121,19 @@ def train_ephys(
         "n_samples": rec.n_samples, "sample_rate": rec.sample_rate, "steps": steps, "lr": lr, "loss": "l2", "seed": seed,
     }
     card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training)
+    n = rec.n_samples
+    registry.check_length(card, n, str(rec.path))
     net = build_network(card).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
-    n = rec.n_samples
     before = card.pre + card.omission
     after = card.lag
-    need = before + after + 1
-    if n < need + 2:
-        raise UserError(f"{rec.path}: {n} samples is too short for a window of {need} samples")
+    need = registry.min_frames(card)  # one whole window
     n_val = int(n * val_fraction) if n * val_fraction >= need * 4 else 0
     train_hi = n - n_val
-    if arch == "interp-ephys":
-        batch = batch or 32
-        length = max(need + batch * 4, 30000)
-    else:
-        batch = batch or 8
-        crop = min(crop, train_hi - before - after)
-        length = max(before + after + crop, 60000)
+    batch = batch or int(registry.defaults(arch)["batch"])
+    crop = max(1, min(crop, train_hi - before - after))
+    length = registry.training_span(card, batch, crop)
     chunks = _Chunks(rec, mean, std, length, rng, 0, train_hi)
     hist: dict = {"loss": [], "val_loss": None}
     t0 = time.perf_counter()
@@ -134,7 +142,7 @@ def train_ephys(
     for step in range(steps):
         if step % 25 == 0:
             data = chunks.refresh()
-        x, y, m = _batch(card, data, batch, crop, channels_per_crop, rng)
+        x, y, m = registry.training_batch(card, data, batch, crop, channels_per_crop, rng)
         x, y = x.to(device), y.to(device)
         pred = net(x)
         if m is not None:
@@ -161,7 +169,7 @@ def train_ephys(
         with torch.no_grad():
             losses = []
             for _ in range(4):
-                x, y, m = _batch(card, vdata, batch, crop, channels_per_crop, rng)
+                x, y, m = registry.training_batch(card, vdata, batch, crop, channels_per_crop, rng)
                 pred = net(x)
                 if m is not None:
                     losses.append(float(((pred - y) ** 2 * m).sum() / (m.sum() * pred.shape[0])))
@@ -175,31 +183,3 @@ def train_ephys(
     save_checkpoint(Path(out), card, net.state_dict())
     log(f"saved {out}: {card.summary()}")
     return card, hist
-
-
-def _batch(card, data: np.ndarray, batch: int, crop: int, cpc: int, rng: np.random.Generator):
-    n, C = data.shape
-    before = card.pre + card.omission
-    after = card.lag
-    if card.arch == "interp-ephys":
-        from livedenoise.models.nets import interp_ephys as ie
-        ts = rng.integers(before, n - after, size=batch)
-        offs = np.asarray(card.offsets)
-        win = data[ts[:, None] + offs[None, :]]  # (B, K, C)
-        tgt = data[ts][:, None, :]  # (B, 1, C)
-        x = torch.from_numpy(ie.to_frames(win, card.layout))
-        y = torch.from_numpy(ie.to_frames(tgt, card.layout))
-        m = torch.from_numpy(ie.site_mask(C, card.layout).astype(np.float32))[None, None]
-        return x, y, m
-    c = min(C, cpc)
-    t_in = before + crop + after
-    xs, ys = [], []
-    for _ in range(batch):
-        a = int(rng.integers(0, n - t_in + 1))
-        c0 = int(rng.integers(0, C - c + 1))
-        seg = data[a:a + t_in, c0:c0 + c].T  # (c, T_in)
-        xs.append(seg)
-        ys.append(seg[:, before:before + crop])
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
-    y = torch.from_numpy(np.ascontiguousarray(np.stack(ys)[:, None]))
-    return x, y, None

@@ -1,12 +1,15 @@
-"""Self-supervised training (no clean data) for interp2d and cad3d.
+"""Self-supervised training (no clean data) of the imaging architectures
+(`registry.names(trainer="imaging")`: interp2d, cad3d).
 
 `train(movies, cfg)` returns (card, state_dict, history); the caller saves the
 checkpoint. The card carries the window, the normalisation (global mean/std of
 the training movies, estimated from a sample of frames) and a training summary.
 
-- interp2d: input = the window around t (frame t and the omission band hidden),
-  target = frame t (DeepInterpolation).
-- cad3d: odd/even sub-stacks, loss on every temporal position (DeepCAD).
+- Training pairs are the architecture's (`train/samples.py`): the window around
+  t with target frame t (interp2d, DeepInterpolation), or odd/even sub-stacks
+  with the loss on every temporal position (cad3d, DeepCAD).
+- A movie shorter than `registry.min_frames(card)` is refused with
+  `registry.check_length`'s message, the rule `denoise` and `serve` apply.
 - Random square crops with flips/rot90; a held-out validation block (the last
   `val_fraction` of each movie, or separate `val_movies`) with its own loss;
   the best state by validation loss is returned.
@@ -33,30 +36,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from livedenoise.models import registry
 from livedenoise.models.card import ModelCard
-from livedenoise.models.registry import arch_module, build_network
-from livedenoise.train.samples import MovieSource, SampleMaker, estimate_norm, min_frames
+from livedenoise.models.registry import build_network
+from livedenoise.train.samples import MovieSource, SampleMaker, sample_norm
 
 LOSSES = ("l1", "l2", "mixed")
-TRAINABLE = ("interp2d", "cad3d")
-
-# Per-architecture defaults (None in TrainConfig picks these).
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "interp2d": {"preset": "lite", "loss": "l2", "crop": 64, "batch": 8, "lr": 1e-3},
-    "cad3d": {"preset": "rt", "loss": "mixed", "crop": 64, "batch": 2, "lr": 3e-4},
-}
 DEFAULT_STEPS = 2000
+TRAINED_DEFAULTS = ("preset", "loss", "crop", "batch", "lr")
+"""TrainConfig fields that default (when None) to the architecture's declared defaults (`registry.defaults`)."""
+
+
+def trainable() -> list[str]:
+    """Architectures this module trains."""
+    return registry.names(trainer="imaging")
 
 
 @dataclass
 class TrainConfig:
-    arch: str = "interp2d"
+    arch: str | None = None
+    """A registered imaging architecture; None: the default (`registry.default_name("2p")`, interp2d)."""
     preset: str | None = None
     pre: int = 8
     post: int = 1
     omission: int = 0
     loss: str | None = None
-    """l1, l2 or mixed (0.5 L1 + 0.5 L2); default l2 for interp2d (Poisson noise at low counts), mixed for cad3d."""
+    """l1, l2 or mixed (0.5 L1 + 0.5 L2); default: the architecture's (l2 for interp2d, mixed for cad3d)."""
     crop: int | None = None
     batch: int | None = None
     lr: float | None = None
@@ -78,11 +83,13 @@ class TrainConfig:
     """Names of the training movies, recorded in the card."""
 
     def resolved(self) -> "TrainConfig":
-        if self.arch not in TRAINABLE:
-            raise ValueError(f"architecture {self.arch!r} is not trainable here; choose one of {', '.join(TRAINABLE)}")
-        d = DEFAULTS[self.arch]
         out = copy.copy(self)
-        for k in ("preset", "loss", "crop", "batch", "lr"):
+        if out.arch is None:
+            out.arch = registry.default_name("2p")
+        if out.arch not in trainable():
+            raise ValueError(f"architecture {out.arch!r} is not trainable here; choose one of {', '.join(trainable())}")
+        d = registry.defaults(out.arch)
+        for k in TRAINED_DEFAULTS:
             if getattr(out, k) is None:
                 setattr(out, k, d[k])
         if out.loss not in LOSSES:
@@ -109,12 +116,10 @@ def loss_fn(name: str):
 
 
 def make_card(cfg: TrainConfig, mean: float = 0.0, std: float = 1.0) -> ModelCard:
-    if cfg.preset is None:
+    if cfg.preset is None or cfg.arch is None:
         cfg = cfg.resolved()
-    mod = arch_module(cfg.arch)
-    params = mod.preset_params(cfg.preset)
-    spec = mod.window(cfg.pre, cfg.post, cfg.omission)
-    return ModelCard(cfg.arch, params, cfg.modality, cfg.pre, cfg.post, cfg.omission, list(spec.offsets), norm_mean=mean, norm_std=std)
+    return registry.make_card(cfg.arch, preset=cfg.preset, pre=cfg.pre, post=cfg.post, omission=cfg.omission,
+                              modality=cfg.modality, norm_mean=mean, norm_std=std)
 
 
 def pick_device(name: str) -> torch.device:
@@ -129,15 +134,20 @@ def _as_movie(m) -> Any:
     return m if hasattr(m, "shape") else np.asarray(m)
 
 
-def split_sources(movies: Sequence, val_movies: Sequence | None, val_fraction: float, need: int, names: Sequence[str] | None = None):
-    """Training and validation MovieSources: the last val_fraction of each movie, or separate movies."""
+def split_sources(movies: Sequence, val_movies: Sequence | None, val_fraction: float, card: ModelCard,
+                  names: Sequence[str] | None = None):
+    """Training and validation MovieSources: the last val_fraction of each movie, or separate movies.
+
+    Every movie must have `registry.min_frames(card)` frames (UserError otherwise),
+    and so must a held-out validation block (else the movie is not split).
+    """
+    need = registry.min_frames(card)
     train_src, val_src = [], []
     names = list(names or [f"movie {i}" for i in range(len(movies))])
     for m, name in zip(movies, names):
         m = _as_movie(m)
         n = int(m.shape[0])
-        if n < need:
-            raise ValueError(f"{name} has {n} frames; this window needs at least {need} to train")
+        registry.check_length(card, n, name)
         n_val = 0 if (val_movies or val_fraction == 0) else max(int(round(n * val_fraction)), need)
         if n - n_val < need:
             n_val = 0  # too short to split: train on everything, no validation block
@@ -146,8 +156,7 @@ def split_sources(movies: Sequence, val_movies: Sequence | None, val_fraction: f
             val_src.append(MovieSource(m, n - n_val, n, f"{name} (validation block)"))
     for i, m in enumerate(val_movies or []):
         m = _as_movie(m)
-        if int(m.shape[0]) < need:
-            raise ValueError(f"validation movie {i} has {m.shape[0]} frames; this window needs at least {need}")
+        registry.check_length(card, int(m.shape[0]), f"validation movie {i}")
         val_src.append(MovieSource(m, name=f"validation movie {i}"))
     return train_src, val_src
 
@@ -197,32 +206,18 @@ def _to_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
-def _predict(net, x: torch.Tensor, arch: str) -> torch.Tensor:
-    return net.forward_all(x)[:, 0] if arch == "cad3d" else net(x)
-
-
-def _evaluate(net, arch: str, val: tuple[torch.Tensor, torch.Tensor], lossf, chunk: int = 8) -> float:
+def _evaluate(net, val: tuple[torch.Tensor, torch.Tensor], lossf, chunk: int = 8) -> float:
+    """Mean validation loss; `net` in training-output mode returns predictions shaped like the targets."""
     net.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         xs, ys = val
         for a in range(0, xs.shape[0], chunk):
             x, y = xs[a : a + chunk], ys[a : a + chunk]
-            total += float(lossf(_predict(net, x, arch), y)) * x.shape[0]
+            total += float(lossf(net(x), y)) * x.shape[0]
             n += x.shape[0]
     net.train()
     return total / max(n, 1)
-
-
-class _NetEngine:
-    """The two things `denoise_movie` needs from an engine, for the network in training."""
-
-    def __init__(self, net, card: ModelCard, device: torch.device):
-        self.net, self.card, self.device = net, card, device
-
-    def run(self, windows: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.net(_to_tensor(windows, self.device))[:, 0].float().cpu().numpy()
 
 
 def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device,
@@ -233,8 +228,9 @@ def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device
     edges). Returns the card entry ({sigma_xy, k, loss_prediction, loss_best, frames,
     crop}) or None when the step does not apply to this model or does not lower the loss.
     """
-    from livedenoise.stream.offline import denoise_array
+    from livedenoise.export.engines.torch import TorchEngine
     from livedenoise.models.innovation import applies_to, tune
+    from livedenoise.stream.offline import denoise_array
 
     n = min(len(src), max_frames)
     if applies_to(card) is not None or n < card.window.size + 1:  # too short for one full window
@@ -244,8 +240,8 @@ def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device
     y, x = (h - ch) // 2, (w - cw) // 2
     raw = np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
     was_training = net.training
-    net.eval()
-    pred = denoise_array(raw, _NetEngine(net, card, device))
+    engine = TorchEngine(card, net, str(device))  # puts net in eval mode, on `device`
+    pred = denoise_array(engine, raw)
     net.train(was_training)
     cfg, report = tune(pred, raw)
     if cfg is None:
@@ -276,10 +272,9 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     card = make_card(cfg)
-    need = min_frames(card)
     names = cfg.sources or None
-    train_src, val_src = split_sources(movies, val_movies, cfg.val_fraction, need, names)
-    mean, std = estimate_norm(train_src, cfg.norm_frames)
+    train_src, val_src = split_sources(movies, val_movies, cfg.val_fraction, card, names)
+    mean, std = sample_norm(train_src, cfg.norm_frames)
     card.norm_mean, card.norm_std = mean, std
 
     net = build_network(card)
@@ -310,11 +305,8 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if card.arch == "cad3d":
-        net.all_positions = True  # forward returns every temporal position (through DDP too)
-        fwd = lambda x: model(x)[:, 0]  # noqa: E731
-    else:
-        fwd = model
+    # multi-output pairs (cad3d): forward returns every position, shaped like the targets (through DDP too)
+    registry.training_outputs(card, net, True)
 
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     lossf = loss_fn(cfg.loss)
@@ -340,7 +332,7 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
     def validate() -> None:
         """Validation loss now; keep the weights when it is the best so far."""
         nonlocal last_val, best_val, best_step, best_state
-        last_val = _evaluate(net, card.arch, val, lossf)
+        last_val = _evaluate(net, val, lossf)
         history["val_step"].append(step)
         history["val_loss"].append(last_val)
         if last_val < best_val:
@@ -364,7 +356,7 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
                 g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress())))
             xb, yb = maker.batch(cfg.batch)
             x, y = _to_tensor(xb, device), _to_tensor(yb, device)
-            loss = lossf(fwd(x), y)
+            loss = lossf(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -396,8 +388,7 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
         validate()
     if val is None:
         best_state, best_step = copy.deepcopy(net.state_dict()), step
-    if card.arch == "cad3d":
-        net.all_positions = False
+    registry.training_outputs(card, net, False)
     tuned = None
     if dist.main and cfg.tune_innovation:
         net.load_state_dict(best_state)

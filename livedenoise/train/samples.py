@@ -3,12 +3,13 @@
 Windows are gathered with `card.window.source_indices(t, last)`, the very
 function inference uses, so training and denoising share the edge policy.
 
-- interp2d (and any single-output arch): input = the window's frames for
+The architecture says which pairs (`registry.target_shift(card)`):
+
+- None (interp2d and any single-output arch): input = the window's frames for
   output t, target = frame t (never an input).
-- cad3d: DeepCAD's odd/even Noise2Noise sub-stacks. Input = the window's
-  frames for an interior output t (s, s+2, ..., a stride of 2(omission+1)),
-  target = each input frame + (omission+1); the loss covers every temporal
-  position.
+- k (cad3d: DeepCAD's odd/even Noise2Noise sub-stacks, k = omission + 1):
+  input = the window's frames for an interior output t, target = each input
+  frame + k; the loss covers every temporal position.
 
 Crops are square (so rot90 applies) and augmented with flips and rot90,
 identically for input and target.
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from livedenoise.models.norm import normalise
+from livedenoise.models import registry
+from livedenoise.models.norm import estimate_norm, normalise
 
 IN_MEMORY_BYTES = 2 << 30
 """Movies smaller than this (as float32) are read into RAM once; larger ones are read crop by crop."""
@@ -87,25 +89,20 @@ def _is_reader(movie) -> bool:
     return not isinstance(movie, np.ndarray) and callable(getattr(movie, "read", None))
 
 
-def estimate_norm(sources: list[MovieSource], max_frames: int = 256) -> tuple[float, float]:
-    """Global mean and std over a sample of evenly spread frames of all sources."""
+def sample_norm(sources: list[MovieSource], max_frames: int = 256) -> tuple[float, float]:
+    """Global mean and std of up to `max_frames` evenly spread frames of all sources.
+
+    The frames are read one at a time and go to `models.norm.estimate_norm`, the
+    estimate `serve --renorm` uses too.
+    """
     per = max(1, max_frames // max(1, len(sources)))
-    total = 0.0
-    total_sq = 0.0
-    count = 0
-    for src in sources:
-        idx = np.unique(np.linspace(0, len(src) - 1, min(per, len(src))).astype(int))
-        for i in idx:
-            f = src.frames([i]).astype(np.float64)
-            total += f.sum()
-            total_sq += np.square(f).sum()
-            count += f.size
-    mean = total / count
-    var = max(total_sq / count - mean * mean, 0.0)
-    std = float(np.sqrt(var))
-    if not std > 0:
-        std = 1.0
-    return float(mean), std
+
+    def frames():
+        for src in sources:
+            for i in np.unique(np.linspace(0, len(src) - 1, min(per, len(src))).astype(int)):
+                yield src.frames([i])
+
+    return estimate_norm(frames())
 
 
 @dataclass
@@ -116,17 +113,10 @@ class Plan:
     ts: np.ndarray
 
 
-def target_shift(card) -> int | None:
-    """cad3d targets sit this many frames after each input; None for single-output archs."""
-    if card.arch == "cad3d":
-        return int(card.omission) + 1
-    return None
-
-
 def plan_source(card, src: MovieSource) -> Plan:
     spec = card.window
     last = src.last
-    shift = target_shift(card)
+    shift = registry.target_shift(card)
     if shift is None:
         ts = [t for t in range(len(src)) if spec.source_indices(t, last=last) is not None]
     else:
@@ -135,15 +125,6 @@ def plan_source(card, src: MovieSource) -> Plan:
         hi = last - int(offs.max()) - shift
         ts = list(range(lo, hi + 1)) if hi >= lo else []
     return Plan(src, np.asarray(ts, dtype=np.int64))
-
-
-def min_frames(card) -> int:
-    """Fewest frames a movie needs to give at least one training sample."""
-    offs = card.window.offsets
-    shift = target_shift(card)
-    if shift is None:
-        return 2
-    return max(offs) - min(offs) + shift + 1
 
 
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +141,7 @@ class SampleMaker:
 
     def __init__(self, card, sources: list[MovieSource], crop: int, rng: np.random.Generator, augment: bool = True):
         self.card = card
-        self.shift = target_shift(card)
+        self.shift = registry.target_shift(card)
         self.plans = [p for p in (plan_source(card, s) for s in sources) if len(p.ts)]
         if not self.plans:
             raise ValueError("no frame of the movies can make a training sample for this window")

@@ -122,9 +122,16 @@ def test_refuses_to_overwrite_input(files):
 
 
 def test_too_few_frames_and_size_mismatch(files, tmp_path):
-    tifffile.imwrite(tmp_path / "short.tif", np.zeros((3, 32, 32), np.int16), photometric="minisblack")
-    r = cli("denoise", tmp_path / "short.tif", tmp_path / "o.tif", "--model", files / "lite.pt")
-    one_line_error(r, "has 3 frames", "at least 5")
+    # the one length rule (registry.min_frames): interp2d needs 2 frames, cad3d pre 5 post 1 a sub-stack of 8
+    np.save(tmp_path / "one.npy", np.zeros((1, 32, 32), np.int16))
+    r = cli("denoise", tmp_path / "one.npy", tmp_path / "o.tif", "--model", files / "lite.pt")
+    one_line_error(r, "has 1 frames", "interp2d model needs at least 2")
+    from tests.stream.streamkit import make_checkpoint
+
+    make_checkpoint(tmp_path / "cad.pt", pre=5, post=1, arch="cad3d")
+    tifffile.imwrite(tmp_path / "six.tif", np.zeros((6, 32, 32), np.int16), photometric="minisblack")
+    r = cli("denoise", tmp_path / "six.tif", tmp_path / "o.tif", "--model", tmp_path / "cad.pt")
+    one_line_error(r, "six.tif has 6 frames", "cad3d model needs at least 8")
     card = ModelCard("interp2d", interp2d.preset_params("lite"), "2p", 3, 1, 0,
                      list(interp2d.window(3, 1, 0).offsets), frame_shape=[64, 64])
     save_checkpoint(tmp_path / "fixed.pt", card, interp2d.build(card).state_dict())

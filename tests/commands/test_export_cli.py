@@ -7,7 +7,8 @@ import pytest
 
 from livedenoise.cli import main
 from livedenoise.export import parity
-from livedenoise.export.engines.base import read_onnx_card, tensorrt_status
+from livedenoise.export.engines.base import read_onnx_card
+from livedenoise.export.engines.tensorrt import tensorrt_status
 from tests.export.checkpoints import make_checkpoint
 
 TRT_OK, TRT_WHY = tensorrt_status()

@@ -91,3 +91,52 @@ def test_classic_tuned_against_a_simulate_truth_file(tmp_path):
                  "--pre", "8", "--out", str(out)]) == 0
     card, _ = load_model(out)
     assert card.lag == 0 and card.training["tuned_against"] == truth.name
+
+
+def _cli(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "livedenoise", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_one_length_rule_for_train_and_denoise(tmp_path):
+    """A 6-frame movie: interp2d trains and denoises it (minimum 2 frames, the window's edge rule
+    supplies the rest); cad3d needs a whole odd/even sub-stack, and `train` and `denoise` both refuse
+    it naming the same minimum (registry.min_frames, registry.check_length)."""
+    from livedenoise.models import registry
+    from livedenoise.train.imaging import TrainConfig, make_card
+
+    noisy, _ = tiny_movie(n=6)
+    movie = tmp_path / "six.npy"
+    np.save(movie, noisy)
+    fast = ["--steps", "2", "--crop", "16", "--batch", "2", "--quiet", "--device", "cpu"]
+
+    lite = tmp_path / "lite.pt"
+    proc = _cli("train", movie, "--arch", "interp2d", "--out", lite, *fast, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert registry.min_frames(load_model(lite)[0]) == 2
+    out = tmp_path / "six_dn.tif"
+    proc = _cli("denoise", movie, out, "--model", lite, "--backend", "torch", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
+
+    cad = make_card(TrainConfig(arch="cad3d", pre=8, post=1))
+    need = registry.min_frames(cad)
+    assert need > 6
+    message = f"six.npy has 6 frames but this cad3d model needs at least {need}"
+    proc = _cli("train", movie, "--arch", "cad3d", "--pre", "8", "--post", "1", "--out", tmp_path / "cad.pt", *fast, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "cad.pt").exists()
+
+    # a cad3d model trained on a long enough movie, then asked to denoise the short one
+    long_movie = tmp_path / "long.npy"
+    np.save(long_movie, tiny_movie(n=40)[0])
+    cad_pt = tmp_path / "cad.pt"
+    proc = _cli("train", long_movie, "--arch", "cad3d", "--pre", "8", "--post", "1", "--out", cad_pt, *fast,
+                "--no-tune-innovation", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert registry.min_frames(load_model(cad_pt)[0]) == need
+    proc = _cli("denoise", movie, tmp_path / "cad_dn.tif", "--model", cad_pt, "--backend", "torch", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

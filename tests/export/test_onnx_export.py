@@ -8,7 +8,9 @@ import pytest
 
 from livedenoise.errors import UserError
 from livedenoise.export import parity
-from livedenoise.export.engines.base import CARD_KEY, OnnxRuntimeEngine, TorchEngine, read_onnx_card
+from livedenoise.export.engines.base import CARD_KEY, read_onnx_card
+from livedenoise.export.engines.onnxruntime import OnnxRuntimeEngine
+from livedenoise.export.engines.torch import TorchEngine
 from livedenoise.export.onnx_export import export_onnx, resolve_frame_shape
 from livedenoise.models.checkpoint import load_model
 from tests.export.checkpoints import MODELS, arch_present, make_checkpoint

@@ -132,7 +132,7 @@ def test_cli_without_display_says_how_to_run_headless():
 
 
 def test_bind_addresses_are_connected_on_loopback():
-    from livedenoise.gui.sources import connectable
+    from livedenoise.gui.source_thread import connectable
 
     assert connectable("tcp://*:5571") == connectable("tcp://0.0.0.0:5571") == "tcp://127.0.0.1:5571"
     assert connectable("tcp://10.0.0.2:5571") == "tcp://10.0.0.2:5571"

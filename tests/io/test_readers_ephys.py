@@ -130,3 +130,21 @@ def test_binary_recording_is_read_back_by_spikeinterface(tmp_path):
     assert rec.get_sampling_frequency() == 30000.0
     got = rec.get_traces(start_frame=0, end_frame=3000, return_in_uV=True)
     np.testing.assert_allclose(got, uv, atol=0.195 / 2 + 1e-4)
+
+
+def test_sample_numbers_with_a_gap_are_written_and_read_as_given(tmp_path):
+    """A Binary stream whose sample numbers jump keeps exactly its samples, each with its own number."""
+    from open_ephys.analysis import Session
+
+    uv = (np.random.default_rng(4).standard_normal((2000, 4)) * 30).astype(np.float32)
+    sn = np.arange(2000, dtype=np.int64) + 50
+    sn[1200:] += 3000
+    w = BinaryWriter(tmp_path, 30000.0, np.full(4, 0.195), first_sample=50)
+    w.write(uv[:700], sn[:700])
+    w.write(uv[700:], sn[700:])  # a block spanning the gap
+    w.close()
+    rec = open_recording(tmp_path)
+    assert rec.n_samples == 2000 and np.array_equal(np.asarray(rec.sample_numbers), sn)
+    np.testing.assert_allclose(rec.read(), uv, atol=0.195 / 2 + 1e-5)
+    cont = Session(str(tmp_path)).recordnodes[0].recordings[0].continuous[0]
+    assert np.array_equal(cont.sample_numbers, sn) and cont.samples.shape == (2000, 4)

@@ -110,7 +110,7 @@ class RunningService:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.service.table.cond:
-                busy = any(not a.done and self.service._backlog(a) for a in self.service.table.pending())
+                busy = any(not a.done and not a.failed and a.pipeline.backlog() for a in self.service.table.pending())
             if not busy:
                 return
             time.sleep(0.02)

@@ -6,7 +6,7 @@ import tifffile
 import torch
 
 from livedenoise.errors import UserError
-from livedenoise.export.engines.base import open_engine
+from livedenoise.export.engines import open_engine
 from livedenoise.models.nets import interp2d
 from livedenoise.models.card import ModelCard
 from livedenoise.models.checkpoint import save_checkpoint
@@ -100,12 +100,15 @@ def test_causal_first_frame_passes_through(tmp_path):
     assert not np.array_equal(out[1], data[1])
 
 
-def test_too_few_frames(tmp_path, model):
-    data = movie(t=4)  # window of 4 inputs needs 5 frames
-    with pytest.raises(UserError, match="has 4 frames.*4 input frames.*at least 5"):
-        run(tmp_path, data, model)
-    out, _ = run(tmp_path, movie(t=5), model)
-    assert len(out) == 5
+def test_too_few_frames_follows_the_one_length_rule(tmp_path, model):
+    """interp2d needs min_frames = 2 (the edge rule fills a window of 4 from 2 frames); shorter is refused."""
+    from livedenoise.models.registry import min_frames
+
+    assert min_frames(open_engine(model, "torch").card) == 2
+    with pytest.raises(UserError, match="has 1 frames but this interp2d model needs at least 2"):
+        run(tmp_path, movie(t=1), model)
+    out, stats = run(tmp_path, movie(t=2), model, name="two.tif")
+    assert len(out) == 2 and stats.passthrough == 0
 
 
 def test_frame_size_mismatch(tmp_path):

@@ -1,16 +1,18 @@
-"""A replayed file comes out of `serve` frame for frame equal to `livedenoise denoise` of that file."""
+"""A replayed file comes out of `serve` frame for frame equal to `livedenoise denoise` of that file,
+including acquisitions that end mid-window, restart, have gaps, or are shorter than the model's minimum."""
 
 
 import h5py
 import numpy as np
 import pytest
-from streamkit import Collector, RunningService, cfg_factory, make_checkpoint  # noqa: F401
+from streamkit import Collector, RawPublisher, RunningService, cfg_factory, frame_parts, make_checkpoint  # noqa: F401
 
-from livedenoise.export.engines.base import TorchEngine
+from livedenoise.export.engines import TorchEngine
 from livedenoise.stream.offline import denoise_array, denoise_file
+from livedenoise.stream.protocols.frames import encode_control
 from livedenoise.stream.sinks.recorder import read_recording
 from livedenoise.stream.replay import replay_movie
-from livedenoise.stream.service import estimate_norm
+from livedenoise.models.norm import estimate_norm
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def test_renorm_uses_the_first_n_frames_of_the_acquisition(tmp_path, movie, cfg_
     # offline reference with the card's normalisation replaced by the first 10 frames' statistics
     eng = TorchEngine.from_checkpoint(model)
     eng.card.norm_mean, eng.card.norm_std = estimate_norm(mov[:10])
-    ref = denoise_array(mov, eng, batch=4)
+    ref = denoise_array(eng, mov, batch=4)
     np.testing.assert_allclose(np.stack([f.pixels for f in frames]), ref, rtol=1e-5, atol=1e-3)
     # no output before the 10th frame had been sent
     first_out = min(t for m, t in col.messages if hasattr(m, "header"))
@@ -135,3 +137,96 @@ def test_scanimage_tiff_streams_equal_offline_per_channel_and_plane(tmp_path, cf
             with h5py.File(out, "r") as f:
                 ref = np.asarray(f["data"] if "data" in f else f[list(f.keys())[0]])
             np.testing.assert_allclose(np.stack([f.pixels for f in got]), ref, rtol=1e-5, atol=1e-3)
+
+
+# ---------------------------------------------------------------- acquisitions that end mid-window, restart, have gaps
+def _serve(cfg, plan, n_frames):
+    """Run a service, send `plan` (ending with a `stop`) from a test microscope; (final stats, output frames)."""
+    svc = RunningService(cfg)
+    col = Collector(cfg.output)
+    pub = RawPublisher(cfg.input)
+    try:
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats"), "no stats from the service"
+        pub.wait_subscriber()
+        for parts in plan:
+            pub.send(parts)
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30), "no stop forwarded"
+        svc.wait_frames_in(n_frames)
+        svc.wait_idle()
+        final = svc.stop()
+    finally:
+        pub.close()
+        col.close()
+        if svc.thread.is_alive():
+            svc.stop()
+    return final, col.frames()
+
+
+def _frames(k0, mov):
+    return [frame_parts(int(k), mov[i]) for i, k in enumerate(k0)]
+
+
+@pytest.mark.parametrize("arch,post,innovation_k", [("interp2d", 0, None), ("interp2d", 1, None), ("cad3d", 1, None),
+                                                    ("interp2d", 0, 1.0), ("interp2d", 1, 1.0)],
+                         ids=["causal", "lag1", "cad3d-lag1", "causal+innovation", "lag1+innovation"])
+def test_short_restarted_and_gapped_acquisitions_equal_offline(tmp_path, cfg_factory, arch, post, innovation_k):
+    """Acquisition 1 stops mid-window (13 frames); 2 is cut by a counter falling back (15 frames); 3 has a gap
+    (frames 0..9, 12..21). Each comes out equal to offline denoising of the same frames with the same counters,
+    and what follows the gap equals offline denoising of those frames alone (no earlier frame is an input)."""
+    from livedenoise.models.innovation import step_for
+
+    rng = np.random.default_rng(11)
+    movs = [np.clip(100 + rng.normal(0, 15, (n, 24, 32)) + np.linspace(0, 30, n)[:, None, None], 0, 3e4).astype(np.int16)
+            for n in (13, 15, 20)]
+    counters3 = np.r_[np.arange(10), np.arange(12, 22)]
+    model = make_checkpoint(tmp_path / "m.pt", pre=3, post=post, seed=post, arch=arch)
+    cfg = cfg_factory(model=str(model), record=str(tmp_path / "rec"), max_batch=3, innovation_k=innovation_k)
+    plan = [encode_control("start", {"frame_rate": 30})] + _frames(range(13), movs[0]) + [encode_control("stop", {})]
+    plan += _frames(range(100, 115), movs[1]) + _frames(counters3, movs[2]) + [encode_control("stop", {})]
+    final, _ = _serve(cfg, plan, 48)
+    assert final["frames_in"] == final["frames_out"] == 48
+    assert final["restarts"] == 1 and final["dropped_upstream"] == 2 and final["gaps"] == 1
+    assert final["overflow"] == final["skipped"] == final["too_short"] == 0
+    eng = TorchEngine.from_checkpoint(model)
+    step = step_for(eng.card, False, innovation_k)[0]
+    refs = [denoise_array(eng, movs[0], innovation=step), denoise_array(eng, movs[1], innovation=step),
+            denoise_array(eng, movs[2], counters=counters3, innovation=step)]
+    numbers = [np.arange(13), np.arange(100, 115), counters3]
+    for n, (ref, frame_no) in enumerate(zip(refs, numbers), start=1):
+        den = read_recording(tmp_path / "rec" / f"denoised_c1_p1_a00{n}.h5")
+        np.testing.assert_array_equal(den["frame"], frame_no)
+        np.testing.assert_allclose(den["frames"], ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+        if n == 3:
+            alone = denoise_array(eng, movs[2][10:], innovation=step)
+            np.testing.assert_allclose(den["frames"][10:], alone, rtol=1e-5, atol=1e-5 * float(np.abs(alone).max()))
+    raw = read_recording(tmp_path / "rec" / "raw_c1_p1_a003.h5")
+    np.testing.assert_array_equal(raw["frame"], counters3)  # the raw recording holds exactly what was received
+
+
+def test_a_six_frame_acquisition_follows_the_one_length_rule(tmp_path, cfg_factory, caplog):
+    """serve agrees with train and denoise on a 6-frame movie: interp2d (window of 9) denoises it as offline does;
+    cad3d pre 5 post 1 (min_frames 8, which denoise and train refuse) passes it through raw, flagged, with one warning."""
+    from livedenoise.errors import UserError
+    from livedenoise.models.registry import min_frames
+
+    six = np.random.default_rng(12).normal(100, 15, (6, 24, 32)).astype(np.int16)
+    results = {}
+    for arch, pre in (("interp2d", 8), ("cad3d", 5)):
+        model = make_checkpoint(tmp_path / f"{arch}.pt", pre=pre, post=1, arch=arch)
+        cfg = cfg_factory(model=str(model), max_batch=4)
+        with caplog.at_level("WARNING", logger="livedenoise.stream"):
+            final, frames = _serve(cfg, [encode_control("start", {})] + _frames(range(6), six)
+                                   + [encode_control("stop", {})], 6)
+        results[arch] = (final, frames, TorchEngine.from_checkpoint(model))
+    final, frames, eng = results["interp2d"]
+    assert final["frames_out"] == 6 and final["too_short"] == 0
+    ref = denoise_array(eng, six)
+    np.testing.assert_allclose(np.stack([f.pixels for f in frames]), ref, rtol=1e-5, atol=1e-3)
+    final, frames, eng = results["cad3d"]
+    assert min_frames(eng.card) == 8
+    assert final["frames_out"] == final["passthrough"] == final["too_short"] == 6
+    assert all(f.header.extra.get("passthrough") for f in frames)
+    np.testing.assert_array_equal(np.stack([f.pixels for f in frames]), six.astype(np.float32))
+    assert len([r for r in caplog.records if "minimum of 8 frames" in r.getMessage()]) == 1
+    with pytest.raises(UserError, match="has 6 frames but this cad3d model needs at least 8"):
+        denoise_array(eng, six)

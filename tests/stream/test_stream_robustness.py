@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from streamkit import MeanEngine, RawPublisher, RunningService, cfg_factory, frame_parts, lite_card  # noqa: F401
 
 from livedenoise.stream.protocols.frames import DTYPES, ProtocolError, decode
-from livedenoise.stream.sources.frames import Receiver, StreamTable
+from livedenoise.stream.pipeline import FramePipeline
+from livedenoise.stream.sources.frames import FrameReceiver, StreamTable
 from livedenoise.stream.sinks.recorder import read_recording
 from livedenoise.stream.stats import ServiceStats
 
@@ -68,8 +69,10 @@ def _is_malformed(parts):
 @given(st.lists(st.one_of(malformed, st.lists(st.binary(max_size=30), max_size=5)), max_size=12))
 def test_receiver_counts_every_malformed_message_and_keeps_frames(messages):
     stats = ServiceStats()
-    table = StreamTable(16, stats)
-    rx = Receiver(None, table, stats, threading.Event())
+    engine = MeanEngine(lite_card(2, 0))
+    table = StreamTable(lambda shape, dtype, step, name: FramePipeline(engine, shape, dtype, capacity=16, step=step,
+                                                                       name=name, stats=stats), stats)
+    rx = FrameReceiver(None, table, stats, threading.Event())
     expected_bad = 0
     for k, parts in enumerate(messages):
         rx.handle(frame_parts(k, np.full((2, 3), k, np.int16)))
@@ -122,6 +125,8 @@ def test_service_survives_faults_and_records_every_valid_frame(tmp_path_factory,
     assert final["dropped_upstream"] == 2
     assert final["restarts"] == 2
     assert final["frames_out"] == 29 and final["skipped"] == final["overflow"] == 0
+    # raw: each acquisition's first frame (causal), frame 12 (first after the gap), the 1-frame acquisition (too short)
+    assert final["passthrough"] == 4 and final["too_short"] == 1 and final["gaps"] == 1
     assert final["record_dropped"] == 0
     rec = tmp / "rec"
     a1, a2, a3 = (read_recording(rec / f"raw_c1_p1_a00{n}.h5") for n in (1, 2, 3))
@@ -130,10 +135,11 @@ def test_service_survives_faults_and_records_every_valid_frame(tmp_path_factory,
     assert list(a2["frame"]) == list(range(10)) and int(a2["frames"][3, 0, 0]) == 103
     assert a3["frames"].shape == (1, 4, 4)
     d1 = read_recording(rec / "denoised_c1_p1_a001.h5")
-    assert list(d1["frame"]) == list(range(10)) + list(range(12, 20))  # dropped frames are inputs, never outputs
-    # causal mean of the two previous frames; after the gap the repeated frame 9 stands in for 10 and 11
-    assert d1["frames"][10, 0, 0] == pytest.approx((9 + 9) / 2)  # frame 12 <- 10, 11 (both repeats of 9)
-    assert d1["frames"][11, 0, 0] == pytest.approx((9 + 12) / 2)  # frame 13 <- 11, 12
+    assert list(d1["frame"]) == list(range(10)) + list(range(12, 20))  # nothing is output for dropped frames
+    # the gap starts a new segment: no frame before it (and nothing invented) is an input after it
+    assert d1["frames"][10, 0, 0] == 12  # frame 12 has no past in its segment: passed through raw
+    assert d1["frames"][11, 0, 0] == pytest.approx(12)  # frame 13 <- 12 (edge rule: nearest usable frame)
+    assert d1["frames"][12, 0, 0] == pytest.approx((12 + 13) / 2)  # frame 14 <- 12, 13
 
 
 def _stream(pub, n, shape=(16, 16), fps=None):

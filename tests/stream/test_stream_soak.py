@@ -8,7 +8,7 @@ import psutil
 import pytest
 from streamkit import MeanEngine, RawPublisher, RunningService, cfg_factory, frame_parts, lite_card, make_checkpoint  # noqa: F401
 
-from livedenoise.export.engines.base import TorchEngine
+from livedenoise.export.engines import TorchEngine
 
 
 class RssSampler:

@@ -28,12 +28,12 @@ def movies():
 
 
 def _denoise(card, state, noisy):
-    from livedenoise.export.engines.base import TorchEngine
+    from livedenoise.export.engines.torch import TorchEngine
     from livedenoise.stream.offline import denoise_array
 
     net = build_network(card)
     net.load_state_dict(state)
-    return denoise_array(noisy, TorchEngine(card, net.eval()))
+    return denoise_array(TorchEngine(card, net.eval()), noisy)
 
 
 @pytest.mark.parametrize("post,min_gain_db", [(1, 15.0), (0, 14.0)])

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from livedenoise.errors import UserError
 from livedenoise.models.checkpoint import load_model, save_checkpoint
-from livedenoise.models.registry import build_network
-from livedenoise.train.samples import MovieSource, SampleMaker, estimate_norm
+from livedenoise.models.registry import build_network, min_frames
+from livedenoise.train.samples import MovieSource, SampleMaker, sample_norm
 from livedenoise.train.imaging import TrainConfig, make_card, train
 
 
@@ -81,7 +82,7 @@ def test_augmentation_applies_the_same_transform_to_input_and_target():
 
 def test_norm_is_estimated_from_frames():
     movie = tiny_movie()
-    mean, std = estimate_norm([MovieSource(movie)], max_frames=1000)
+    mean, std = sample_norm([MovieSource(movie)], max_frames=1000)
     assert mean == pytest.approx(float(movie.mean()), rel=1e-6)
     assert std == pytest.approx(float(movie.astype(np.float64).std()), rel=1e-4)
 
@@ -125,7 +126,8 @@ def test_separate_validation_movie_and_too_few_frames():
     movie = tiny_movie()
     card, _, hist = train([movie], quick(), val_movies=[tiny_movie(seed=5)])
     assert card.training["frames"] == 48 and card.training["validation_frames"] == 48
-    with pytest.raises(ValueError, match="frames"):
+    cad = make_card(quick(arch="cad3d", pre=8))
+    with pytest.raises(UserError, match=f"has 5 frames but this cad3d model needs at least {min_frames(cad)}"):
         train([movie[:5]], quick(arch="cad3d", pre=8))
 
 

@@ -128,3 +128,25 @@ def test_simulate_train_denoise_from_the_command_line(tmp_path, capsys):
     assert main(["denoise", str(tmp_path / "raw.dat"), str(tmp_path / "out.dat"), "--model", str(tmp_path / "m.pt"),
                  "--channels", "16", "--json"]) == 0
     assert open_recording(tmp_path / "out.dat", channels=16).shape == (2000, 16)
+
+
+def test_ephys_train_arch_defaults_and_the_length_rule(tmp_path, capsys):
+    """No --arch: the default ephys architecture; a 2p --arch on a recording is refused; a recording
+    shorter than one window (registry.min_frames) is refused with check_length's message."""
+    from livedenoise.cli import main
+    from livedenoise.models import registry
+
+    d = tmp_path / "rec"
+    simulate_ephys(d, n_channels=8, duration=0.02, seed=3)  # 600 samples
+    out = tmp_path / "m.pt"
+    assert main(["train", str(d), "--out", str(out), "--steps", "2", "--crop", "64", "--batch", "2", "--quiet"]) == 0
+    card, _ = load_model(out)
+    assert card.arch == registry.default_name("ephys") == "block-ephys"
+    capsys.readouterr()
+    assert main(["train", str(d), "--arch", "cad3d", "--out", str(out), "--steps", "1", "--quiet"]) == 2
+    assert "ephys recording" in capsys.readouterr().err
+    need = registry.min_frames(registry.make_card("interp-ephys", n_channels=8, pre=400, post=300, omission=0))
+    assert need == 701
+    assert main(["train", str(d), "--arch", "interp-ephys", "--pre", "400", "--post", "300", "--omission", "0",
+                 "--out", str(out), "--steps", "1", "--quiet"]) == 2
+    assert f"has 600 samples but this interp-ephys model needs at least {need}" in capsys.readouterr().err

@@ -1,4 +1,9 @@
-"""Native TensorRT runtime (TensorRT 10 Python API + pycuda).
+"""The TensorRT backend: `TensorRTEngine` runs a serialized `.engine` (TensorRT 10 Python API + pycuda).
+
+Also owns what says whether TensorRT can run here (`tensorrt_status`,
+`require_tensorrt`, `gpu_info`) and the engine's JSON sidecar (`read_sidecar`,
+`check_compatible`, `rebuild_command`); building engines is
+`livedenoise.export.tensorrt_build`, which imports this module, never the reverse.
 
 One engine = one deserialized ``ICudaEngine``, one execution context, one
 CUDA stream, page-locked host buffers and device buffers sized for the
@@ -27,6 +32,7 @@ is refused with a message naming both and the command that rebuilds it.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import threading
 from pathlib import Path
@@ -34,10 +40,60 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import UserError
-from livedenoise.export.engines.base import TENSORRT_EXTRA, Engine
+from livedenoise.export.engines.base import Engine
 from livedenoise.models.card import ModelCard
 
 log = logging.getLogger(__name__)
+
+TENSORRT_EXTRA = "pip install 'livedenoise[tensorrt]'"
+TENSORRT_MAJOR = 10
+"""The TensorRT major version our builder and runtime are written for. TensorRT 11
+removed the weak-typing builder flags (FP16, INT8) and the int8 calibrator that
+`tensorrt_build` uses, so 11.x is refused with this explanation rather than failing mid-build."""
+SIDECAR_FORMAT = "livedenoise-tensorrt-engine"
+SIDECAR_VERSION = 1
+
+
+def tensorrt_version_problem(version: str) -> str | None:
+    """Why TensorRT `version` cannot be used here, or None when it can."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        return f"cannot read the TensorRT version {version!r}"
+    if major != TENSORRT_MAJOR:
+        return (f"TensorRT {version} is installed, but livedenoise builds and runs TensorRT {TENSORRT_MAJOR}.x engines "
+                f"(TensorRT 11 removed the fp16/int8 builder flags it uses): "
+                f"pip install 'tensorrt>={TENSORRT_MAJOR},<{TENSORRT_MAJOR + 1}'")
+    return None
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, why): TensorRT 10 + pycuda importable and a CUDA GPU visible."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return False, f"TensorRT is not installed ({TENSORRT_EXTRA})"
+    problem = tensorrt_version_problem(trt.__version__)
+    if problem:
+        return False, problem
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return False, f"pycuda is not installed ({TENSORRT_EXTRA})"
+    try:
+        cuda.init()
+        n = cuda.Device.count()
+    except Exception as exc:  # no driver, no device
+        return False, f"no usable CUDA driver/GPU ({str(exc).strip()[:120] or type(exc).__name__})"
+    if n < 1:
+        return False, "no CUDA GPU visible"
+    return True, f"NVIDIA GPU {cuda.Device(0).name()} with TensorRT {trt.__version__}"
+
+
+def require_tensorrt() -> None:
+    ok, why = tensorrt_status()
+    if not ok:
+        raise UserError(f"the tensorrt backend needs an NVIDIA GPU, TensorRT and pycuda: {why}")
 
 
 def import_tensorrt():
@@ -153,6 +209,49 @@ class _DriverGraphs:
         self.exec_destroy(ctypes.c_void_p(exe))
 
 
+# --------------------------------------------------------------------------- the sidecar: what an engine was built for
+
+
+def sidecar_path(engine_path) -> Path:
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def read_sidecar(engine_path) -> dict:
+    engine_path = Path(engine_path)
+    if not engine_path.is_file():
+        raise UserError(f"TensorRT engine {engine_path} does not exist; build it with `livedenoise export MODEL.pt --tensorrt {engine_path}`")
+    sc = sidecar_path(engine_path)
+    if not sc.is_file():
+        raise UserError(
+            f"{engine_path} has no sidecar {sc.name} (model card, GPU, TensorRT version); it was not built by livedenoise or the "
+            f"sidecar was lost: rebuild with `livedenoise export MODEL.pt --tensorrt {engine_path}`"
+        )
+    try:
+        data = json.loads(sc.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{sc}: unreadable engine sidecar ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT or "card" not in data:
+        raise UserError(f"{sc} is not a livedenoise engine sidecar")
+    return data
+
+
+def _describe_target(d: dict) -> str:
+    return f"{d.get('gpu_name', '?')} (compute capability {d.get('compute_capability', '?')}) with TensorRT {d.get('tensorrt_version', '?')}"
+
+
+def check_compatible(sidecar: dict, here: dict, engine_path) -> None:
+    """Refuse an engine built for another GPU or TensorRT version (names both + the rebuild command)."""
+    keys = ("gpu_name", "compute_capability", "tensorrt_version")
+    if all(str(sidecar.get(k)) == str(here.get(k)) for k in keys):
+        return
+    raise UserError(
+        f"{engine_path} was built for {_describe_target(sidecar)}, but this machine has {_describe_target(here)}; "
+        f"TensorRT engines only run where they were built: rebuild it here with {rebuild_command(sidecar, engine_path)}"
+    )
+
+
+
 # --------------------------------------------------------------------------- the engine
 
 
@@ -160,8 +259,6 @@ class TensorRTEngine(Engine):
     backend = "tensorrt"
 
     def __init__(self, path, reason: str = "", cuda_graph: bool = True, device: int = 0):
-        from livedenoise.export.tensorrt_build import check_compatible, read_sidecar
-
         self.path = Path(path)
         self.reason = reason
         sidecar = read_sidecar(self.path)

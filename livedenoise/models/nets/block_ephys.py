@@ -40,9 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import numpy as np
+
+from livedenoise.models.registry import Arch
 from livedenoise.models.window import WindowSpec
 
-ARCH = "block-ephys"
 LAYOUTS = ("block",)
 PRESETS: dict[str, dict] = {
     # one wide convolution per branch spanning the whole window (few, large, CPU-friendly ops)
@@ -51,6 +53,18 @@ PRESETS: dict[str, dict] = {
     "base": {"width": 24, "kc": 3, "mix": 2, "full_span": False},
 }
 DEFAULTS = {"pre": 30, "post": 30, "omission": 1}
+
+ARCH = Arch(
+    name="block-ephys",
+    modality="ephys",
+    trainer="ephys",
+    default=True,
+    layout="block",
+    layouts=LAYOUTS,
+    presets=PRESETS,
+    defaults={**DEFAULTS, "preset": "fast", "loss": "l2", "crop": 512, "batch": 8, "lr": 1e-3},
+    summary="blind-spot temporal network: a whole block of samples per pass",
+)
 
 
 def window(pre: int, post: int, omission: int) -> WindowSpec:
@@ -170,6 +184,37 @@ def build(card) -> nn.Module:
                       bool(p.get("full_span", False)), p.get("window_kc"))
 
 
+def min_frames(card) -> int:
+    """One whole window: ctx_before samples, the sample itself, ctx_after samples."""
+    before, after = context(int(card.pre), int(card.post), int(card.omission))
+    return before + after + 1
+
+
+def training_span(card, batch: int, crop: int) -> int:
+    """Samples per in-memory training chunk."""
+    before, after = context(int(card.pre), int(card.post), int(card.omission))
+    return max(before + after + crop, 60000)
+
+
+def training_batch(card, data: np.ndarray, batch: int, crop: int, channels_per_crop: int, rng: np.random.Generator):
+    """Random crops of `crop` output samples (plus context) over a random run of up to
+    `channels_per_crop` neighbouring channels: input (B, 1, c, T_in), target (B, 1, c, crop); no mask."""
+    n, C = data.shape
+    before, after = context(int(card.pre), int(card.post), int(card.omission))
+    c = min(C, channels_per_crop)
+    t_in = before + crop + after
+    xs, ys = [], []
+    for _ in range(batch):
+        a = int(rng.integers(0, n - t_in + 1))
+        c0 = int(rng.integers(0, C - c + 1))
+        seg = data[a:a + t_in, c0:c0 + c].T  # (c, T_in)
+        xs.append(seg)
+        ys.append(seg[:, before:before + crop])
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
+    y = torch.from_numpy(np.ascontiguousarray(np.stack(ys)[:, None]))
+    return x, y, None
+
+
 def example_input(card, frame_shape=None, samples: int = 1024) -> torch.Tensor:
     """(1, 1, C, T_in) for ONNX export. frame_shape = (C, T_in) when given (the time axis is
     dynamic in the export anyway); otherwise the training channel count and 1024 outputs."""
@@ -191,7 +236,7 @@ def make_card(n_channels: int, pre: int = 30, post: int = 30, omission: int = 1,
     params["n_channels"] = int(n_channels)
     spec = window(pre, post, omission)
     return ModelCard(
-        arch=ARCH, params=params, modality="ephys", pre=pre, post=post, omission=omission,
+        arch=ARCH.name, params=params, modality="ephys", pre=pre, post=post, omission=omission,
         offsets=list(spec.offsets), layout="block", frame_shape=None,
         norm_mean=float(norm_mean), norm_std=float(norm_std), training=training or {},
     )

@@ -35,14 +35,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from livedenoise.models.registry import Arch
 from livedenoise.models.window import WindowSpec
-
-ARCH = "cad3d"
 
 # f_maps: feature maps per level (the last is the bottleneck); len(f_maps) - 1 max-pools.
 PRESETS: dict[str, dict] = {
     "rt": {"f_maps": [16, 32, 64, 128]},
 }
+
+ARCH = Arch(
+    name="cad3d",
+    modality="2p",
+    trainer="imaging",
+    presets=PRESETS,
+    defaults={"pre": 8, "post": 1, "omission": 0, "preset": "rt", "loss": "mixed", "crop": 64, "batch": 2, "lr": 3e-4},
+    summary="DeepCAD-RT 3D U-Net: odd/even Noise2Noise sub-stacks",
+)
 
 
 def stride(omission: int) -> int:
@@ -67,6 +75,16 @@ def min_frames(card) -> int:
     """A whole odd/even sub-stack: the window's span plus the target shift (DeepCAD-RT's pairs)."""
     offs = card.window.offsets
     return max(offs) - min(offs) + int(card.omission) + 2
+
+
+def target_shift(card) -> int:
+    """Training pairs: every input frame's target is the frame omission + 1 later (odd/even sub-stacks)."""
+    return int(card.omission) + 1
+
+
+def training_outputs(net, on: bool) -> None:
+    """Training: forward returns every temporal position (B, T, H, W), shaped like the targets, instead of the read one."""
+    net.all_positions = bool(on)
 
 
 def read_offset(omission: int) -> int:
@@ -109,7 +127,7 @@ class UNet3d(nn.Module):
             cin = f
         self.head = nn.Conv3d(cin, 1, 1)
         self.all_positions = False
-        """When True (training), forward returns every temporal position like forward_all."""
+        """When True (training), forward returns every temporal position, (B, T, H, W): shaped like the targets."""
 
     @property
     def multiple(self) -> int:
@@ -139,7 +157,7 @@ class UNet3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.forward_all(x)
         if self.all_positions:
-            return y
+            return y[:, 0]
         return y[:, :, self.read_index]
 
     def spatial_receptive_field(self) -> int:

@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from livedenoise.models.registry import Arch
 from livedenoise.models.window import WindowSpec
-
-ARCH = "classic"
 KINDS = ("exp", "boxcar", "halfgauss", "gauss", "spatial")
 CAUSAL_KINDS = ("exp", "halfgauss", "spatial")
 
@@ -45,6 +44,16 @@ PRESETS: dict[str, dict] = {
     "gauss": {"kind": "gauss", "sigma_t": 3.0, "sigma_xy": 1.0},
     "spatial": {"kind": "spatial", "sigma_xy": 1.5},
 }
+
+ARCH = Arch(
+    name="classic",
+    modality="2p",
+    trainer="filter",
+    presets=PRESETS,
+    # tune_pre: the cap on past frames when grid-searching against ground truth
+    defaults={"pre": 8, "post": 1, "omission": 0, "preset": "gauss", "tune_pre": 64},
+    summary="zero-training filters (exp, boxcar, halfgauss, gauss, spatial), optionally tuned against ground truth",
+)
 
 
 def preset_params(preset: str) -> dict:
@@ -156,7 +165,19 @@ def classic_card(kind: str, pre: int = 8, post: int = 0, modality: str = "2p", *
     spec = window(pre, post, 0, kind)
     full = {"preset": kind, **PRESETS[kind], **{k: float(v) for k, v in params.items() if v is not None}}
     full["kind"] = kind
-    return ModelCard(ARCH, full, modality, int(pre), int(post), 0, list(spec.offsets), training={"kind": "classic (no training)"})
+    return ModelCard(ARCH.name, full, modality, int(pre), int(post), 0, list(spec.offsets), training={"kind": "classic (no training)"})
+
+
+def make_card(pre: int = 8, post: int = 0, omission: int = 0, preset: str = "gauss", modality: str = "2p",
+              norm_mean: float = 0.0, norm_std: float = 1.0, training: dict | None = None, frame_shape=None, **params: Any):
+    """The registry's card maker: `classic_card` with the preset naming the kind."""
+    if omission:
+        raise ValueError("classic filters read the frame itself and cannot hide neighbours (omission must be 0)")
+    card = classic_card(preset, pre=pre, post=post, modality=modality, **params)
+    card.norm_mean, card.norm_std, card.frame_shape = float(norm_mean), float(norm_std), frame_shape
+    if training:
+        card.training = dict(training)
+    return card
 
 
 # ---------------------------------------------------------------- tuning

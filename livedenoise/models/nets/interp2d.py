@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from livedenoise.models.registry import Arch
 from livedenoise.models.window import WindowSpec
-
-ARCH = "interp2d"
 
 # widths per level, the last is the bottleneck; len(widths) - 1 max-pools;
 # convs: 3x3 conv+ReLU layers per block. `di` is unet_single_1024 (15.7 M parameters).
@@ -23,6 +22,17 @@ PRESETS: dict[str, dict] = {
     # 256x256 frame on one core); see docs/benchmarks.md.
     "lite": {"widths": [16, 32, 64], "convs": 2},
 }
+
+ARCH = Arch(
+    name="interp2d",
+    modality="2p",
+    trainer="imaging",
+    default=True,
+    presets=PRESETS,
+    # l2: Poisson noise at low counts
+    defaults={"pre": 8, "post": 1, "omission": 0, "preset": "lite", "loss": "l2", "crop": 64, "batch": 8, "lr": 1e-3},
+    summary="DeepInterpolation 2D U-Net: the window's frames as channels, predicts frame t",
+)
 
 
 def window(pre: int, post: int, omission: int) -> WindowSpec:

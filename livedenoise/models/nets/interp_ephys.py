@@ -26,15 +26,27 @@ import torch
 from torch import nn
 
 from livedenoise.models.nets.interp2d import UNet2d
+from livedenoise.models.registry import Arch
 from livedenoise.models.window import WindowSpec
 
-ARCH = "interp-ephys"
 LAYOUTS = ("checkerboard", "dense")
 PRESETS: dict[str, dict] = {
     "di": {"widths": [64, 128, 256, 512, 1024], "convs": 1},
     "lite": {"widths": [16, 32, 64], "convs": 2},
 }
 DEFAULTS = {"pre": 30, "post": 30, "omission": 1}
+"""DeepInterpolation's Neuropixels window."""
+
+ARCH = Arch(
+    name="interp-ephys",
+    modality="ephys",
+    trainer="ephys",
+    layout="checkerboard",
+    layouts=LAYOUTS,
+    presets=PRESETS,
+    defaults={**DEFAULTS, "preset": "lite", "loss": "l2", "crop": 512, "batch": 32, "lr": 1e-3},
+    summary="DeepInterpolation's Neuropixels U-Net: one sample of every channel per pass",
+)
 
 
 def window(pre: int, post: int, omission: int) -> WindowSpec:
@@ -109,6 +121,31 @@ def build(card) -> nn.Module:
                   kernel=(3, 2), pool=(2, 1), pad_mode="constant")
 
 
+def min_frames(card) -> int:
+    """One whole window: the samples before, the sample itself, and those after (up to the lag)."""
+    return int(card.pre) + int(card.omission) + int(card.lag) + 1
+
+
+def training_span(card, batch: int, crop: int) -> int:
+    """Samples per in-memory training chunk."""
+    return max(min_frames(card) + batch * 4, 30000)
+
+
+def training_batch(card, data: np.ndarray, batch: int, crop: int, channels_per_crop: int, rng: np.random.Generator):
+    """Random samples t with a full window: input (B, pre+post, rows, 2), target sample t (B, 1, rows, 2),
+    and the mask of occupied sites (the loss covers those only)."""
+    n, c = data.shape
+    before, after = card.pre + card.omission, card.lag
+    ts = rng.integers(before, n - after, size=batch)
+    offs = np.asarray(card.offsets)
+    win = data[ts[:, None] + offs[None, :]]  # (B, K, C)
+    tgt = data[ts][:, None, :]  # (B, 1, C)
+    x = torch.from_numpy(to_frames(win, card.layout))
+    y = torch.from_numpy(to_frames(tgt, card.layout))
+    m = torch.from_numpy(site_mask(c, card.layout).astype(np.float32))[None, None]
+    return x, y, m
+
+
 def example_input(card, frame_shape_=None) -> torch.Tensor:
     rows, cols = frame_shape_ or card.frame_shape or frame_shape(int(card.params.get("n_channels", 384)), card.layout)
     return torch.zeros(1, card.n_inputs, rows, cols)
@@ -122,7 +159,7 @@ def make_card(n_channels: int, pre: int = 30, post: int = 30, omission: int = 1,
     params["n_channels"] = int(n_channels)
     spec = window(pre, post, omission)
     return ModelCard(
-        arch=ARCH, params=params, modality="ephys", pre=pre, post=post, omission=omission,
+        arch=ARCH.name, params=params, modality="ephys", pre=pre, post=post, omission=omission,
         offsets=list(spec.offsets), layout=layout, frame_shape=list(frame_shape(n_channels, layout)),
         norm_mean=float(norm_mean), norm_std=float(norm_std), training=training or {},
     )

@@ -1,4 +1,4 @@
-"""`livedenoise bench ephys`: can the sidecar keep up with a Neuropixels probe?
+"""Owns `livedenoise bench ephys`: can the sidecar keep up with a Neuropixels probe?
 
 Real-time factor = seconds of data processed / seconds of compute (> 1 keeps
 up). Two parts:
@@ -73,7 +73,7 @@ def bench_ingest(C: int = 384, block: int = 1024, seconds: float = 2.0, rate: fl
             for item in asm.add(decode(parts)):
                 n_out += getattr(item, "data", np.zeros((0, 0))).shape[-1]
     for item in asm.flush():
-        n_out += item.data.shape[-1]
+        n_out += getattr(item, "data", np.zeros((0, 0))).shape[-1]
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     data_s = n_blocks * block / rate
@@ -105,12 +105,12 @@ def _publisher(port: int, C: int, block: int, n_blocks: int, rate: float) -> Non
 
 
 def bench_ingest_zmq(C: int = 384, block: int = 1024, seconds: float = 2.0, rate: float = 30000.0) -> dict:
-    """PUB (another process, as fast as it can) -> SUB + decode + assemble (the sidecar's Receiver thread)."""
+    """PUB (another process, as fast as it can) -> SUB + decode + assemble (the sidecar's receiver thread)."""
     import multiprocessing as mp
     import queue
     import threading
 
-    from livedenoise.stream.sources.openephys import Block, Receiver
+    from livedenoise.stream.sources.openephys import Block, OpenEphysReceiver
 
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,7 +120,7 @@ def bench_ingest_zmq(C: int = 384, block: int = 1024, seconds: float = 2.0, rate
     proc.start()
     q: queue.Queue = queue.Queue()
     stop = threading.Event()
-    rcv = Receiver(f"tcp://127.0.0.1:{port}", q, stop, heartbeat_s=0.5, idle_flush_s=60)
+    rcv = OpenEphysReceiver(f"tcp://127.0.0.1:{port}", q, stop, heartbeat_s=0.5, idle_flush_s=60)
     rcv.start()
     got, t_first, t_last = 0, None, None
     deadline = time.monotonic() + 60 + seconds * 10
@@ -150,22 +150,22 @@ def bench_ingest_zmq(C: int = 384, block: int = 1024, seconds: float = 2.0, rate
 
 
 def _card(spec: str, C: int):
-    from livedenoise.models.nets import block_ephys, interp_ephys
+    from livedenoise.models import registry
+
     arch, _, preset = spec.partition(":")
-    if arch == "block-ephys":
-        return block_ephys.make_card(C, 30, 30, 1, preset or "fast", norm_std=20.0)
-    if arch == "interp-ephys":
-        return interp_ephys.make_card(C, 30, 30, 1, preset or "lite", norm_std=20.0)
-    raise SystemExit(f"unknown model {spec!r}; use arch:preset from {MODELS}")
+    if arch not in registry.names(modality="ephys"):
+        raise SystemExit(f"unknown model {spec!r}; use arch:preset from {MODELS}")
+    # the architecture's defaults: DeepInterpolation's window (30, 30, 1) and preset
+    return registry.make_card(arch, n_channels=C, preset=preset or None, norm_std=20.0)
 
 
 def bench_model(spec: str, backend: str, C: int = 384, block: int = 1024, seconds: float = 2.0, budget: float = 20.0,
                 rate: float = 30000.0, threads: int | None = None, workdir: str | None = None) -> dict:
     import torch
 
-    from livedenoise.export.engines.base import open_engine
+    from livedenoise.export.engines import open_engine
     from livedenoise.models.checkpoint import save_checkpoint
-    from livedenoise.stream.ephys import EphysStream
+    from livedenoise.stream.ephys import SamplePipeline
     from livedenoise.models.registry import build_network
 
     card = _card(spec, C)
@@ -186,7 +186,7 @@ def bench_model(spec: str, backend: str, C: int = 384, block: int = 1024, second
     else:
         eng = open_engine(ck, backend, threads=threads)
     open_s = time.perf_counter() - t_open
-    st = EphysStream(eng, C, max_block=max(block, 4096), batch=64 if spec.endswith(":di") else 256)
+    st = SamplePipeline(eng, C, max_block=max(block, 4096), batch=64 if spec.endswith(":di") else 256)
     x = (np.random.default_rng(0).standard_normal((block, C)) * 20).astype(np.float32)
     st.push(x)  # warm-up (first call builds kernels)
     n_blocks = max(1, int(seconds * rate / block))

@@ -1,4 +1,4 @@
-"""`livedenoise replay openephys RECORDING`: be the ZMQ Interface plugin.
+"""Owns `livedenoise replay openephys RECORDING`: being the ZMQ Interface plugin without the GUI.
 
 Publishes a recording (Open Ephys Binary, SpikeGLX, .dat) exactly as the
 plugin does while the GUI acquires: a PUB socket on the data port with one
@@ -6,6 +6,11 @@ plugin does while the GUI acquires: a PUB socket on the data port with one
 the recording's sample numbers, sender timestamps in ms), and a REP socket on
 data port + 1 answering client heartbeats with `heartbeat received`. Blocks are
 paced at the sample rate (x --speed; 0 = as fast as possible).
+
+A block never spans a gap or restart in the recording's sample numbers
+(`stream/gaps.py`): it is cut there, so each block's `sample_num` is true for
+all its samples, as the plugin's are. `--loop` continues the sample numbers
+after the last one of the recording.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import threading
 import time
 
 
+import numpy as np
 import zmq
 
 from livedenoise.errors import UserError
+from livedenoise.stream import gaps
 from livedenoise.stream.protocols.zmq_interface import DEFAULT_DATA_PORT, DataEncoder, encode_ttl
 from livedenoise.stream.sinks.zmq_interface_out import HeartbeatResponder
 
@@ -65,14 +72,15 @@ class OpenEphysReplay:
         next_ttl = self.ttl_every
         ttl_state = False
         offset = 0
+        sn = np.asarray(self.rec.sample_numbers[:self.n_samples], np.int64)
+        pieces = [(a, min(b, a + self.block)) for s0, b in gaps.segments(sn) for a in range(s0, b, self.block)]
         try:
             while not self.stop_event.is_set():
-                for a in range(0, self.n_samples, self.block):
+                for a, b in pieces:
                     if self.stop_event.is_set():
                         break
-                    b = min(self.n_samples, a + self.block)
                     x = self.rec.read(a, b).T  # (channels, samples) µV
-                    sample_num = int(self.rec.sample_numbers[a]) + offset
+                    sample_num = int(sn[a]) + offset
                     if self.speed > 0:
                         due = t0 + sent_time / self.speed
                         delay = due - time.monotonic()
@@ -91,7 +99,8 @@ class OpenEphysReplay:
                     sent_time += (b - a) / fs
                 if not self.loop:
                     break
-                offset += self.n_samples
+                if len(sn):
+                    offset += int(sn.max()) + 1 - int(sn[0])
         finally:
             time.sleep(0.05)
         return {"blocks": self.sent_blocks, "messages": self.sent_messages, "samples": self.sent_samples,

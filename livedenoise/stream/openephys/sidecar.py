@@ -1,11 +1,19 @@
-"""The Open Ephys sidecar: ZMQ Interface in, denoised Ephys Socket / ZMQ out.
+"""Owns the live Open Ephys sidecar: ZMQ Interface in, `SamplePipeline`, Ephys Socket / ZMQ / recorder out.
 
-    Open Ephys GUI ──ZMQ Interface (PUB :5556, REP :5557)──> Receiver thread
+    Open Ephys GUI ──ZMQ Interface (PUB :5556, REP :5557)──> OpenEphysReceiver thread
         (SUB b"DATA"/b"EVENT", heartbeat REQ, BlockAssembler) ──queue──>
     processing loop: blocks concatenated while it is behind (batches as large as
-        needed), EphysStream (ring buffer in samples, engine) ──> sinks:
+        needed), SamplePipeline (segments, ring buffer in samples, engine) ──> sinks:
         Ephys Socket server (:9001, the GUI reads it as a new source),
         ZMQ Interface-format PUB (:5560, REP :5561), --record raw + denoised Binary.
+
+The denoising, the segmenting at gaps and restarts and the edge rules are the
+pipeline's (stream/ephys.py), shared with `livedenoise denoise`; this module
+only routes items. At a `Gap` the pipeline ends the segment (its tail goes out
+with the end-of-recording rule) when the next block's sample number arrives,
+and recording continues in the same files with the true sample numbers; a
+`Restart`, or data resuming after the input went idle, also ends the recording,
+and the next block opens `DIR/segmentN`.
 
 Output latency: a sample leaves once `lag` later samples exist, i.e. at most
 lag samples + one block after it was acquired (plus compute). When input stops
@@ -27,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from livedenoise.stream.ephys import EphysStream, open_ephys_engine
-from livedenoise.stream.sources.openephys import Block, Receiver, Restart
+from livedenoise.stream import gaps
+from livedenoise.stream.ephys import SamplePipeline, Samples, open_ephys_engine
+from livedenoise.stream.sources.openephys import Block, Gap, OpenEphysReceiver, Restart
 
 log = logging.getLogger("livedenoise.stream.openephys")
 
@@ -86,9 +95,9 @@ class SidecarStats:
         self.latency_ms: list[float] = []
         self.first_data: float | None = None
         self.engine_errors = 0
-        self.segments = 0
         self.emits = 0
-        self.passthrough_done = 0
+        self.segments_before = 0
+        self.passthrough_before = 0
         self.overflow = 0
 
 
@@ -107,7 +116,7 @@ class Sidecar:
         self.card = self.engine.card
         self.stop_event = threading.Event()
         self.q: queue.Queue = queue.Queue()
-        self.receiver = Receiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels, heartbeat_s=cfg.heartbeat_s,
+        self.receiver = OpenEphysReceiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels, heartbeat_s=cfg.heartbeat_s,
                                  idle_flush_s=cfg.idle_flush_s, ctx=self.ctx, max_pending=cfg.max_pending)
         self.socket = None
         if cfg.socket_port is not None:
@@ -120,8 +129,9 @@ class Sidecar:
 
             self.zout = ZmqInterfaceOutput(cfg.zmq_output, self.ctx, stream_name=cfg.zmq_stream_name)
         self.stats = SidecarStats()
-        self.stream: EphysStream | None = None
-        self.base_sample = 0
+        self.pipe: SamplePipeline | None = None
+        self.recording = 0
+        """Recording folders opened so far (DIR, DIR/segment2, ...)."""
         self.stream_name = ""
         self.sample_rate = 0.0
         self.names: list[str] = []
@@ -184,7 +194,7 @@ class Sidecar:
             try:
                 self._handle(rest)
             finally:
-                self._close_segment()
+                self._end_segment()
             self.final_stats = self.snapshot(final=True)
             self._emit_stats(self.final_stats)
             if self.socket is not None:
@@ -215,9 +225,9 @@ class Sidecar:
                     continue
                 acc += it.data.shape[1]
             keep.append(it)
-        log.warning("engine too slow: skipped %d queued samples (overflow); the denoiser restarts after the gap",
+        log.warning("engine too slow: skipped %d queued samples (overflow); a new segment starts after them",
                     total - acc)
-        self._close_segment()  # the output cannot continue across the skipped samples
+        # the kept blocks carry their sample numbers: the pipeline sees the jump as a gap
         return list(reversed(keep))
 
     def _handle(self, items: list) -> None:
@@ -232,12 +242,14 @@ class Sidecar:
             if run:
                 self._process(run)
                 run = []
-            if isinstance(it, Restart):
-                self._close_segment()
+            if isinstance(it, Gap):
+                pass  # the pipeline sees the jump in the next block's sample numbers and ends the segment itself
+            elif isinstance(it, Restart):  # also a new recording folder (and message_num restarts on the ZMQ output)
+                self._end_segment()
                 if self.zout is not None:
                     self.zout.restart()
             elif it == "idle":
-                self._finish_segment()
+                self._end_segment()
         if run:
             self._process(run)
 
@@ -246,32 +258,50 @@ class Sidecar:
         self._last_block = time.monotonic()
         first = blocks[0]
         C = first.data.shape[0]
-        if self.stream is None or self.stream.C != C or self.stream.finished:
-            self._open_segment(first)
+        if self.pipe is None or self.pipe.C != C:
+            self._end_segment()
+            if self.pipe is not None:  # a new channel count: a new pipeline; keep the old one's counts
+                self.stats.segments_before += self.pipe.segments
+                self.stats.passthrough_before += self.pipe.passthrough
+            self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch)
+            if self.socket is not None:
+                self.socket.configure(C, self.cfg.socket_samples or first.data.shape[1])
+        if self.stats.first_data is None:
+            self.stats.first_data = time.monotonic()
+        if self.cfg.record and self.rec_raw is None:
+            self._open_recording(first)
+        if (first.stream, first.sample_rate, first.channel_names) != (self.stream_name, self.sample_rate, self.names):
+            self.stream_name, self.sample_rate, self.names = first.stream, first.sample_rate, list(first.channel_names)
+            if self.zout is not None:
+                self.zout.configure(first.stream, self.names, first.sample_rate)
+            log.info("stream %r: %d channels at %g Hz from sample %d; model %s, lag %d samples",
+                     first.stream, C, first.sample_rate, first.sample_num, self.card.arch, self.card.lag)
         raw = np.concatenate([b.data for b in blocks], axis=1).T  # (samples, C)
+        sn = np.concatenate([b.sample_numbers for b in blocks])
         if self.rec_raw is not None:
-            self.rec_raw.write(raw)
+            self.rec_raw.write(raw, sn)
         try:
-            idx, out = self.stream.push(raw)
+            out = self.pipe.push(raw, sn)
         except Exception as exc:  # an engine failure must not kill the acquisition-side process
             self.stats.engine_errors += 1
+            self.pipe.discard()  # the segment cannot continue: the next block starts a new one
             log.error("engine failed on a block: %s", exc)
             return
         self.stats.processed_samples += raw.shape[0]
-        self._emit(idx, out, blocks[-1].arrival)
+        self._emit(out, blocks[-1].arrival)
         self.stats.busy_s += time.perf_counter() - t0
         self.stats.batches += 1
 
-    def _emit(self, idx: int, out: np.ndarray, arrival: float | None) -> None:
+    def _emit(self, out: Samples, arrival: float | None) -> None:
         if not len(out):
             return
-        sn = self.base_sample + idx
         if self.socket is not None:
-            self.socket.write(out)
+            self.socket.write(out.data)
         if self.zout is not None:
-            self.zout.write(sn, out)
+            for a, b in gaps.segments(out.sample_numbers):
+                self.zout.write(int(out.sample_numbers[a]), out.data[a:b])
         if self.rec_den is not None:
-            self.rec_den.write(out, np.arange(sn, sn + len(out), dtype=np.int64))
+            self.rec_den.write(out.data, out.sample_numbers)
         self.stats.output_samples += len(out)
         self.stats.emits += 1
         if arrival is not None:
@@ -279,50 +309,31 @@ class Sidecar:
             if len(self.stats.latency_ms) > 4096:
                 del self.stats.latency_ms[:2048]
 
-    def _open_segment(self, first: Block) -> None:
-        self._close_segment()
+    def _open_recording(self, first: Block) -> None:
+        from livedenoise.io.writers_ephys import BinaryWriter
+
+        self.recording += 1
+        root = Path(self.cfg.record)
+        if self.recording > 1:
+            root = root / f"segment{self.recording}"
         C = first.data.shape[0]
-        self.stream = EphysStream(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch)
-        self.base_sample = first.sample_num
-        self.stream_name, self.sample_rate, self.names = first.stream, first.sample_rate, list(first.channel_names)
-        self.stats.segments += 1
-        if self.stats.first_data is None:
-            self.stats.first_data = time.monotonic()
-        if self.socket is not None:
-            self.socket.configure(C, self.cfg.socket_samples or first.data.shape[1])
-        if self.zout is not None:
-            self.zout.configure(first.stream, self.names, first.sample_rate)
-        if self.cfg.record:
-            from livedenoise.io.writers_ephys import BinaryWriter
+        bv = np.full(C, self.cfg.record_bit_volts)
+        names = list(first.channel_names)
+        kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num)
+        self.rec_raw = BinaryWriter(root / "raw", first.sample_rate, bv, names, source_processor_name="ZMQ_Interface",
+                                    description="raw input recorded by the livedenoise sidecar", **kw)
+        self.rec_den = BinaryWriter(root / "denoised", first.sample_rate, bv, names, source_processor_name="livedenoise",
+                                    description=f"denoised live by livedenoise {self.card.summary()}", **kw)
 
-            root = Path(self.cfg.record)
-            if self.stats.segments > 1:
-                root = root / f"segment{self.stats.segments}"
-            bv = np.full(C, self.cfg.record_bit_volts)
-            kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num)
-            self.rec_raw = BinaryWriter(root / "raw", first.sample_rate, bv, self.names, source_processor_name="ZMQ_Interface",
-                                        description="raw input recorded by the livedenoise sidecar", **kw)
-            self.rec_den = BinaryWriter(root / "denoised", first.sample_rate, bv, self.names,
-                                        source_processor_name="livedenoise",
-                                        description=f"denoised live by livedenoise {self.card.summary()}", **kw)
-        log.info("stream %r: %d channels at %g Hz from sample %d; model %s, lag %d samples",
-                 first.stream, C, first.sample_rate, first.sample_num, self.card.arch, self.card.lag)
-
-    def _finish_segment(self) -> None:
-        """Input went idle: flush the tail like the end of a file."""
-        if self.stream is not None and not self.stream.finished:
-            idx, out = self.stream.finish()
-            self._emit(idx, out, None)
-            for w in (self.rec_raw, self.rec_den):
-                if w is not None:
-                    w.flush() if hasattr(w, "flush") else None
-
-    def _close_segment(self) -> None:
-        if self.stream is not None and not self.stream.finished:
-            self._finish_segment()
-        if self.stream is not None:
-            self.stats.passthrough_done += self.stream.passthrough
-            self.stream.passthrough = 0
+    def _end_segment(self) -> None:
+        """End the pipeline's segment (its tail goes out with the end-of-recording rule) and close the recording."""
+        if self.pipe is not None:
+            try:
+                self._emit(self.pipe.finish(), None)
+            except Exception as exc:
+                self.stats.engine_errors += 1
+                self.pipe.discard()
+                log.error("engine failed on a segment's tail: %s", exc)
         for w in (self.rec_raw, self.rec_den):
             if w is not None:
                 w.close()
@@ -345,7 +356,7 @@ class Sidecar:
             "dropped": c.get("dropped_samples", 0),
             "skipped": 0,
             "overflow": st.overflow,
-            "passthrough": int(getattr(self.stream, "passthrough", 0) or 0) + st.passthrough_done,
+            "passthrough": st.passthrough_before + (self.pipe.passthrough if self.pipe is not None else 0),
             "record_dropped": 0,
             "fps_in": round(c.get("blocks_in", 0) / up, 2),
             "fps_out": round(st.emits / up, 2),
@@ -357,7 +368,8 @@ class Sidecar:
             "output_samples": st.output_samples,
             "batches": st.batches,
             "engine_errors": st.engine_errors,
-            "segments": st.segments,
+            "segments": st.segments_before + (self.pipe.segments if self.pipe is not None else 0),
+            "recordings": self.recording,
             "lag_samples": int(self.card.lag),
             "lag_ms": round(self.card.lag / rate * 1000, 3),
             "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if len(lat) else None,
@@ -369,7 +381,7 @@ class Sidecar:
             "socket_packets": self.socket.packets if self.socket is not None else 0,
             "socket_dropped_packets": self.socket.dropped_packets if self.socket is not None else 0,
             "zmq_messages_out": self.zout.messages if self.zout is not None else 0,
-            "channels": self.stream.C if self.stream is not None else None,
+            "channels": self.pipe.C if self.pipe is not None else None,
             "sample_rate": self.sample_rate or None,
             "stream": self.stream_name,
             "model": self.card.summary(),

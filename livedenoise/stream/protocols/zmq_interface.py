@@ -1,4 +1,4 @@
-"""The Open Ephys ZMQ Interface plugin's wire format (GUI 0.6 / 1.0), both directions.
+"""Owns the Open Ephys ZMQ Interface plugin's wire format (GUI 0.6 / 1.0), both directions.
 
 PUB on data_port (default 5556), REP on data_port + 1 for client heartbeats.
 One three-part message per selected channel per processing block:

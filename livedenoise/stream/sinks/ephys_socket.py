@@ -1,4 +1,4 @@
-"""Output back into the Open Ephys GUI through its Ephys Socket plugin.
+"""Owns output back into the Open Ephys GUI through its Ephys Socket plugin (we are the TCP server).
 
 The GUI's Ephys Socket source is a TCP *client* to localhost:<port> (default
 9001); we are the server. Every packet is a 22-byte little-endian header

@@ -1,4 +1,4 @@
-"""Denoised data out in the ZMQ Interface plugin's own format.
+"""Owns denoised data out in the ZMQ Interface plugin's own format (PUB + heartbeat REP).
 
 A PUB socket (default tcp://127.0.0.1:5560) sends one DATA message per channel
 per output block, exactly as the plugin does (message_num from 0, stream and

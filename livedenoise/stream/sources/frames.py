@@ -1,10 +1,11 @@
-"""The receiving side: SUB socket thread -> per-stream acquisitions and rings.
+"""The frame source of `serve`: SUB socket thread -> per-stream acquisitions, each a `FramePipeline`.
 
-The receiver thread only reads the socket, validates each message
-(`protocol.decode`), hands raw frames to the recorder and writes them into
-the ring of their (channel, plane) stream. It never waits on the engine, so
-it keeps up with the acquisition whatever the model does (a SUB socket never
-blocks the publisher in any case).
+`FrameReceiver`'s thread only reads the socket, validates each message
+(`protocols.frames.decode`), hands raw frames to the recorder and pushes them
+into the pipeline of their (channel, plane) stream (stream/pipeline.py: ring,
+segments, windows). It never waits on the engine, so it keeps up with the
+acquisition whatever the model does (a SUB socket never blocks the publisher
+in any case).
 
 Acquisition rules (docs/serve.md):
 - a `start` message closes every open stream; the next frames open new ones;
@@ -14,8 +15,10 @@ Acquisition rules (docs/serve.md):
   number is not after the previous one (a publisher restart: ZeroMQ keeps
   order, so a counter going back means a new acquisition), closes that stream
   and opens a new one (counted in `restarts`);
-- a skipped frame number is a frame dropped upstream (counted in `dropped_upstream`);
-  its slot repeats the previous frame so windows stay regular;
+- a skipped frame number is a gap: frames dropped upstream (counted in
+  `dropped_upstream`). Nothing is invented for them: the pipeline ends its
+  segment there (end-of-recording edge rule) and starts a new one at the
+  received frame, in the same acquisition (same files) -- stream/gaps.py;
 - a stream's frame numbers advance by `frame_step` from the `start` message
   (default 1). ScanImage counts every plane (and flyback frame) as a frame, so
   with 3 planes each plane's stream numbers its frames 1, 4, 7, ...: its
@@ -29,52 +32,53 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import zmq
 
+from livedenoise.stream.pipeline import FramePipeline
 from livedenoise.stream.protocols.frames import ControlMessage, FrameHeader, ProtocolError, decode
-from livedenoise.stream.ring import FrameRing
 
 log = logging.getLogger("livedenoise.stream")
 
 MALFORMED_LOG_EVERY_S = 5.0
 
+PipelineFactory = Callable[[tuple[int, int], str, int, str], FramePipeline]
+"""(frame shape, dtype, frame step, name) -> a new pipeline for one acquisition."""
+
 
 @dataclass
 class Acquisition:
-    """One (channel, plane) stream of one acquisition: its ring and output progress."""
+    """One (channel, plane) stream of one acquisition: its pipeline and what the sinks need."""
 
     stream: tuple[int, int]
     number: int
     """1, 2, ... per stream: a new one at every start / restart / shape change."""
-    ring: FrameRing
+    pipeline: FramePipeline
     first_frame: int
     dtype: str
     source: str
     meta: dict = field(default_factory=dict)
-    last: int | None = None
-    """Index of the final frame once the acquisition is closed (None while open)."""
-    next_out: int = 0
-    """Next index to output (or skip)."""
-    mean: float | None = None
-    std: float | None = None
-    failed: bool = False
-    last_frame_no: int = -1
     step: int = 1
     """Frame-number increment between consecutive frames of this stream (start's `frame_step`)."""
+    last_frame_no: int = -1
+    failed: bool = False
+    """The engine cannot take this acquisition: its frames are only recorded."""
+    checked: bool = False
+    """Its frame size was checked against the model's."""
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.ring.shape
+        return self.pipeline.shape
 
     @property
     def closed(self) -> bool:
-        return self.last is not None
+        return self.pipeline.closed
 
     @property
     def done(self) -> bool:
-        return self.closed and (self.failed or self.last is None or self.next_out > self.last)
+        return self.closed and (self.failed or self.pipeline.done)
 
 
 class StreamTable:
@@ -83,8 +87,8 @@ class StreamTable:
     Every access holds `cond`'s lock; the receiver notifies it on each frame.
     """
 
-    def __init__(self, capacity: int, stats, recorder=None, max_closed: int = 8):
-        self.capacity = capacity
+    def __init__(self, make_pipeline: PipelineFactory, stats, recorder=None, max_closed: int = 8):
+        self.make_pipeline = make_pipeline
         self.stats = stats
         self.recorder = recorder
         self.max_closed = max_closed
@@ -115,11 +119,9 @@ class StreamTable:
                     acq = None
             if acq is None:
                 acq = self._open(h)
-            i = (h.frame - acq.first_frame) // acq.step
-            gap = acq.ring.put(i, pixels, h.frame, h.t, arrival)
+            acq.pipeline.push(pixels, h.frame, h.t, arrival)  # a gap ends a segment; counted there
             acq.last_frame_no = h.frame
             self.stats.frames_in += 1
-            self.stats.dropped_upstream += gap
             number = acq.number
             meta = acq.meta
             self.cond.notify_all()
@@ -144,23 +146,24 @@ class StreamTable:
     def _open(self, h: FrameHeader) -> Acquisition:
         n = self._numbers.get(h.stream, 0) + 1
         self._numbers[h.stream] = n
-        ring = FrameRing(self.capacity, h.shape, h.dtype)
         meta = {"start": self.start_meta, "source": h.source, "first_frame": h.frame}
-        acq = Acquisition(h.stream, n, ring, h.frame, h.dtype, h.source, meta)
         step = self.start_meta.get("frame_step", 1)
-        acq.step = step if isinstance(step, int) and not isinstance(step, bool) and step >= 1 else 1
+        step = step if isinstance(step, int) and not isinstance(step, bool) and step >= 1 else 1
+        name = f"stream ch{h.channel} plane{h.plane} acquisition {n}"
+        acq = Acquisition(h.stream, n, self.make_pipeline(h.shape, h.dtype, step, name), h.frame, h.dtype, h.source,
+                          meta, step)
         self.active[h.stream] = acq
         return acq
 
     def _close(self, acq: Acquisition) -> None:
-        acq.last = acq.ring.newest
+        acq.pipeline.finish()
         del self.active[acq.stream]
         self.closed.append(acq)
         if self.recorder is not None:
             self.recorder.end("raw", acq.stream[0], acq.stream[1], acq.number)
         while len(self.closed) > self.max_closed:  # restarts faster than the engine drains
             old = self.closed.pop(0)
-            lost = max(0, (old.last or 0) - old.next_out + 1)
+            lost = max(0, old.pipeline.end - old.pipeline.next_out)
             self.stats.overflow += lost
             log.warning("dropped the unfinished tail (%d frames) of an old acquisition: restarts come too fast", lost)
 
@@ -169,7 +172,7 @@ class StreamTable:
         return self.closed + list(self.active.values())
 
 
-class Receiver:
+class FrameReceiver:
     """The SUB socket's thread: decode, count, hand over. Never blocks on anything else."""
 
     def __init__(self, sock: zmq.Socket, table: StreamTable, stats, stop: threading.Event):

@@ -1,4 +1,4 @@
-"""From ZMQ Interface messages to [channels x samples] blocks of one stream.
+"""Owns Open Ephys ingest: ZMQ Interface messages -> [channels x samples] blocks of one stream, and gap/restart items.
 
 `BlockAssembler` is pure logic (no sockets, easy to test and to benchmark):
 messages of the chosen stream are grouped by `sample_num`; a block is
@@ -11,14 +11,17 @@ counted). Anomalies are counted, never fatal, and never stall the stream:
   counted as `late` (and dropped) once the block has left;
 - `message_num` gaps are counted (`gaps`: messages the plugin numbered but
   we never saw);
-- a sample_num jump forward is filled with zeros so the output stays
-  continuous (`dropped_samples`); a huge jump, a step backwards or message_num
-  going back to 0 is a restarted acquisition: a `Restart` item is emitted and
-  the assembler starts over (`restarts`).
+- sample numbers follow the one gap/restart policy (`stream/gaps.py`), and no
+  sample is ever invented: a sample_num jump forward emits a `Gap` item before
+  the block (`sample_gaps` jumps, `dropped_samples` samples skipped); a
+  sample_num falling back (in a message numbered after everything seen so far,
+  or by more than a few seconds), message_num going back to 0, a new channel or
+  a new sample rate is a restarted acquisition: what is pending goes out, then
+  a `Restart` item, and the assembler starts over (`restarts`);
 - event messages (TTL, spikes) are counted (`events`) and ignored.
 
-`Receiver` runs the SUB socket and the heartbeat REQ socket in threads and puts
-the assembler's output on a queue.
+`OpenEphysReceiver` runs the SUB socket and the heartbeat REQ socket in threads
+and puts the assembler's output (Block, Gap, Restart, "idle") on a queue.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ log = logging.getLogger("livedenoise.stream.openephys")
 
 COUNTERS = (
     "messages", "data_messages", "malformed", "duplicates", "late", "gaps", "missing_channels",
-    "incomplete_blocks", "restarts", "events", "other_stream", "dropped_samples", "blocks_in", "samples_in",
-    "partial_first",
+    "incomplete_blocks", "restarts", "events", "other_stream", "dropped_samples", "sample_gaps", "blocks_in",
+    "samples_in", "partial_first",
 )
 
 
@@ -61,21 +64,36 @@ class Block:
     sample_rate: float = 0.0
     channel_names: list[str] = field(default_factory=list)
     missing: int = 0
-    filler: bool = False
+
+    @property
+    def sample_numbers(self) -> np.ndarray:
+        return np.arange(self.sample_num, self.sample_num + self.data.shape[1], dtype=np.int64)
+
+
+@dataclass
+class Gap:
+    """Sample numbers expected..got-1 never arrived: the segment ends; the next block starts a new one at `got`."""
+
+    expected: int
+    got: int
+
+    @property
+    def samples(self) -> int:
+        return self.got - self.expected
 
 
 @dataclass
 class Restart:
+    """The acquisition restarted (counter fell back, message_num reset, new channel or rate): a new segment."""
+
     reason: str
 
 
 class BlockAssembler:
-    def __init__(self, stream: str | None = None, n_channels: int | None = None, max_pending: int = 3,
-                 max_gap_samples: int | None = None):
+    def __init__(self, stream: str | None = None, n_channels: int | None = None, max_pending: int = 3):
         self.want_stream = stream or None
         self.fixed_channels = n_channels
         self.max_pending = max_pending
-        self.max_gap = max_gap_samples
         for k in COUNTERS:
             setattr(self, k, 0)
         self._reset()
@@ -96,7 +114,7 @@ class BlockAssembler:
     # ------------------------------------------------------------------ input
 
     def add(self, msg) -> list:
-        """Feed one decoded message; returns the Blocks / Restart items now ready."""
+        """Feed one decoded message; returns the Block / Gap / Restart items now ready, in stream order."""
         self.messages += 1
         out: list = []
         if isinstance(msg, EventMessage):
@@ -110,6 +128,7 @@ class BlockAssembler:
             self.other_stream += 1
             return out
         self.data_messages += 1
+        newest = self.last_msg is None or msg.message_num > self.last_msg
         self._track_message_num(msg.message_num, msg, out)
         if self.sample_rate and msg.sample_rate != self.sample_rate and self.next_sample is not None:
             out += self._restart("sample rate changed")
@@ -121,14 +140,13 @@ class BlockAssembler:
             out += self._restart(f"channel {msg.channel_num} appeared (had {self.n_channels})")
         s = msg.sample_num
         if self.next_sample is not None and s < self.next_sample:
-            # already emitted: a duplicate of an old message, a late one, or a restart
-            if self.next_sample - s > self._restart_margin():
+            # before what was emitted: a duplicate or late copy of an old message (numbered before the
+            # newest one seen), or the counter fell back (a message numbered after it: a restart)
+            if newest or self.next_sample - s > self._restart_margin():
                 out += self._restart(f"sample_num went back from {self.next_sample} to {s}")
             else:
                 self.late += 1
                 return out
-        if self.next_sample is not None and self.max_gap and s - self.next_sample > self.max_gap:
-            out += self._restart(f"sample_num jumped {s - self.next_sample} samples")
         blk = self.pending.get(s)
         if blk is None:
             blk = self.pending[s] = {}
@@ -179,11 +197,12 @@ class BlockAssembler:
     def _restart(self, reason: str) -> list:
         self.restarts += 1
         log.warning("acquisition restarted (%s): starting over", reason)
+        out = self.flush()  # what was received before the restart still goes out
         self.pending.clear()
         last = self.last_msg
         self._reset()
         self.last_msg = last
-        return [Restart(reason)]
+        return out + [Restart(reason)]
 
     def _learn_channels(self) -> None:
         first = min(self.pending)
@@ -205,9 +224,11 @@ class BlockAssembler:
                 break
             del self.pending[s]
             if self.next_sample is not None and s > self.next_sample:
-                gap = s - self.next_sample
-                self.dropped_samples += gap
-                out.append(self._make(self.next_sample, {}, gap, now, filler=True))
+                self.dropped_samples += s - self.next_sample  # counted, never filled
+                self.sample_gaps += 1
+                log.warning("sample_num jumped from %d to %d: %d samples missing, a new segment starts",
+                            self.next_sample, s, s - self.next_sample)
+                out.append(Gap(self.next_sample, s))
             n = len(next(iter(blk.values())))
             out.append(self._make(s, blk, n, now))
             if self.first_sample_num is None:
@@ -215,20 +236,19 @@ class BlockAssembler:
             self.next_sample = s + n
         return out
 
-    def _make(self, s: int, blk: dict, n: int, now: float, filler: bool = False) -> Block:
+    def _make(self, s: int, blk: dict, n: int, now: float) -> Block:
         data = np.zeros((self.n_channels, n), np.float32)
         for k, v in blk.items():
             if k < self.n_channels:
                 data[k] = v
-        missing = 0 if filler else self.n_channels - sum(1 for k in blk if k < self.n_channels)
-        if missing:
+        missing = self.n_channels - sum(1 for k in blk if k < self.n_channels)
+        if missing:  # TODO(issue: missing channels): still zeros within a block for now
             self.missing_channels += missing
             self.incomplete_blocks += 1
-        if not filler:
-            self.blocks_in += 1
+        self.blocks_in += 1
         self.samples_in += n
         names = [self.names.get(k, f"CH{k + 1}") for k in range(self.n_channels)]
-        return Block(s, data, now, self.stream or "", self.sample_rate, names, missing, filler)
+        return Block(s, data, now, self.stream or "", self.sample_rate, names, missing)
 
 
 class Heartbeat(threading.Thread):
@@ -282,7 +302,7 @@ def heartbeat_endpoint(data_endpoint: str) -> str:
     return f"{head}:{int(port) + 1}"
 
 
-class Receiver(threading.Thread):
+class OpenEphysReceiver(threading.Thread):
     """SUB to the plugin; decoded, assembled blocks go to `out` (a queue)."""
 
     def __init__(self, endpoint: str, out: "queue.Queue", stop: threading.Event, stream: str | None = None,

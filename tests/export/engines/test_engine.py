@@ -6,15 +6,10 @@ import pytest
 import torch
 
 from livedenoise.errors import UserError
-from livedenoise.export.engines import base as engine_mod
-from livedenoise.export.engines.base import (
-    DeferredExportEngine,
-    OnnxRuntimeEngine,
-    TorchEngine,
-    open_engine,
-    tensorrt_status,
-    tensorrt_version_problem,
-)
+from livedenoise.export.engines import DeferredExportEngine, open_engine
+from livedenoise.export.engines.onnxruntime import OnnxRuntimeEngine, ort_providers_available
+from livedenoise.export.engines.tensorrt import tensorrt_status, tensorrt_version_problem
+from livedenoise.export.engines.torch import TorchEngine
 from livedenoise.export.onnx_export import export_onnx
 from tests.export.checkpoints import make_checkpoint
 
@@ -156,7 +151,7 @@ def test_only_tensorrt_10_is_accepted_and_11_names_the_pin():
 
 
 def test_missing_cuda_provider_is_a_user_error(files):
-    if "CUDAExecutionProvider" in engine_mod.ort_providers_available():
+    if "CUDAExecutionProvider" in ort_providers_available():
         pytest.skip("onnxruntime-gpu is installed here")
     with pytest.raises(UserError, match="no CUDAExecutionProvider"):
         open_engine(files[1], "onnxruntime-cuda")

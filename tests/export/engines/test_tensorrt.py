@@ -13,15 +13,17 @@ import pytest
 from livedenoise.cli import main
 from livedenoise.errors import UserError
 from livedenoise.export import parity
-from livedenoise.export.engines.base import TorchEngine, open_engine, tensorrt_status
-from livedenoise.export.onnx_export import export_onnx
-from livedenoise.export.tensorrt_build import (
+from livedenoise.export.engines import open_engine
+from livedenoise.export.engines.tensorrt import (
     check_compatible,
-    engine_cache_path,
     read_sidecar,
+    rebuild_command,
     sidecar_path,
+    tensorrt_status,
 )
-from livedenoise.export.engines.tensorrt import rebuild_command
+from livedenoise.export.engines.torch import TorchEngine
+from livedenoise.export.onnx_export import export_onnx
+from livedenoise.export.tensorrt_build import engine_cache_path
 from livedenoise.models.checkpoint import load_model
 from tests.export.checkpoints import make_checkpoint
 

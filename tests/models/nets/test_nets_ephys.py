@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from livedenoise.models.nets import block_ephys, interp_ephys
-from livedenoise.stream.ephys import EphysStream, denoise_array
+from livedenoise.stream.ephys import SamplePipeline, denoise_array
 from livedenoise.models.registry import arch_module, build_network
 from livedenoise.models.window import WindowSpec
 
@@ -105,19 +105,19 @@ def test_streaming_in_any_pieces_equals_offline(card):
     x = np.random.default_rng(2).standard_normal((700, C)).astype(np.float32) * 20
     ref = denoise_array(eng, x, chunk=700)
     assert ref.shape == x.shape
-    st = EphysStream(eng, C, max_block=64)
+    st = SamplePipeline(eng, C, max_block=64)
     outs, first_expected = [], 0
     rng = np.random.default_rng(3)
     a = 0
     while a < len(x):
         n = int(rng.integers(1, 90))
-        first, y = st.push(x[a:a + n])
-        assert first == first_expected
+        sn, y = st.push(x[a:a + n])
+        assert np.array_equal(sn, np.arange(first_expected, first_expected + len(y)))
         first_expected += len(y)
         outs.append(y)
         a += n
-        assert st.n_in - st.n_out == min(card.lag, st.n_in)  # output waits exactly `lag` samples
-    outs.append(st.finish()[1])
+        assert st.pending == min(card.lag, a)  # output waits exactly `lag` samples
+    outs.append(st.finish().data)
     np.testing.assert_allclose(np.concatenate(outs), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -134,7 +134,7 @@ def test_block_example_input_and_dynamic_axes():
 @pytest.mark.parametrize("arch", ["block-ephys", "interp-ephys"])
 def test_onnx_export_runs_in_onnxruntime_like_torch(arch, tmp_path, monkeypatch):
     monkeypatch.setenv("LIVEDENOISE_CACHE", str(tmp_path / "cache"))
-    from livedenoise.export.engines.base import open_engine
+    from livedenoise.export.engines import open_engine
     from livedenoise.models.checkpoint import save_checkpoint
 
     card = (block_ephys.make_card(C, 30, 30, 1, "fast") if arch == "block-ephys"

@@ -5,68 +5,18 @@ the header like the GUI) and a ZMQ Interface-format SUB client; both compared
 to `denoise_recording` of the same recording, for both model families.
 """
 
-import socket
 import threading
 import time
 
 import numpy as np
 import pytest
-import zmq
 
 from livedenoise.stream.ephys import denoise_recording, open_ephys_engine
 from livedenoise.io.readers_ephys import open_recording
-from livedenoise.stream.sinks.ephys_socket import HEADER, read_packet
+from livedenoise.stream.sinks.ephys_socket import HEADER
 from livedenoise.stream.openephys.replay import OpenEphysReplay
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
-from livedenoise.stream.protocols.zmq_interface import decode
-
-
-class SocketClient(threading.Thread):
-    """Reads Ephys Socket packets as the GUI does; asserts the header never changes."""
-
-    def __init__(self, port, stop_after=None):
-        super().__init__(daemon=True)
-        self.port, self.stop_after = port, stop_after
-        self.blocks, self.headers = [], set()
-        self.n = 0
-
-    def run(self):
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        try:
-            while self.stop_after is None or self.n < self.stop_after:
-                head, data = read_packet(s)
-                self.headers.add(head)
-                self.blocks.append(data.copy())
-                self.n += data.shape[1]
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            s.close()
-
-    def samples(self):
-        return np.concatenate(self.blocks, axis=1).T if self.blocks else np.zeros((0, 0), np.float32)
-
-
-class ZmqClient(threading.Thread):
-    def __init__(self, endpoint):
-        super().__init__(daemon=True)
-        self.sub = zmq.Context.instance().socket(zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"DATA")
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.connect(endpoint)
-        self.got, self.msgnums, self.done = {}, [], threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            if not self.sub.poll(100):
-                continue
-            m = decode(self.sub.recv_multipart())
-            self.msgnums.append(m.message_num)
-            self.got.setdefault(m.sample_num, {})[m.channel_num] = np.array(m.samples)
-        self.sub.close(0)
-
-    def samples(self, C):
-        return np.concatenate([np.stack([self.got[k][c] for c in range(C)], 1) for k in sorted(self.got)])
+from oeclients import SocketClient, ZmqClient
 
 
 def run_sidecar(rec_path, model, ports, block=1000, speed=4.0, record=None, late=False, tmp=None):

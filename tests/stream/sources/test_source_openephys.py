@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zmq
 
-from livedenoise.stream.sources.openephys import Block, BlockAssembler, Heartbeat, Restart
+from livedenoise.stream.sources.openephys import Block, BlockAssembler, Gap, Heartbeat, Restart
 from livedenoise.stream.protocols.zmq_interface import (
     DATA,
     DataEncoder,
@@ -115,15 +115,38 @@ def test_duplicates_late_and_out_of_order_messages():
     assert asm.late == 1 and len(blocks(out)) == 1
 
 
-def test_sample_gap_is_filled_and_restart_resets():
+def test_sample_gap_emits_a_gap_item_never_filler_and_restart_resets():
     asm = BlockAssembler(n_channels=C)
     out = feed(asm, msgs(0, 0) + msgs(3 * N, C))  # two blocks never sent
-    b = blocks(out)
-    assert [(x.sample_num, x.data.shape[1], x.filler) for x in b] == [(0, N, False), (N, 2 * N, True), (3 * N, N, False)]
-    assert asm.dropped_samples == 2 * N
+    assert [type(x).__name__ for x in out] == ["Block", "Gap", "Block"]
+    assert [(x.sample_num, x.data.shape[1]) for x in blocks(out)] == [(0, N), (3 * N, N)]  # nothing invented
+    assert isinstance(out[1], Gap) and (out[1].expected, out[1].got, out[1].samples) == (N, 3 * N, 2 * N)
+    assert asm.dropped_samples == 2 * N and asm.sample_gaps == 1 and asm.samples_in == 2 * N
     out = feed(asm, msgs(0, 0))  # acquisition restarted: message_num and sample_num back to 0
     assert any(isinstance(i, Restart) for i in out) and asm.restarts == 1
     assert [x.sample_num for x in blocks(out)] == [0]
+
+
+def test_sample_num_falling_back_in_a_new_message_is_a_restart_not_late():
+    asm = BlockAssembler(n_channels=C)
+    out = feed(asm, msgs(1000, 0) + msgs(1000 + N, C))
+    # the counter falls back by less than a second, message_num keeps counting: a restart
+    out = feed(asm, msgs(0, 2 * C, channels=[0, 1]))
+    assert [type(x).__name__ for x in out] == ["Restart"] and asm.restarts == 1 and asm.late == 0
+    out = feed(asm, msgs(0, 2 * C + 2, channels=[2, 3]) + msgs(N, 3 * C))
+    assert [x.sample_num for x in blocks(out)] == [0, N]
+    # an old message arriving again (numbered before the newest one) is late, not a restart
+    feed(asm, msgs(0, 2 * C, channels=[1]))
+    assert asm.late == 1 and asm.restarts == 1
+
+
+def test_a_restart_first_sends_what_was_pending():
+    asm = BlockAssembler(n_channels=C, max_pending=5)
+    out = feed(asm, msgs(0, 0, channels=[0, 1, 2]))  # channel 3 missing: the block waits
+    assert not blocks(out)
+    out = feed(asm, msgs(0, 0))  # message_num back to 0: restart
+    kinds = [type(x).__name__ for x in out]
+    assert kinds[:2] == ["Block", "Restart"] and blocks(out)[0].missing == 1
 
 
 def test_events_and_other_streams_are_counted_and_ignored():
