@@ -44,6 +44,7 @@ def run(args) -> int:
 
     from livedenoise.errors import UserError
     from livedenoise.models.checkpoint import load_model, save_checkpoint
+    from livedenoise.models.registry import min_frames
     from livedenoise.stream.offline import check_movie_fits, same_file
     from livedenoise.models.innovation import applies_to, tuning_summary
     from livedenoise.io.readers import open_movie
@@ -55,17 +56,15 @@ def run(args) -> int:
         raise UserError(f"{model.name}: tune the .pt checkpoint, then export it again (the card travels into ONNX and engines)")
     if out.suffix.lower() != ".pt":
         raise UserError(f"--out {out.name}: write a .pt checkpoint")
-    if args.frames < 2:
-        raise UserError(f"--frames must be >= 2 (got {args.frames})")
     if out.exists() and same_file(model, out):
         raise UserError(f"--out {out} is the model itself; choose another name (the model given is never modified)")
     card, net = load_model(model)
     why = applies_to(card)
     if why:
         raise UserError(why)
-    if args.frames < card.window.size + 1:
-        raise UserError(f"--frames {args.frames} is too few for this model's window of {card.window.size} input frames; "
-                        f"use at least {card.window.size + 1}")
+    need = min_frames(card)  # the one length rule: what denoise needs is what tuning needs
+    if args.frames < need:
+        raise UserError(f"--frames {args.frames} is too few: this {card.arch} model needs at least {need} frames")
     with open_movie(args.movie, channel=args.channel, plane=args.plane, dataset=args.dataset) as movie:
         check_movie_fits(movie, card)
         src = MovieSource(movie, 0, min(len(movie), args.frames), name=Path(args.movie).name)

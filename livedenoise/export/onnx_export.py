@@ -53,13 +53,13 @@ def resolve_frame_shape(card: ModelCard, frame_shape=None, fallback=None, fallba
 
 
 def dynamic_axes(card: ModelCard) -> dict:
-    """Batch only, unless the architecture module says otherwise (``dynamic_axes()``, keys input/output)."""
-    from livedenoise.models.registry import arch_module
+    """Batch only, unless the architecture declares more (``registry.dynamic_axes``: one input, one output)."""
+    from livedenoise.models import registry
 
-    fn = getattr(arch_module(card.arch), "dynamic_axes", None)
-    if fn is None:
+    given = registry.dynamic_axes(card)
+    if given is None:
         return {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    given = list(fn().values())
+    given = list(given.values())
     if len(given) != 2:
         raise ValueError(f"{card.arch}.dynamic_axes() must describe one input and one output")
     return {INPUT_NAME: dict(given[0]), OUTPUT_NAME: dict(given[1])}

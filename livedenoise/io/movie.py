@@ -25,6 +25,25 @@ class Movie(ABC):
     dtype: np.dtype
     memmapped: bool = False
     """True when reads come from a memory map (no file I/O until pages are touched)."""
+    frame_numbers: np.ndarray | None = None
+    """The file's own counter of each frame, (T,) int64, where the file has one: ScanImage
+    `frameNumbers`, the `frame` dataset of a `serve --record` file. None otherwise (then
+    frames are taken as consecutive). -1 marks a frame whose number is missing."""
+    frame_step: int = 1
+    """Increment of `frame_numbers` between consecutive frames of this movie (ScanImage
+    counts every plane of a volume, so one plane's frames step by the frames per volume)."""
+
+    def counters(self) -> np.ndarray | None:
+        """`frame_numbers` when the file gives one for every frame, else None.
+
+        Offline denoising passes them to the pipeline, so a jump in them splits the
+        movie into segments exactly as the live service splits the same stream
+        (stream/gaps.py).
+        """
+        fn = self.frame_numbers
+        if fn is None or len(fn) != len(self) or (len(fn) and int(np.min(fn)) < 0):
+            return None
+        return np.asarray(fn, np.int64)
 
     def __len__(self) -> int:
         return int(self.shape[0])

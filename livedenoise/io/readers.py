@@ -339,6 +339,7 @@ def _open_h5(path: Path, dataset: str | None) -> Movie:
         if np.dtype(ds.dtype).kind not in "iuf":
             raise UserError(f"{path}: dataset {name} has sample type {ds.dtype}; need integers or floats")
         movie = H5Movie(path, f, ds, tuple(int(s) for s in movie_shape), squeeze)
+        _read_record_counters(f, name, movie)
         if len(movie):
             movie.read(0, 1)  # touch the first frame: a truncated file fails here, not mid-run
             movie.read(len(movie) - 1, len(movie))
@@ -346,6 +347,25 @@ def _open_h5(path: Path, dataset: str | None) -> Movie:
     except BaseException:
         f.close()
         raise
+
+
+def _read_record_counters(f, name: str, movie: Movie) -> None:
+    """A `serve --record` file: its `frame` dataset numbers the frames of `frames` (and its
+    `meta` attribute holds the acquisition's `start` metadata, with `frame_step`)."""
+    import json
+
+    fn = f.get("frame")
+    if name != "frames" or fn is None or getattr(fn, "ndim", 0) != 1 or fn.shape[0] != len(movie):
+        return
+    if np.dtype(fn.dtype).kind not in "iu":
+        return
+    movie.frame_numbers = np.asarray(fn[:], np.int64)
+    try:
+        meta = json.loads(_attr_str(f.attrs.get("meta", "{}")))
+        step = meta.get("start", {}).get("frame_step", meta.get("frame_step", 1))
+    except (ValueError, AttributeError, TypeError):
+        step = 1
+    movie.frame_step = step if isinstance(step, int) and not isinstance(step, bool) and step >= 1 else 1
 
 
 # --------------------------------------------------------------------------- NumPy

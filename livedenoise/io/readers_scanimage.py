@@ -86,6 +86,16 @@ class ScanImageLayout:
     """Per page: byte offset of its pixels when every page is one uncompressed block."""
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def stream_frame_step(self) -> int:
+        """Increment of frameNumbers between consecutive frames of one (channel, plane) stream.
+
+        ScanImage numbers every logged frame, flyback frames included: in a fast-z
+        volume each plane's frames step by the frames per volume; in a time series
+        or a slow stack (frames_per_slice > 1) consecutive frames of a plane step by 1.
+        """
+        return self.frames_per_volume if self.frames_per_slice == 1 else 1
+
     # page p -> channel index, plane (1-based, 0 = flyback), time index
     def page_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = np.arange(self.n_pages)
@@ -412,6 +422,7 @@ class ScanImageMovie(Movie):
         self.memmapped = layout.offsets is not None
         self.frame_numbers = layout.frame_numbers[self.pages]
         """ScanImage frameNumbers of each frame (from the page descriptions; -1 if missing)."""
+        self.frame_step = layout.stream_frame_step
         self.frame_timestamps = layout.timestamps[self.pages]
         """frameTimestamps_sec of each frame (s since the acquisition started; NaN if missing)."""
         self._reader = PageReader(layout)

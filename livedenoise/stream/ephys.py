@@ -4,7 +4,7 @@
 whatever pieces they come (file chunks or network blocks), keeps preallocated
 rings (`stream.ring.Ring`) of normalised and raw samples, and returns every
 output sample, with its own sample number, as soon as the model's lag allows.
-Offline denoising (`denoise_array`, `denoise_recording`) is the same object
+Offline denoising (`denoise_samples`, `denoise_recording`) is the same object
 fed a file in chunks and then `finish()`ed, so the live sidecar and
 `livedenoise denoise` compute the same numbers.
 
@@ -236,7 +236,7 @@ def _cat(parts: list[Samples], C: int) -> Samples:
     return Samples(np.concatenate([p.sample_numbers for p in parts]), np.concatenate([p.data for p in parts]))
 
 
-def denoise_array(engine, data: np.ndarray, chunk: int = 30000, sample_numbers: np.ndarray | None = None, **kw) -> np.ndarray:
+def denoise_samples(engine, data: np.ndarray, chunk: int = 30000, sample_numbers: np.ndarray | None = None, **kw) -> np.ndarray:
     """Denoise an in-memory (samples, channels) µV array; same length out.
 
     `sample_numbers` (n,) gives each sample's acquisition number: the array is

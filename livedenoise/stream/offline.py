@@ -176,7 +176,7 @@ def denoise_array(engine, data: np.ndarray, **kw) -> np.ndarray:
     if getattr(engine.card, "layout", "frames") != "frames":
         from livedenoise.stream import ephys
 
-        return ephys.denoise_array(engine, data, **kw)
+        return ephys.denoise_samples(engine, data, **kw)
     from livedenoise.io.readers import ArrayMovie
 
     frames = np.asarray(data)
@@ -237,11 +237,14 @@ def denoise_file(
     with open_movie(src, channel=channel, plane=plane, dataset=dataset) as movie:
         engine = open_engine(model, backend)
         check_movie_fits(movie, engine.card)
-        step, _ = step_for(engine.card, innovation, innovation_k)
+        inno, _ = step_for(engine.card, innovation, innovation_k)
         dtype = output_dtype(movie.dtype, out_dtype)
         attrs = {"source": str(src.name), "model": engine.card.summary(), "lag": int(engine.card.lag)}
-        if step is not None:
-            attrs["innovation"] = step.describe()
+        if inno is not None:
+            attrs["innovation"] = inno.describe()
+        # the file's own frame numbers (ScanImage frameNumbers, a --record file's `frame`) split it at
+        # gaps exactly as the live service splits the same stream
+        counters = movie.counters()
         with open_writer(dst, len(movie), movie.shape[1:], dtype, attrs=attrs) as writer:
             return denoise_movie(movie, engine, writer, batch=batch, out_dtype=out_dtype, progress=progress, chunk=chunk,
-                                 innovation=step)
+                                 innovation=inno, counters=counters, step=movie.frame_step)

@@ -233,7 +233,7 @@ def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device
     from livedenoise.stream.offline import denoise_array
 
     n = min(len(src), max_frames)
-    if applies_to(card) is not None or n < card.window.size + 1:  # too short for one full window
+    if applies_to(card) is not None or n < registry.min_frames(card):  # the one length rule
         return None
     h, w = src.frame_shape
     ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))

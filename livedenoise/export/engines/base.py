@@ -47,18 +47,10 @@ def sample_shape(card: ModelCard, frame_shape=None) -> tuple[int, ...] | None:
 
 
 def example_input(card: ModelCard, frame_shape):
-    """A (1, ...) float32 torch tensor of zeros shaped like the model's input."""
-    import torch
+    """A (1, ...) float32 torch tensor of zeros shaped like the model's input (the registry's rule)."""
+    from livedenoise.models.registry import example_input as registry_example_input
 
-    from livedenoise.models.registry import arch_module
-
-    fs = tuple(int(s) for s in frame_shape)
-    mod = arch_module(card.arch)
-    fn = getattr(mod, "example_input", None)
-    if fn is not None:
-        x = fn(card, fs)
-        return torch.as_tensor(x, dtype=torch.float32)
-    return torch.zeros((1, card.n_inputs, *fs), dtype=torch.float32)
+    return registry_example_input(card, frame_shape)
 
 
 def cache_dir() -> Path:

@@ -147,6 +147,10 @@ class BlockAssembler:
             else:
                 self.late += 1
                 return out
+        if newest and self.pending and s not in self.pending and s < max(self.pending):
+            # a newer message starts a block before the blocks still waiting: the counter fell back
+            # before anything was emitted (e.g. a stale counter at the start); same rule as above
+            out += self._restart(f"sample_num went back from {max(self.pending)} to {s}")
         blk = self.pending.get(s)
         if blk is None:
             blk = self.pending[s] = {}
@@ -205,7 +209,7 @@ class BlockAssembler:
         return out + [Restart(reason)]
 
     def _learn_channels(self) -> None:
-        first = min(self.pending)
+        first = next(iter(self.pending))  # the block that arrived first
         chans = self.pending[first]
         self.n_channels = (max(chans) + 1) if chans else 0
         log.info("stream %r: %d channels", self.stream, self.n_channels)

@@ -54,7 +54,7 @@ def start_metadata(layout: ScanImageLayout) -> dict[str, Any]:
         "published_channels": list(layout.channels),
         "planes": layout.planes,
         "z": list(layout.z),
-        "frame_step": layout.frames_per_volume if layout.frames_per_slice == 1 else 1,
+        "frame_step": layout.stream_frame_step,
         "zoom": layout.zoom,
         "dtype": _wire_dtype(layout.dtype),
         "mode": "replay",

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from livedenoise.models.nets import block_ephys, interp_ephys
-from livedenoise.stream.ephys import SamplePipeline, denoise_array
+from livedenoise.stream.ephys import SamplePipeline
+from livedenoise.stream.offline import denoise_array
 from livedenoise.models.registry import arch_module, build_network
 from livedenoise.models.window import WindowSpec
 

@@ -140,6 +140,20 @@ def test_sample_num_falling_back_in_a_new_message_is_a_restart_not_late():
     assert asm.late == 1 and asm.restarts == 1
 
 
+@pytest.mark.parametrize("n_channels", [None, C], ids=["learned", "given"])
+def test_a_counter_falling_back_before_anything_left_keeps_every_sample(n_channels):
+    """A stale counter at the start (Open Ephys plugin-GUI #623): one block at 69299863, then the
+    counter starts again at 0. Both blocks go out, in arrival order, with a restart between them,
+    and the channel count is learned from the block that arrived first."""
+    asm = BlockAssembler(n_channels=n_channels)
+    out = feed(asm, msgs(69299863, 0) + msgs(0, C) + msgs(N, 2 * C) + msgs(2 * N, 3 * C))
+    out += asm.flush()
+    assert [type(x).__name__ for x in out] == ["Block", "Restart", "Block", "Block", "Block"]
+    assert [x.sample_num for x in blocks(out)] == [69299863, 0, N, 2 * N]
+    assert asm.n_channels == C and asm.restarts == 1 and asm.missing_channels == 0
+    assert sum(b.data.shape[1] for b in blocks(out)) == 4 * N  # every received sample
+
+
 def test_a_restart_first_sends_what_was_pending():
     asm = BlockAssembler(n_channels=C, max_pending=5)
     out = feed(asm, msgs(0, 0, channels=[0, 1, 2]))  # channel 3 missing: the block waits
