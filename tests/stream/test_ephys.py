@@ -15,7 +15,8 @@ from livedenoise.models.checkpoint import save_checkpoint
 from livedenoise.models.nets import block_ephys, interp_ephys
 from livedenoise.models.registry import build_network
 from livedenoise.stream import gaps
-from livedenoise.stream.ephys import SamplePipeline, denoise_array, denoise_recording
+from livedenoise.stream.ephys import SamplePipeline, denoise_recording
+from livedenoise.stream.offline import denoise_array
 
 C = 6
 ARCHS = ["block-ephys", "interp-ephys"]

@@ -253,4 +253,4 @@ def test_denoise_array_is_one_entry_point_for_imaging_and_ephys(tmp_path):
     torch.manual_seed(0)
     eng = open_engine(save_checkpoint(tmp_path / "e.pt", card, build_network(card).state_dict()), "torch")
     uv = (np.random.default_rng(0).standard_normal((500, 4)) * 20).astype(np.float32)
-    np.testing.assert_array_equal(denoise_array(eng, uv, chunk=128), ephys.denoise_array(eng, uv, chunk=128))
+    np.testing.assert_array_equal(denoise_array(eng, uv, chunk=128), ephys.denoise_samples(eng, uv, chunk=128))

@@ -90,7 +90,7 @@ def test_replay_through_sidecar_equals_offline_denoise(arch, small_recording, ti
 
 
 def _float_reference(rec, model):
-    from livedenoise.stream.ephys import denoise_array
+    from livedenoise.stream.offline import denoise_array
 
     return denoise_array(open_ephys_engine(model, "torch"), rec.read())
 

@@ -16,7 +16,8 @@ import pytest
 
 from livedenoise.io.readers_ephys import open_recording
 from livedenoise.io.writers_ephys import write_openephys
-from livedenoise.stream.ephys import denoise_array, denoise_recording, open_ephys_engine
+from livedenoise.stream.ephys import denoise_recording, open_ephys_engine
+from livedenoise.stream.offline import denoise_array
 from livedenoise.stream.openephys.replay import OpenEphysReplay
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
 from oeclients import SocketClient, ZmqClient
