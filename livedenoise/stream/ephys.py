@@ -23,6 +23,11 @@ Edge rule at a segment's ends, declared by the model:
 - per-sample models (`interp-ephys`): the window rule of models/window.py
   (mirror, then nearest usable sample); a causal model's first sample of a
   segment has no input and passes through raw (`passthrough`).
+
+Length rule (the one of `models.registry.min_frames`, which `train` and
+`denoise` apply to whole recordings): outputs of a segment wait until it holds
+`min_frames(card)` samples; a segment that ends shorter than that passes through
+raw (`passthrough`, counted in `too_short`, one log warning per segment).
 """
 
 from __future__ import annotations
@@ -33,12 +38,17 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import logging
+
 import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.models.norm import denormalise, normalise
+from livedenoise.models.registry import check_length, min_frames
 from livedenoise.stream import gaps
 from livedenoise.stream.ring import Ring
+
+log = logging.getLogger("livedenoise.stream.openephys")
 
 
 def open_ephys_engine(model: str | os.PathLike, backend: str = "auto", device: str | None = None, threads: int | None = None):
@@ -71,7 +81,8 @@ class SamplePipeline:
     (continue the current segment; 0 for the very first sample).
 
     Counters: `segments` started, `gaps` and `restarts` that started one,
-    `passthrough` samples output raw.
+    `passthrough` samples output raw, `too_short` of them because their segment
+    ended before `min_frames(card)` samples.
     """
 
     def __init__(self, engine, n_channels: int, max_block: int = 4096, batch: int = 256, ring_samples: int | None = None):
@@ -96,7 +107,8 @@ class SamplePipeline:
             self.layout = card.layout if card.layout in interp_ephys.LAYOUTS else "checkerboard"
             self._ie = interp_ephys
         self.history = self.before + self.after + 1
-        cap = ring_samples or (self.history + 8 * self.max_block)
+        self.need = min_frames(card)
+        cap = max(ring_samples or (self.history + 8 * self.max_block), self.need + 1)
         self.ring = Ring(cap, (self.C,), np.float32)  # normalised samples of the current segment
         self.raw = Ring(cap, (self.C,), np.float32)  # raw µV, for pass-through samples
         self.offsets = np.asarray(self.spec.offsets, np.int64)
@@ -106,7 +118,7 @@ class SamplePipeline:
         """Samples of the current segment output so far."""
         self.base: int | None = None
         """Sample number of the current segment's first sample (None: no segment open)."""
-        self.segments = self.gaps = self.restarts = self.passthrough = 0
+        self.segments = self.gaps = self.restarts = self.passthrough = self.too_short = 0
 
     # ------------------------------------------------------------------ state
 
@@ -157,7 +169,14 @@ class SamplePipeline:
         """End the current segment: its last `lag` samples go out with the end-of-recording rule."""
         if self.base is None:
             return self._empty()
-        y = self._emit(self.n_in, last=self.n_in - 1) if self.n_in else np.zeros((0, self.C), np.float32)
+        if 0 < self.n_in < self.need:  # shorter than the model's minimum: nothing was output yet; all of it raw
+            log.warning("samples %d..%d end before this %s model's minimum of %d samples; they pass through raw",
+                        self.base, self.base + self.n_in - 1, self.card.arch, self.need)
+            y = self.raw.take(np.arange(self.n_out, self.n_in))
+            self.passthrough += len(y)
+            self.too_short += len(y)
+        else:
+            y = self._emit(self.n_in, last=self.n_in - 1) if self.n_in else np.zeros((0, self.C), np.float32)
         out = Samples(np.arange(self.base + self.n_in - len(y), self.base + self.n_in, dtype=np.int64), y)
         self.discard()
         return out
@@ -182,7 +201,8 @@ class SamplePipeline:
             self.ring.assign(self.n_in, normalise(piece, self.mean, self.std))
             self.raw.assign(self.n_in, piece)
             self.n_in += piece.shape[0]
-            outs.append(self._emit(self.n_in - self.lag, last=None))
+            if self.n_in >= self.need:  # the length rule: a segment's outputs wait for min_frames samples
+                outs.append(self._emit(self.n_in - self.lag, last=None))
         y = np.concatenate(outs) if outs else np.zeros((0, self.C), np.float32)
         return Samples(np.arange(first, first + len(y), dtype=np.int64), y)
 
@@ -244,6 +264,7 @@ def denoise_samples(engine, data: np.ndarray, chunk: int = 30000, sample_numbers
     keywords go to `SamplePipeline`.
     """
     data = np.asarray(data)
+    check_length(engine.card, data.shape[0], "the recording")
     pipe = SamplePipeline(engine, data.shape[1], **kw)
     sn = np.arange(data.shape[0], dtype=np.int64) if sample_numbers is None else np.asarray(sample_numbers, np.int64)
     outs = [pipe.push(data[a:a + chunk], sn[a:a + chunk]).data for a in range(0, data.shape[0], chunk)]
@@ -276,6 +297,7 @@ def denoise_recording(
     rec = src if isinstance(src, Recording) else open_recording(src, stream=stream, channels=channels, sample_rate=sample_rate)
     eng = engine or open_ephys_engine(model, backend)
     stop = rec.n_samples if stop is None else min(stop, rec.n_samples)
+    check_length(eng.card, stop - start, str(rec.path))
     # SpikeGLX sync (and other non-neural) channels are copied, never denoised
     neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
     chans = np.asarray(neural, np.int64) if neural is not None and len(neural) < rec.n_channels else None

@@ -138,3 +138,54 @@ def test_a_file_with_a_gap_is_denoised_segment_by_segment(arch, engines, tmp_pat
     assert np.array_equal(np.asarray(den.sample_numbers), sn)
     ref = by_segment(eng, rec.read(), sn)
     assert np.abs(den.read() - ref).max() <= 0.195 / 2 + 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_segment_shorter_than_the_model_minimum_passes_through_raw_live_and_offline(engines, arch):
+    """The one length rule inside a stream: a stretch between two gaps shorter than min_frames(card) is output
+    raw (counted in too_short) whether it arrives in pieces or is denoised from a file; the others are denoised."""
+    from livedenoise.models.registry import min_frames
+
+    path, eng = engines[arch]
+    need = min_frames(eng.card)
+    short = need - 3
+    x = data(400 + short + 400, seed=3)
+    sn = np.r_[np.arange(400), np.arange(1000, 1000 + short), np.arange(5000, 5400)]
+    rng = np.random.default_rng(4)
+    pipe = SamplePipeline(eng, C)
+    got_sn, got = feed(pipe, x, sn, lambda: int(rng.integers(1, 50)))
+    np.testing.assert_array_equal(got_sn, sn)
+    np.testing.assert_array_equal(got[400:400 + short], x[400:400 + short])  # raw, exactly
+    assert pipe.too_short == short and pipe.gaps == 2
+    offline = denoise_array(eng, x, sample_numbers=sn)
+    np.testing.assert_allclose(got, offline, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(offline[:400], denoise_array(eng, x[:400]), rtol=1e-5, atol=1e-5)
+    assert np.abs(offline[-400:] - x[-400:]).max() > 1e-3  # the long segments are denoised
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_train_and_denoise_refuse_the_same_too_short_recording(engines, arch, tmp_path):
+    """`livedenoise train` and `livedenoise denoise` apply one minimum to a whole recording (exit 2, one line)."""
+    import subprocess
+    import sys
+
+    from livedenoise.models.registry import min_frames
+
+    path, eng = engines[arch]
+    need = min_frames(eng.card)
+    rec = tmp_path / "short.dat"
+    (data(need - 1, seed=5) / 0.195).astype(np.int16).tofile(rec)
+    args = ["--channels", str(C), "--sample-rate", "30000"]
+    runs = [
+        [sys.executable, "-m", "livedenoise", "train", str(rec), "--arch", arch, "--out", str(tmp_path / "m.pt"),
+         "--steps", "1", "--quiet", "--pre", str(eng.card.pre), "--post", str(eng.card.post),
+         "--omission", str(eng.card.omission), *args],
+        [sys.executable, "-m", "livedenoise", "denoise", str(rec), str(tmp_path / "d.dat"), "--model", str(path),
+         "--quiet", *args],
+    ]
+    for cmd in runs:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"needs at least {need}" in lines[0], r.stderr
+    assert not (tmp_path / "d.dat").exists()

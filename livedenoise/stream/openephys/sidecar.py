@@ -98,6 +98,7 @@ class SidecarStats:
         self.emits = 0
         self.segments_before = 0
         self.passthrough_before = 0
+        self.too_short_before = 0
         self.overflow = 0
 
 
@@ -263,6 +264,7 @@ class Sidecar:
             if self.pipe is not None:  # a new channel count: a new pipeline; keep the old one's counts
                 self.stats.segments_before += self.pipe.segments
                 self.stats.passthrough_before += self.pipe.passthrough
+                self.stats.too_short_before += self.pipe.too_short
             self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch)
             if self.socket is not None:
                 self.socket.configure(C, self.cfg.socket_samples or first.data.shape[1])
@@ -357,6 +359,7 @@ class Sidecar:
             "skipped": 0,
             "overflow": st.overflow,
             "passthrough": st.passthrough_before + (self.pipe.passthrough if self.pipe is not None else 0),
+            "too_short": st.too_short_before + (self.pipe.too_short if self.pipe is not None else 0),
             "record_dropped": 0,
             "fps_in": round(c.get("blocks_in", 0) / up, 2),
             "fps_out": round(st.emits / up, 2),
