@@ -107,6 +107,20 @@ def test_renorm_uses_the_first_n_frames_of_the_acquisition(tmp_path, movie, cfg_
     assert first_out > sent[9]
 
 
+def _replay_scanimage(cfg, path, n_frames):
+    """Replay a ScanImage TIFF into a running service; (final stats, the collector of its output)."""
+    svc = RunningService(cfg)
+    col = Collector(cfg.output)
+    try:
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
+        assert replay_movie(path, cfg.input, fps=None, wait_s=20)["frames"] == n_frames
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30)
+        final = svc.stop()
+    finally:
+        col.close()
+    return final, col
+
+
 def test_scanimage_tiff_streams_equal_offline_per_channel_and_plane(tmp_path, cfg_factory):
     """Two channels x two planes: ScanImage numbers every plane as a frame (frame_step 2), nothing is 'dropped'."""
     from livedenoise.io.scanimage_tiff import write_scanimage_tiff
@@ -115,17 +129,7 @@ def test_scanimage_tiff_streams_equal_offline_per_channel_and_plane(tmp_path, cf
     data = rng.integers(0, 400, (10, 2, 2, 16, 24)).astype(np.int16)  # (t, z, c, H, W)
     path = write_scanimage_tiff(tmp_path / "scan.tif", data, channels=(1, 2), frame_rate=120.0)
     model = make_checkpoint(tmp_path / "m.pt", pre=2, post=1, seed=7)
-    cfg = cfg_factory(model=str(model), max_batch=4)
-    svc = RunningService(cfg)
-    col = Collector(cfg.output)
-    try:
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
-        summary = replay_movie(path, cfg.input, fps=None, wait_s=20)
-        assert summary["frames"] == 40
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30)
-        final = svc.stop()
-    finally:
-        col.close()
+    final, col = _replay_scanimage(cfg_factory(model=str(model), max_batch=4), path, 40)
     assert final["frames_in"] == 40 and final["frames_out"] == 40
     assert final["dropped_upstream"] == 0 and final["restarts"] == 0
     for ch in (1, 2):
@@ -223,16 +227,7 @@ def test_a_scanimage_file_with_a_dropped_frame_is_split_as_live(tmp_path, cfg_fa
     numbers[6:] += 2  # one volume (two frames) lost between volume 5 and 6
     path = write_scanimage_tiff(tmp_path / "scan.tif", data, frame_numbers=numbers, frame_rate=60.0)
     model = make_checkpoint(tmp_path / "m.pt", pre=2, post=1, seed=3)
-    cfg = cfg_factory(model=str(model), max_batch=4)
-    svc = RunningService(cfg)
-    col = Collector(cfg.output)
-    try:
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
-        assert replay_movie(path, cfg.input, fps=None, wait_s=20)["frames"] == 24
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30)
-        final = svc.stop()
-    finally:
-        col.close()
+    final, col = _replay_scanimage(cfg_factory(model=str(model), max_batch=4), path, 24)
     assert final["frames_out"] == 24 and final["gaps"] == 2  # one gap in each plane's stream
     eng = TorchEngine.from_checkpoint(model)
     for z in (1, 2):
