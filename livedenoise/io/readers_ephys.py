@@ -110,11 +110,6 @@ def find_oebin(path: str | os.PathLike) -> list[Path]:
     return []
 
 
-def list_streams(oebin: str | os.PathLike) -> list[dict]:
-    info = _load_oebin(Path(oebin))
-    return list(info.get("continuous", []))
-
-
 def _load_oebin(path: Path) -> dict:
     try:
         info = json.loads(path.read_text())

@@ -289,8 +289,4 @@ def write_openephys(
     return w.path
 
 
-def write_spikeglx_meta(path: str | os.PathLike, meta: dict[str, str]) -> None:
-    Path(path).write_text("\n".join(f"{k}={v}" for k, v in meta.items()) + "\n")
-
-
 __all__ = ["BinaryWriter", "DatWriter", "SpikeGLXWriter", "writer_like", "write_openephys", "quantise", "NpyAppender"]

@@ -29,7 +29,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -421,7 +421,3 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
     }
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     return card, state, history
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -104,15 +104,6 @@ def from_frames(frames: np.ndarray, n_channels: int, layout: str) -> np.ndarray:
     return np.ascontiguousarray(frames[..., r, col])
 
 
-def to_frames_torch(samples: torch.Tensor, layout: str) -> torch.Tensor:
-    c = samples.shape[-1]
-    rows, _ = frame_shape(c, layout)
-    out = samples.new_zeros(samples.shape[:-1] + (rows, 2))
-    r, col = (torch.from_numpy(a) for a in _positions(c, layout))
-    out[..., r, col] = samples
-    return out
-
-
 # --------------------------------------------------------------------------- network
 
 
