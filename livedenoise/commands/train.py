@@ -243,6 +243,9 @@ def _run_classic(args, out: Path) -> int:
             baselines.build(card)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+    for path in args.movies:  # a filter is not fitted to the movie, but it follows the one length rule
+        with _open(path, args) as movie:
+            registry.check_length(card, len(movie), Path(path).name)
     net = baselines.build(card)
     save_checkpoint(out, card, net.state_dict())
     rf = describe_receptive_field(card)

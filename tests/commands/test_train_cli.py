@@ -140,3 +140,20 @@ def test_one_length_rule_for_train_and_denoise(tmp_path):
     assert registry.min_frames(load_model(cad_pt)[0]) == need
     proc = _cli("denoise", movie, tmp_path / "cad_dn.tif", "--model", cad_pt, "--backend", "torch", "--quiet", cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_a_classic_filter_follows_the_same_length_rule(tmp_path):
+    """`train --arch classic` fits nothing to the movie, but it refuses the movie `denoise` would refuse."""
+    one = tmp_path / "one.npy"
+    np.save(one, tiny_movie(n=1)[0][:1])
+    proc = _cli("train", one, "--arch", "classic", "--kind", "exp", "--tau", "2", "--out", tmp_path / "c.pt", cwd=tmp_path)
+    assert proc.returncode == 2 and "needs at least 2" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "c.pt").exists()
+    two = tmp_path / "two.npy"
+    np.save(two, tiny_movie(n=2)[0][:2])
+    proc = _cli("train", two, "--arch", "classic", "--kind", "exp", "--tau", "2", "--out", tmp_path / "c.pt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli("denoise", two, tmp_path / "d.tif", "--model", tmp_path / "c.pt", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = _cli("denoise", one, tmp_path / "d1.tif", "--model", tmp_path / "c.pt", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "needs at least 2" in proc.stderr, proc.stderr
