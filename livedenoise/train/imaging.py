@@ -196,10 +196,19 @@ class _Dist:
         return bool(flag.item() > 0)
 
     def close(self) -> None:
+        """Leave the process group together: every rank waits for the others first.
+
+        Destroying a gloo group while a peer is still working on it can abort the
+        process ("terminate called without an active exception"), so the ranks meet
+        at a barrier (rank 0 validates and tunes after the last step) before leaving.
+        """
         if self.owns_group:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def _to_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:

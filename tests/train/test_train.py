@@ -173,6 +173,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
            "-m", "livedenoise", "train", str(tmp_path / "m.npy"), "--out", str(out), "--pre", "3", "--post", "1",
            "--steps", "3", "--crop", "16", "--batch", "2", "--device", "cpu", "--quiet", "--val-every", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[:2000] + "\n...\n" + r.stderr[-1000:]
     card, net = load_model(out)
     assert card.training["world_size"] == 2 and card.training["steps"] == 3
