@@ -49,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         if importlib.util.find_spec(name) is None:
             continue
         importlib.import_module(name).register(sub)
+    _one_help_format(parser)
     return parser
+
+
+def _one_help_format(parser: argparse.ArgumentParser) -> None:
+    """Every verb and sub-verb formats its --help the same way (commands/args.py: HelpFormatter)."""
+    from livedenoise.commands.args import HelpFormatter
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                child.formatter_class = HelpFormatter
+                _one_help_format(child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,4 +16,4 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,gui]"
-QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q "$@"
+QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q -rs "$@"

@@ -17,7 +17,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "livedenoise"
-LAYERS = ["errors", "models", "io", "sim", "export", "stream", "train", "gui", "commands", "cli"]
+LAYERS = ["errors", "progress", "models", "io", "sim", "export", "stream", "train", "gui", "commands", "cli"]
 """Subpackages (and top-level modules) from the bottom of the data path to the top."""
 
 

@@ -1,16 +1,22 @@
-"""`livedenoise denoise`: apply a trained model to a movie file.
+"""`livedenoise denoise`: apply a trained model to a movie file or an extracellular recording.
 
     livedenoise denoise raw.tif denoised.tif --model model.pt
+    livedenoise denoise run_g0_t0.imec0.ap.bin den_g0_t0.imec0.ap.bin --model np.pt
 
 Chunked and memory-bounded; writes TIFF or HDF5 with the same number of frames
 as the input (edge frames use reflected windows), in the input's sample type
-(rounded and clipped, never wrapped) or float32 with --dtype float32.
+(rounded and clipped, never wrapped) or float32 with --dtype float32; a recording
+is written back in its own format. The input is checked before any output is
+created; outputs are written under a partial name (`den.partial.tif`,
+`den.partial.bin` + `.meta`, `den.partial/`) and take their final name only when
+complete (`livedenoise.io.atomic`). Interrupted (Ctrl-C: exit 130) or failed, the
+final name is untouched and the message says where the partial output is.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
 from livedenoise.errors import UserError
@@ -46,10 +52,11 @@ def register(sub) -> None:
             ".engine) and write TIFF or HDF5 (by OUT's extension) with exactly as many frames as the input. "
             "The input file is never modified."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("input", metavar="IN", help="movie to denoise")
-    p.add_argument("output", metavar="OUT", help="denoised movie to write (.tif/.tiff or .h5/.hdf5)")
+    p.add_argument("output", metavar="OUT",
+                   help="denoised movie to write (.tif/.tiff or .h5/.hdf5), or recording in IN's format (a new folder "
+                        "for Open Ephys, NAME.bin for SpikeGLX, NAME.dat); written as OUT's .partial name until complete")
     p.add_argument("--model", "-m", required=True, help="trained model (.pt, .onnx or .engine)")
     p.add_argument("--backend", choices=_backends(), default="auto", help="inference backend")
     p.add_argument("--batch", type=int, default=8, help="frames per inference batch")
@@ -59,8 +66,16 @@ def register(sub) -> None:
 
     add_movie_arguments(p)
     add_innovation_arguments(p)
+    from livedenoise.commands.args import add_norm_arguments
+
+    add_norm_arguments(p, live=False)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine (default: all cores)")
+    p.add_argument("--report", action="store_true",
+                   help="also score the model on the first 300 frames (a centre crop): its self-supervised loss "
+                        "against the best classic filter at the same lag, the previous frame and the noise floor "
+                        "(no ground truth needed; docs/models.md)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress (a bar on a terminal, else a line every 5 s)")
     from livedenoise.commands.args import add_reading_arguments
 
     add_reading_arguments(p)  # ephys recordings: --stream, --channels, --sample-rate, --bit-volts
@@ -68,6 +83,38 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Denoise one file; the outputs appear under their final names only if it all completes."""
+    from livedenoise.io.atomic import Outputs
+
+    outs = Outputs()
+    try:
+        with outs:
+            report = _run(args)
+    except KeyboardInterrupt:
+        print(f"livedenoise denoise: interrupted; {_not_written(args, outs)}", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        if outs.kept:
+            raise UserError(f"{exc}; {_not_written(args, outs)}") from None
+        raise
+    except BaseException:
+        if outs.kept:
+            print(f"livedenoise denoise: failed; {_not_written(args, outs)}", file=sys.stderr)
+        raise
+    print(report)  # only once the outputs have their final names
+    return 0
+
+
+def _not_written(args, outs) -> str:
+    kept = outs.kept
+    where = "; ".join(o.describe() for o in kept)
+    if not kept:
+        return f"{args.output} was not written"
+    return f"{args.output} was not written; the incomplete output so far is kept in {where}: delete it or run again"
+
+
+def _run(args) -> str:
+    """Do the work; returns the summary to print."""
     from livedenoise.io.readers_ephys import is_ephys_path
 
     if is_ephys_path(args.input):
@@ -78,6 +125,7 @@ def run(args) -> int:
 
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1 (got {args.batch})")
+    _set_threads(args)
     stats = denoise_file(
         args.input,
         args.output,
@@ -91,35 +139,58 @@ def run(args) -> int:
         progress=not (args.quiet or args.json),
         innovation=args.innovation,
         innovation_k=args.innovation_k,
+        axes=args.axes,
+        norm=args.norm,
+        renorm=args.renorm,
+        threads=args.threads,
     )
+    quality = _quality(args) if args.report else None
     if args.json:
-        print(json.dumps({"input": args.input, "output": args.output, "model": args.model, **stats.to_dict()}))
-    else:
-        extra = f", {stats.passthrough} passed through" if stats.passthrough else ""
-        print(
-            f"denoised {stats.frames} frames{extra} -> {args.output} ({stats.dtype}) in "
-            f"{stats.seconds:.1f} s, {stats.fps:.1f} frames/s"
-        )
-    return 0
+        return json.dumps({"input": args.input, "output": args.output, "model": args.model, **stats.to_dict(),
+                           **({"quality": quality} if args.report else {})})
+    extra = f", {stats.passthrough} passed through" if stats.passthrough else ""
+    lines = [f"denoised {stats.frames} frames{extra} -> {args.output} ({stats.dtype}) in "
+             f"{stats.seconds:.1f} s, {stats.fps:.1f} frames/s"]
+    n = stats.norm or {}
+    if n.get("mode") == "data":
+        lines.append(f"normalised by the movie's own statistics (mean {n['mean']:.4g}, std {n['std']:.4g}, "
+                     f"{n['frames']} frames); the model's: mean {n['card_mean']:.4g}, std {n['card_std']:.4g}")
+    if n.get("note"):
+        lines.append(f"note: {n['note']}")
+    if stats.nonfinite:
+        lines.append(f"note: {stats.nonfinite} NaN/Inf input pixels: filled for the model, written as NaN "
+                     "(an integer output type writes them as 0; use --dtype float32 to keep them)")
+    if quality is not None:
+        from livedenoise.train.quality import summary_lines
+
+        lines += summary_lines(quality) if "skipped" not in quality else [f"no quality report: {quality['skipped']}"]
+    return "\n".join(lines)
 
 
-def run_ephys(args) -> int:
-    """`livedenoise denoise` for ephys recordings (dispatched from commands/denoise.py)."""
-    from livedenoise.commands.args import open_from_args
-    from livedenoise.stream.ephys import denoise_recording, open_ephys_engine
+def _quality(args, max_frames: int = 300, side: int = 128) -> dict:
+    """The quality report (train/quality.py) of the model on the input's first frames, a centre crop."""
+    import numpy as np
 
-    rec = open_from_args(args.input, args)
-    out = Path(args.output)
-    if out.exists() and rec.format == "openephys" and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose a new folder for the denoised recording")
-    eng = open_ephys_engine(args.model, args.backend)
-    quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
-    rep = denoise_recording(rec, args.model, out, engine=eng, progress=not quiet)
-    if getattr(args, "json", False):
-        print(json.dumps({"input": str(args.input), "output": rep["out"], "model": str(args.model), **rep}))
-    else:
-        seg = (f"; {rep['segments']} segments (sample numbers: {rep['gaps']} gaps, {rep['restarts']} restarts), "
-               "each denoised on its own" if rep["segments"] > 1 else "")
-        print(f"denoised {rep['samples']} samples x {rep['channels']} channels -> {rep['out']} in {rep['seconds']:.1f} s "
-              f"({rep['realtime_factor']:.2f}x real time){seg}")
-    return 0
+    from livedenoise.commands.args import open_movie_from_args
+    from livedenoise.export.engines import open_engine
+    from livedenoise.stream.offline import denoise_array
+    from livedenoise.train.quality import quality_report
+
+    engine = open_engine(args.model, args.backend, threads=args.threads)
+    with open_movie_from_args(args.input, args) as movie:
+        raw = np.asarray(movie.read(0, min(len(movie), max_frames)), np.float32)
+    if engine.card.frame_shape is None:  # a fixed-size export runs on whole frames
+        h, w = raw.shape[1:]
+        y, x = (h - min(h, side)) // 2, (w - min(w, side)) // 2
+        raw = np.ascontiguousarray(raw[:, y:y + min(h, side), x:x + min(w, side)])
+    pred = denoise_array(engine, raw, norm=args.norm, renorm=args.renorm)
+    try:
+        return quality_report(raw, pred, max(0, -min(engine.card.offsets)), engine.card.lag)
+    except ValueError as exc:
+        return {"skipped": str(exc)}
+
+
+def _set_threads(args) -> None:
+    """--threads must be >= 1 (the engine is opened with that many CPU threads)."""
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1 (got {args.threads})")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -22,10 +21,10 @@ def register(subparsers) -> None:
             "each against the protocol; a summary line at the end. Use it to confirm that ScanImage (default "
             f"{DEFAULT_INPUT}) or `livedenoise serve` (tcp://127.0.0.1:5571) is publishing."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--endpoint", default=DEFAULT_INPUT, help="PUB endpoint to subscribe to")
-    p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N messages")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="stop after N frames (start, stop and stats messages are shown but not counted)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="fail (exit 1) if nothing arrives within S seconds")
@@ -52,7 +51,8 @@ def describe(msg) -> str:
 
 def listen(endpoint: str, count: int | None = None, duration: float | None = None, timeout: float | None = None,
            stop_event: threading.Event | None = None, on_message=None) -> dict:
-    """Receive until count/duration/stop; returns {messages, frames, malformed, by_topic, seconds, fps, ...}."""
+    """Receive until `count` frames, `duration` seconds or `stop_event`; returns {messages, frames, malformed,
+    by_topic, seconds, fps, ...}. Raises UserError when nothing arrives within `timeout` seconds."""
     import zmq
 
     from livedenoise.stream.sinks.publisher import subscriber
@@ -94,7 +94,7 @@ def listen(endpoint: str, count: int | None = None, duration: float | None = Non
                     s["last"] = msg.header.frame
                 if on_message is not None:
                     on_message(msg, None)
-            if count is not None and summary["messages"] >= count:
+            if count is not None and summary["frames"] >= count:
                 break
     finally:
         sock.close(linger=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
@@ -22,7 +21,6 @@ def register(subparsers) -> None:
             "ScanImage publisher does: a start message, frames paced in real time, a stop message. "
             "`livedenoise replay openephys RECORDING` instead emulates the Open Ephys ZMQ Interface plugin."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("what", metavar="MOVIE", help="movie file to publish, or the word `openephys`")
     p.add_argument("path", nargs="?", metavar="RECORDING", help="with `openephys`: the Open Ephys recording folder")
@@ -37,7 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default=None, help="HDF5 dataset holding the movie")
     p.add_argument("--frames", type=int, default=None, metavar="N", help="publish only the first N frames")
     p.add_argument("--wait", type=float, default=10.0, metavar="S",
-                   help="wait up to S s for a subscriber before the first frame (0: do not wait)")
+                   help="wait up to S s for the subscribers before the first frame (0: do not wait)")
+    p.add_argument("--subscribers", type=int, default=1, metavar="N",
+                   help="subscribers to wait for, e.g. 2 for `serve` plus a `view` or `listen` on the same stream")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_openephys_arguments(p.add_argument_group("Open Ephys (`replay openephys RECORDING`)"))
     p.set_defaults(func=run)
@@ -56,6 +56,8 @@ def run(args) -> int:
         raise UserError(f"--frames must be >= 1, got {args.frames}")
     if args.wait < 0:
         raise UserError(f"--wait must be >= 0 s, got {args.wait}")
+    if args.subscribers < 1:
+        raise UserError(f"--subscribers must be >= 1, got {args.subscribers}")
     from livedenoise.stream.replay import replay_movie
 
     logger = logging.getLogger("livedenoise.stream")
@@ -68,13 +70,14 @@ def run(args) -> int:
     endpoint = args.endpoint or DEFAULT_INPUT
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if not args.json:
-        print(f"livedenoise replay: publishing {args.what} on {endpoint}"
-              + (" (looping; Ctrl-C stops)" if args.loop else ""), flush=True)
+    def announce(line: str) -> None:  # once the movie is open and the endpoint bound
+        if not args.json:
+            print(f"livedenoise replay: {line}" + (" (looping; Ctrl-C stops)" if args.loop else ""), flush=True)
+
     try:
         summary = replay_movie(args.what, endpoint, fps=args.fps, loop=args.loop, stop_event=stop,
                                channel=args.channel, plane=args.plane, dataset=args.dataset, frames=args.frames,
-                               wait_s=args.wait)
+                               wait_s=args.wait, subscribers=args.subscribers, announce=announce)
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from livedenoise.stream.scanimage import USER_FUNCTIONS, matlab_path
 
@@ -17,7 +16,6 @@ def register(sub) -> None:
             "then register the functions in ScanImage's User Functions dialog "
             "(docs/scanimage.md)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--matlab", action="store_true",
                    help="print a MATLAB addpath(...) command instead of the bare folder")

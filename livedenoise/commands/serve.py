@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -11,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+from livedenoise.commands.args import renorm_frames
 from livedenoise.commands.denoise import add_innovation_arguments
 from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT
 
@@ -24,7 +24,6 @@ def register(subparsers) -> None:
             "window is complete (lag 0 for causal models), publish denoised frames and once-a-second "
             "stats on --output, and optionally record raw and denoised frames. Ctrl-C stops cleanly."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="model file: a .pt checkpoint, .onnx or TensorRT engine")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
@@ -35,13 +34,18 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="most windows run in one engine call when catching up")
     p.add_argument("--policy", choices=("all", "latest"), default="all",
                    help="all: denoise every frame in order; latest: under load skip to the newest frames")
-    p.add_argument("--renorm", type=int, default=0, metavar="N",
-                   help="re-estimate mean/std on the first N frames of each acquisition (0: use the model card's)")
     p.add_argument("--ring", type=int, default=256, help="frames kept per stream (bounds memory and backlog)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--stats-interval", type=float, default=1.0, metavar="S", help="seconds between stats")
     p.add_argument("--rcvhwm", type=int, default=100_000, help="ZeroMQ receive high-water mark (messages)")
+    p.add_argument("--max-streams", type=int, default=256, metavar="N",
+                   help="most (channel, plane) streams open at once; one more closes the least recently used")
+    p.add_argument("--record-max-open", type=int, default=256, metavar="N",
+                   help="most --record files open at once (idle ones are closed; a stream continues in a new part)")
     add_innovation_arguments(p)
+    from livedenoise.commands.args import add_norm_arguments
+
+    add_norm_arguments(p, live=True)
     p.add_argument("--view", action="store_true", help="also open the live viewer (`livedenoise view`)")
     p.add_argument("--json", action="store_true", help="print stats as JSON lines")
     p.add_argument("--quiet", action="store_true", help="print only the final stats")
@@ -68,15 +72,16 @@ def start_viewer(raw: str, endpoint: str) -> subprocess.Popen | None:
 
 
 def run(args) -> int:
-    from livedenoise.stream.service import Service, ServeConfig
+    from livedenoise.stream.service import ServeConfig, Service, ServiceFailed
     from livedenoise.stream.stats import stats_line
 
     _setup_logging()
     cfg = ServeConfig(
         model=args.model, backend=args.backend, input=args.input, output=args.output, record=args.record,
         record_format=args.record_format, ring=args.ring, max_batch=args.max_batch, policy=args.policy,
-        renorm=args.renorm, stats_interval=args.stats_interval, rcvhwm=args.rcvhwm, duration=args.duration,
+        renorm=renorm_frames(args), stats_interval=args.stats_interval, rcvhwm=args.rcvhwm, duration=args.duration,
         view=args.view, innovation=args.innovation, innovation_k=args.innovation_k,
+        max_streams=args.max_streams, record_max_open=args.record_max_open,
     )
 
     idle = {"since": 0.0}
@@ -103,8 +108,11 @@ def run(args) -> int:
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    failed = None
     try:
         final = service.run()
+    except ServiceFailed as exc:  # a thread could not go on: the service stopped cleanly; say so, exit 1
+        failed, final = exc, exc.final
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
@@ -116,4 +124,6 @@ def run(args) -> int:
         print("final: " + stats_line(final), flush=True)
         for path in final.get("recorded", []):
             print(f"recorded {path}")
+    if failed is not None:
+        raise failed  # cli.main prints `livedenoise serve: error: <line>` and exits 1
     return 0

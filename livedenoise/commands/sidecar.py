@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                    help="the ZMQ Interface plugin's data port (heartbeats go to port + 1)")
     p.add_argument("--stream", default=None, help="stream to denoise (default: the first one seen)")
     p.add_argument("--channels", type=int, default=None,
-                   help="expected channel count (default: learned from the first block)")
+                   help="channel count of the stream: a channel_num beyond it is malformed, and blocks leave without "
+                        "waiting for the next one (default: learned from complete blocks; see docs/openephys.md)")
     p.add_argument("--backend", default="auto", choices=_backends(), help="inference backend")
     p.add_argument("--batch", type=int, default=256,
                    help="samples per engine call for per-sample models (interp-ephys); raise it on a GPU")
@@ -57,7 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--stats-file", default=None, help="append every stats snapshot as a JSON line to this file")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--stop-after-idle", type=float, default=None, metavar="S",
-                   help="exit once data has arrived and then stopped for S seconds (scripted runs)")
+                   help="exit once data has arrived and then no message was received for S seconds (scripted runs); "
+                        "everything received is processed and recorded first")
     p.add_argument("--idle-flush", type=float, default=0.5,
                    help="seconds without data after which the last `lag` samples are flushed (end of acquisition)")
     p.add_argument("--max-backlog", type=float, default=10.0, metavar="S",
@@ -67,8 +69,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def make_sidecar(args):
+    """Arguments -> a `Sidecar` (sockets bound, engine opened); UserError for bad values or busy ports."""
     from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
+    from livedenoise.stream.protocols.zmq_interface import MAX_CHANNELS
 
     if args.socket_port is not None and args.socket_port < 0:
         args.socket_port = None
@@ -76,6 +80,12 @@ def run(args) -> int:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     if args.socket_samples is not None and args.socket_samples < 1:
         raise UserError(f"--socket-samples must be >= 1, got {args.socket_samples}")
+    if args.channels is not None and not 1 <= args.channels <= MAX_CHANNELS:
+        raise UserError(f"--channels must be 1 .. {MAX_CHANNELS}, got {args.channels}")
+    head, _, port = str(args.input).rpartition(":")
+    if not head or not port.isdigit() or not 0 < int(port) < 65535:
+        raise UserError(f"--input must be an endpoint like tcp://127.0.0.1:5556 (heartbeats go to port + 1), "
+                        f"got {args.input!r}")
     logger = logging.getLogger("livedenoise.stream.openephys")
     if not logger.handlers:
         h = logging.StreamHandler(sys.stderr)
@@ -83,6 +93,12 @@ def run(args) -> int:
         logger.addHandler(h)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    stream_logger = logging.getLogger("livedenoise.stream")  # the thread supervisor's messages
+    if not stream_logger.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("livedenoise sidecar: %(message)s"))
+        stream_logger.addHandler(h)
+        stream_logger.setLevel(logging.WARNING)
     cfg = SidecarConfig(
         model=args.model, input=args.input, stream=args.stream, channels=args.channels, backend=args.backend,
         device=args.device, threads=args.threads, batch=args.batch, socket_port=args.socket_port,
@@ -95,26 +111,51 @@ def run(args) -> int:
         quiet=args.quiet,
     )
     try:
-        sc = Sidecar(cfg)
+        return Sidecar(cfg)
     except OSError as exc:
-        raise UserError(f"cannot open the sidecar's sockets: {exc} (is another sidecar running on these ports?)") from None
+        raise UserError(f"cannot open the sidecar's sockets: {exc} (Ephys Socket port {cfg.socket_port}; is another "
+                        "sidecar running on these ports? --socket-port picks another)") from None
     except Exception as exc:
         import zmq
 
         if isinstance(exc, zmq.ZMQError):
             raise UserError(f"cannot bind {cfg.zmq_output}: {exc} (use --zmq-output to pick another port)") from None
         raise
+
+
+def serve(sc, args) -> int:
+    """Run a made sidecar on this thread until Ctrl-C / --duration / --stop-after-idle / a fatal error.
+
+    Returns 0, or 1 after a fatal error (one line on stderr: `livedenoise sidecar: fatal: ...`).
+    A first Ctrl-C (or SIGTERM) stops and processes what was received; a second one stops at once.
+    """
+    cfg = sc.cfg
     print(f"livedenoise sidecar: {sc.engine.describe()}", file=sys.stderr)
     print(f"livedenoise sidecar: listening to {cfg.input}; Ephys Socket on "
           f"{'off' if sc.socket is None else f'{cfg.socket_host}:{sc.socket.port}'}; ZMQ out on {cfg.zmq_output or 'off'}"
           + (f"; recording to {cfg.record}" if cfg.record else "") + " (Ctrl-C stops)", file=sys.stderr, flush=True)
-    prev = {s: signal.signal(s, lambda *_: sc.stop_event.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(*_):
+        if sc.stop_event.is_set():
+            sc.abort_event.set()
+        else:
+            print("livedenoise sidecar: stopping: processing and recording what was received "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            sc.stop_event.set()
+
+    prev = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sc.receiver.start()
         stats = sc.run()
     finally:
         for s, h in prev.items():
             signal.signal(s, h)
     if args.json:
-        print(json.dumps(stats))
+        print(json.dumps(stats), flush=True)
+    if sc.fatal:
+        print(f"livedenoise sidecar: fatal: {sc.fatal}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def run(args) -> int:
+    return serve(make_sidecar(args), args)

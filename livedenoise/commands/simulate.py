@@ -9,7 +9,6 @@ to it. The model of the data is described in docs/data.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ def register(sub) -> None:
             "level. OUT gets the noisy int16 movie (.tif, .h5 or .npy); <stem>.truth.h5 beside it gets the "
             "ground truth (clean movie, masks, traces, event frames)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("out", metavar="OUT", help="movie to write (.tif, .h5 or .npy)")
     # Imaging options. (An --ephys switch for Neuropixels-like data is added by the

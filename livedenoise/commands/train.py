@@ -13,7 +13,6 @@ Several GPUs: `torchrun --nproc_per_node N -m livedenoise train ...`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,6 @@ def register(sub) -> None:
             "The frame being predicted is never an input, so no clean data is needed. The checkpoint holds the "
             "weights and the model card (window, lag, normalisation). --arch classic writes a zero-training filter."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("movies", nargs="+", metavar="MOVIE", help="noisy training movie(s)")
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt)")
@@ -48,8 +46,10 @@ def register(sub) -> None:
                    help="frames hidden on each side of the predicted frame (default 0, ephys 1)")
     g = p.add_argument_group("training")
     g.add_argument("--loss", choices=("l1", "l2", "mixed"), default=None, help="default: l2 (interp2d), mixed (cad3d)")
-    g.add_argument("--crop", type=int, default=None, help="square training crop side in pixels (default 64)")
-    g.add_argument("--batch", type=int, default=None, help="crops per step (default 8 interp2d, 2 cad3d)")
+    g.add_argument("--crop", type=int, default=None,
+                   help="training crop: square side in pixels (default 64); ephys: samples (default 512)")
+    g.add_argument("--batch", type=int, default=None,
+                   help="crops per step (default 8 interp2d, 2 cad3d; ephys 32 interp-ephys, 8 block-ephys)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 interp2d, 3e-4 cad3d)")
     g.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000 when --max-minutes is not given)")
     g.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops at whichever of --steps/--max-minutes comes first")
@@ -98,9 +98,9 @@ def _check_paths(args) -> Path:
 
 
 def _open(path, args):
-    from livedenoise.io.readers import open_movie
+    from livedenoise.commands.args import open_movie_from_args
 
-    return open_movie(path, channel=args.channel, plane=args.plane, dataset=args.dataset)
+    return open_movie_from_args(path, args)
 
 
 def _read_truth(path, args, n: int):
@@ -180,7 +180,8 @@ def _run_train(args, out: Path) -> int:
             m.close()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    save_checkpoint(out, card, state)
+    with _sigint_deferred():  # Ctrl-C now must not lose the run: the checkpoint is written first
+        save_checkpoint(out, card, state)
     best = history.get("best_val_loss")
     msg = (
         f"wrote {out}: {card.summary()}; {history['steps']} steps in {history['seconds']:.0f} s"
@@ -188,14 +189,60 @@ def _run_train(args, out: Path) -> int:
         + (" (interrupted)" if history.get("interrupted") else "")
         + _innovation_note(card)
     )
+    lines = [msg] + _quality_lines(card)
     if args.json:
+        selection = card.training.get("selection") or {}
         print(json.dumps({"out": str(out), "card": card.to_dict(), "steps": history["steps"],
                           "best_step": history["best_step"], "best_val_loss": best,
-                          "seconds": history["seconds"], "interrupted": history["interrupted"]}))
-        print(msg, file=sys.stderr)
+                          "seconds": history["seconds"], "interrupted": history["interrupted"],
+                          "selected": selection.get("selected"), "quality": selection.get("quality")}))
+        print("\n".join(lines), file=sys.stderr)
     else:
-        print(msg)
+        print("\n".join(lines))
     return 0
+
+
+class _sigint_deferred:
+    """Hold SIGINT for the duration of the block (main thread only); afterwards, say it arrived."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.got = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, *_):
+        self.got = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.got:
+            print("Ctrl-C: the checkpoint was written first", file=sys.stderr, flush=True)
+        return False
+
+
+def _quality_lines(card) -> list[str]:
+    """The quality report's lines (train/quality.py), or why there is none."""
+    from livedenoise.train.quality import summary_lines
+
+    selection = card.training.get("selection")
+    if not selection:
+        return []
+    lines = [f"checkpoint: the {selection['selected'].replace('_', ' ')} weights "
+             f"(lowest self-supervised loss on {selection['selection_frames']} whole held-out frames)"]
+    quality = selection.get("quality") or {}
+    if "skipped" in quality:
+        return lines + [f"no quality report: {quality['skipped']}"]
+    if not quality.get("held_out", True):
+        lines.append("note: no held-out frames (--val-fraction 0): the report below is on training frames")
+    return lines + summary_lines(quality)
 
 
 def _innovation_note(card) -> str:

@@ -10,7 +10,6 @@ model file given is never modified; the result is a new checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -24,7 +23,6 @@ def register(sub) -> None:
             "threshold that best predict the raw frames (self-supervised: the step never reads the pixel it "
             "corrects), and write a copy of MODEL with those settings in its model card to --out."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="trained imaging checkpoint (.pt)")
     p.add_argument("movie", metavar="MOVIE", help="noisy movie to tune on (TIFF, ScanImage TIFF, HDF5, .npy)")
@@ -47,7 +45,7 @@ def run(args) -> int:
     from livedenoise.models.registry import min_frames
     from livedenoise.stream.offline import check_movie_fits, same_file
     from livedenoise.models.innovation import applies_to, tuning_summary
-    from livedenoise.io.readers import open_movie
+    from livedenoise.commands.args import open_movie_from_args
     from livedenoise.train.samples import MovieSource
     from livedenoise.train.imaging import tune_innovation
 
@@ -65,7 +63,7 @@ def run(args) -> int:
     need = min_frames(card)  # the one length rule: what denoise needs is what tuning needs
     if args.frames < need:
         raise UserError(f"--frames {args.frames} is too few: this {card.arch} model needs at least {need} frames")
-    with open_movie(args.movie, channel=args.channel, plane=args.plane, dataset=args.dataset) as movie:
+    with open_movie_from_args(args.movie, args) as movie:
         check_movie_fits(movie, card)
         src = MovieSource(movie, 0, min(len(movie), args.frames), name=Path(args.movie).name)
         tuned = tune_innovation(net, card, src, torch.device("cpu"), max_frames=args.frames)
@@ -73,7 +71,7 @@ def run(args) -> int:
         print(f"livedenoise tune-innovation: no setting lowered the self-supervised loss on {len(src)} frames of "
               f"{Path(args.movie).name}; nothing written (the model's predictions leave nothing to add back)", file=sys.stderr)
         return 1
-    card.innovation = {"sigma_xy": tuned["sigma_xy"], "k": tuned["k"]}
+    card.innovation = {"sigma_xy": tuned["sigma_xy"], "k": tuned["k"], "exclude": tuned.get("exclude", 0)}
     card.training = {**card.training, "innovation_tuning": {**tuned, "movie": Path(args.movie).name}}
     save_checkpoint(out, card, net.state_dict())
     if args.json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from livedenoise.errors import UserError
 from livedenoise.gui.ephys_source import DEFAULT_DENOISED as EPHYS_DENOISED  # the sidecar's PUB (5560)
@@ -20,7 +19,6 @@ def register(sub) -> None:
             f"of Open Ephys ZMQ Interface streams (--ephys; defaults {EPHYS_RAW} and {EPHYS_DENOISED}). "
             "Headless: QT_QPA_PLATFORM=offscreen, or --screenshot OUT.png --frames N."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--raw", metavar="ENDPOINT", default=None,
                    help=f"raw stream (imaging: {DEFAULT_INPUT}; ephys: {EPHYS_RAW}); 'none' to leave it out")

@@ -246,6 +246,9 @@ def _run(args: argparse.Namespace, threads: int) -> int:
         sample = sample_shape(card, fs)
 
         results = []
+        if not args.json:  # progress on stderr, headed like the table that follows on stdout
+            print(f"measuring {card.summary()} at {fs[0]}x{fs[1]} (progress; the table follows):", file=sys.stderr)
+            print(f"  {'backend':<16} {'prec':<5} {'batch':<9} {'frames/s':>9}", file=sys.stderr, flush=True)
         for backend, precision in _configs(model, runnable, args.precisions):
             try:
                 engine = _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max(args.batch))

@@ -331,10 +331,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
     def _auto_levels(self, frames: list[np.ndarray]) -> None:
         if self.lock_box.isChecked() or self.contrast_mode.currentText() == "manual":
             return
-        samples = [f[:: max(1, f.shape[0] // 96), :: max(1, f.shape[1] // 96)].ravel() for f in frames]
-        lo, hi = np.percentile(np.concatenate(samples), [0.5, 99.5])
-        if not hi > lo:
-            hi = lo + 1.0
+        lo, hi = contrast_levels(frames)
         if self.levels is None:
             self.levels = (float(lo), float(hi))
         else:  # smooth, so that the picture does not flicker
@@ -639,7 +636,24 @@ def _pick(service, viewer):
     return viewer if service is None else service
 
 
+def _finite_sample(frames: list[np.ndarray]) -> np.ndarray:
+    """About 96 x 96 pixels of each frame, NaN/Inf left out (masked borders of motion-corrected movies)."""
+    samples = [f[:: max(1, f.shape[0] // 96), :: max(1, f.shape[1] // 96)].ravel() for f in frames]
+    s = np.concatenate(samples) if samples else np.zeros(0, np.float32)
+    return s[np.isfinite(s)]
+
+
+def contrast_levels(frames: list[np.ndarray]) -> tuple[float, float]:
+    """Auto contrast: the 0.5-99.5th percentiles of the finite pixels of `frames` ((0, 1) when none)."""
+    s = _finite_sample(frames)
+    if not s.size:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(s, [0.5, 99.5]))
+    return lo, (hi if hi > lo else lo + 1.0)
+
+
 def _symmetric(a: np.ndarray) -> tuple[float, float]:
-    sample = a[:: max(1, a.shape[0] // 96), :: max(1, a.shape[1] // 96)]
-    m = float(np.percentile(np.abs(sample), 99.5)) or 1.0
+    s = _finite_sample([a])
+    m = float(np.percentile(np.abs(s), 99.5)) if s.size else 1.0
+    m = m or 1.0
     return (-m, m)

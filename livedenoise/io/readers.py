@@ -8,14 +8,28 @@ uncompressed, otherwise read page by page; HDF5 is read by hyperslab, so a
 20 GB recording costs only the frames asked for (a `serve --record` file still
 being written is opened in SWMR mode).
 
-Formats: multi-page TIFF and BigTIFF (.tif/.tiff), ScanImage TIFF (channels and
+Formats: multi-page TIFF and BigTIFF (.tif/.tiff; compressed pages through
+tifffile, LZW / zstd / LZMA ... through `imagecodecs`), ScanImage TIFF (channels and
 planes de-interleaved by `livedenoise.io.readers_scanimage`, chosen with
 `channel=` / `plane=`), HDF5 (.h5/.hdf5/.hdf, `dataset=`; by default the dataset named by the file's
-`default_dataset` attribute, else the only 3D dataset, else `data` or `mov`),
+`default_dataset` attribute, else the only dataset of 3 or more axes, else `data` or `mov`),
 NumPy (.npy).
+
+Axes (letters T Z Y X C, `livedenoise.io.movie.plan_axes`): what the file says
+first: HDF5 DIMENSION_LABELS (h5py `dset.dims[i].label`: t/time/frame, z/plane,
+y/row, x/column, c/channel), a TIFF's hyperstack axes (ImageJ `TZCYX`); else
+`axes=` (`--axes`, e.g. "YXT", "TZYXC": one letter per stored axis, first axis
+first); else the format's convention: a TIFF's pages are its frames, a .npy holds
+(T, Y, X), and an unlabelled 3-D HDF5 dataset is read as (T, Y, X) only when
+that is the plain reading (whole-frame chunks, a livedenoise file, the first
+axis the longest, or frames closer to square than the time-last reading
+gives); otherwise it is refused with both readings and `--axes`, since
+MATLAB / CaImAn write (H, W, T). A Z or C axis longer than 1 needs `plane=` /
+`channel=` (1-based).
+
 Every problem a user can fix (missing file, unknown extension, truncated or
-unreadable file, a 2D image instead of a movie, a missing dataset) raises
-`UserError` with one line saying what to do.
+unreadable file, a missing codec, a 2D image instead of a movie, a missing
+dataset, an ambiguous layout) raises `UserError` with one line saying what to do.
 """
 
 from __future__ import annotations
@@ -27,7 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import UserError
-from livedenoise.io.movie import Movie, first_line, quiet_tifffile
+from livedenoise.io.movie import (
+    AxisPlan, Movie, axis_letter, first_line, missing_codec, parse_axes, plan_axes, quiet_tifffile,
+)
 from livedenoise.io.readers_scanimage import is_scanimage_tiff, open_scanimage_movie
 
 TIFF_EXTS = (".tif", ".tiff")
@@ -79,40 +95,55 @@ def _not_a_movie(path: Path, shape) -> UserError:
     )
 
 
-def _squeeze_to_movie(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Drop singleton axes (keeping the last two); the rest must be (T, H, W)."""
+def _positional_axes(path: Path, shape: tuple[int, ...]) -> str:
+    """The formats' convention without labels: (T, Y, X), singleton axes dropped ("-").
+
+    A 3-D array is (T, Y, X) as it stands (a 1-frame movie is still a movie); otherwise the
+    last two axes are the frame and the one other axis longer than 1 is time.
+    """
+    shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
-        raise UserError(f"{path} holds data of shape {tuple(shape)}, not a movie; livedenoise needs (frames, height, width)")
-    lead = [s for s in shape[:-2] if s != 1]
+        raise UserError(f"{path} holds data of shape {shape}, not a movie; livedenoise needs (frames, height, width)")
+    if len(shape) == 3:
+        return "TYX"
+    lead = [i for i in range(len(shape) - 2) if shape[i] != 1]
     if not lead:
-        if len(shape) == 2 or int(np.prod(shape[:-2])) == 1:
-            raise _not_a_movie(path, shape[-2:])
+        raise _not_a_movie(path, shape[-2:])
     if len(lead) > 1:
         raise UserError(
-            f"{path} holds a {len(shape)}-D array of shape {tuple(shape)}; livedenoise needs (frames, height, width): "
-            "split channels or planes into separate files first"
+            f"{path} holds a {len(shape)}-D array of shape {shape}; livedenoise reads one (frames, height, width) movie: "
+            "say which axis is which with --axes (letters T Z Y X C, e.g. TZYX, TCYX, TZYXC) and pick one plane / "
+            "channel with --plane / --channel"
         )
-    return (int(lead[0]), int(shape[-2]), int(shape[-1]))
+    return "".join("T" if i == lead[0] else "-" for i in range(len(shape) - 2)) + "YX"
 
 
 class TiffPagesMovie(Movie):
-    """A TIFF whose pixels are compressed or scattered: read page by page."""
+    """A TIFF whose pixels are compressed or scattered: read page by page (one page per frame)."""
 
-    def __init__(self, path: Path, tif, pages: list, shape: tuple[int, int, int], dtype: np.dtype):
+    def __init__(self, path: Path, tif, pages: list, shape: tuple[int, int, int], dtype: np.dtype,
+                 *, transpose: bool = False):
         self.path = path
         self._tif = tif
         self._pages = pages
         self.shape = shape
         self.dtype = np.dtype(dtype).newbyteorder("=")
+        self._transpose = transpose  # pages hold (X, Y): --axes ...XY
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._check_range(start, stop)
         out = np.empty((stop - start, *self.shape[1:]), self.dtype)
+        page_shape = self.shape[1:][::-1] if self._transpose else self.shape[1:]
+        k = start
         try:
             with quiet_tifffile():
                 for k in range(start, stop):
-                    out[k - start] = self._pages[k].asarray(maxworkers=1).reshape(self.shape[1:])
+                    img = self._pages[k].asarray(maxworkers=1).reshape(page_shape)
+                    out[k - start] = img.T if self._transpose else img
         except Exception as exc:  # tifffile raises ValueError / TiffFileError / OSError / codec errors
+            codec = missing_codec(self.path, exc, getattr(self._pages[k], "compression", None))
+            if codec is not None:
+                raise codec from None
             raise UserError(f"{self.path}: cannot read frame {k} ({first_line(exc)}); the file may be truncated or corrupt") from None
         return out
 
@@ -122,7 +153,7 @@ class TiffPagesMovie(Movie):
             self._tif = None
 
 
-def _open_tiff(path: Path) -> Movie:
+def _open_tiff(path: Path, axes: str | None, channel: int | None, plane: int | None) -> Movie:
     import tifffile
 
     size = path.stat().st_size
@@ -133,33 +164,57 @@ def _open_tiff(path: Path) -> Movie:
         raise UserError(f"{path} is not a readable TIFF (truncated or corrupt?): {first_line(exc)}") from None
     try:
         with quiet_tifffile():
-            movie = _tiff_movie(path, tif, size)
+            movie = _tiff_movie(path, tif, size, axes, channel, plane)
     except UserError:
         tif.close()
         raise
     except Exception as exc:
         tif.close()
-        raise UserError(f"{path} is not a readable TIFF (truncated or corrupt?): {first_line(exc)}") from None
+        raise missing_codec(path, exc) or UserError(
+            f"{path} is not a readable TIFF (truncated or corrupt?): {first_line(exc)}") from None
+    if isinstance(movie, TiffPagesMovie) and len(movie):
+        try:
+            movie.read(0, 1)  # a missing codec or a broken first page fails here, not mid-run
+        except UserError:
+            movie.close()
+            raise
     return movie
 
 
-def _tiff_movie(path: Path, tif, size: int) -> Movie:
+def _tiff_plan(path: Path, shape: tuple[int, ...], series_axes: str, given: str | None,
+               channel: int | None, plane: int | None) -> AxisPlan:
+    """Layout of a TIFF series: `--axes`, else its hyperstack axes (ImageJ TZCYX) when it has
+    more than one non-frame axis, else pages are frames."""
+    shape = tuple(int(s) for s in shape)
+    if given is not None:
+        return plan_axes(str(path), shape, given=given, channel=channel, plane=plane)
+    lead = [i for i in range(len(shape) - 2) if shape[i] != 1]
+    if len(lead) > 1 and len(series_axes) == len(shape):
+        labels = [a if a in "TZCYX" else None for a in series_axes]
+        if all(labels[i] for i in range(len(shape)) if shape[i] != 1):
+            return plan_axes(str(path), shape, labels=labels, label_source=f"TIFF metadata (axes {series_axes})",
+                             channel=channel, plane=plane)
+    return plan_axes(str(path), shape, default=_positional_axes(path, shape), channel=channel, plane=plane)
+
+
+def _tiff_movie(path: Path, tif, size: int, given: str | None, channel: int | None, plane: int | None) -> Movie:
     if not tif.series:
         raise UserError(f"{path} contains no images")
     series = tif.series[0]
-    axes = getattr(series, "axes", "")
-    if "S" in axes and series.shape[axes.index("S")] > 1:
+    series_axes = getattr(series, "axes", "")
+    if "S" in series_axes and series.shape[series_axes.index("S")] > 1:
         raise UserError(
             f"{path} holds colour (RGB) or multi-sample images of shape {tuple(series.shape)}; livedenoise needs "
             "single-channel frames (save grayscale pages, e.g. tifffile photometric='minisblack')"
         )
-    shape = tuple(series.shape)
+    shape = tuple(int(s) for s in series.shape)
     dtype = np.dtype(series.dtype)
     offset = getattr(series, "dataoffset", None)
     if offset is not None and len([s for s in shape if s != 1]) >= 3:
         # The common case (tifffile, ScanImage, ImageJ): one contiguous block. Map it
         # without walking every page header (a long recording has 100k of them).
-        return _memmap_tiff(path, tif, offset, _squeeze_to_movie(path, shape), dtype, size)
+        plan = _tiff_plan(path, shape, series_axes, given, channel, plane)
+        return _memmap_tiff(path, tif, offset, plan, dtype, size)
     tif.pages.useframes = True  # light page objects: only offsets, sizes and a shared key frame
     pages = list(tif.pages)  # reads every IFD (headers only); fails on a broken IFD chain
     squeezed = [s for s in shape if s != 1]
@@ -176,12 +231,10 @@ def _tiff_movie(path: Path, tif, size: int) -> Movie:
         if len(page_shape) != 2:
             raise UserError(f"{path}: pages of shape {first.shape} are not single-channel images (RGB is not supported)")
         series_pages, shape, dtype = pages, (len(pages), *page_shape), np.dtype(first.dtype)
+        series_axes = ""
     else:
-        shape = _squeeze_to_movie(path, shape)
         series_pages = list(series.pages)
-        if len(series_pages) not in (1, shape[0]):
-            series_pages = []  # not one page per frame: only a contiguous memmap can serve it
-    t, h, w = shape
+    plan = _tiff_plan(path, shape, series_axes, given, channel, plane)
     # Is the file long enough for what its headers promise?
     for p in series_pages:
         if p is None or not hasattr(p, "dataoffsets"):
@@ -189,29 +242,53 @@ def _tiff_movie(path: Path, tif, size: int) -> Movie:
         end = max((o + c for o, c in zip(p.dataoffsets, p.databytecounts)), default=0)
         if end > size:
             raise UserError(f"{path} is truncated: its headers point to byte {end} but the file has {size} bytes")
-    offset = getattr(series, "dataoffset", None) if series_pages is not pages else None
     if series_pages is pages:
         offset = _contiguous_offset(pages, dtype, shape)
+    else:
+        offset = getattr(series, "dataoffset", None)
     if offset is not None:
-        return _memmap_tiff(path, tif, offset, (t, h, w), dtype, size)
-    if len(series_pages) != t:
-        raise UserError(f"{path}: cannot map its {len(pages)} pages onto {t} frames; re-save it as a plain multi-page TIFF")
+        return _memmap_tiff(path, tif, offset, plan, dtype, size)
     if dtype.kind not in "iuf":
         raise UserError(f"{path}: sample type {dtype} is not supported (need integers or floats)")
-    return TiffPagesMovie(path, tif, series_pages, (t, h, w), dtype)
+    frame_pages, transpose = _frame_pages(path, plan, series_pages)
+    return TiffPagesMovie(path, tif, frame_pages, plan.movie_shape, dtype, transpose=transpose)
 
 
-def _memmap_tiff(path: Path, tif, offset: int, shape: tuple[int, int, int], dtype: np.dtype, size: int) -> Movie:
-    t, h, w = shape
-    nbytes = t * h * w * dtype.itemsize
+def _frame_pages(path: Path, plan: AxisPlan, pages: list) -> tuple[list, bool]:
+    """The page of each frame when frames are whole pages: (pages in frame order, pages hold (X, Y))."""
+    frame_axes = plan.axes[-2:]
+    lead_shape = plan.shape[:-2]
+    if frame_axes not in ("YX", "XY"):
+        raise UserError(
+            f"{path}: with {plan.describe()} every frame is spread over its {len(pages)} compressed pages, which "
+            "cannot be read frame by frame; re-save it uncompressed (or one page per frame)"
+        )
+    if int(np.prod(lead_shape, dtype=np.int64)) != len(pages):
+        raise UserError(
+            f"{path}: cannot map its {len(pages)} compressed pages onto shape {plan.shape} ({plan.describe()}); "
+            "re-save it as a plain multi-page TIFF"
+        )
+    t_axis = plan.axes.index("T")
+    fixed = [0 if i == t_axis else int(plan.index[i]) for i in range(len(lead_shape))]
+    out = []
+    for t in range(plan.movie_shape[0]):
+        fixed[t_axis] = t
+        out.append(pages[int(np.ravel_multi_index(fixed, lead_shape))] if lead_shape else pages[0])
+    return out, frame_axes == "XY"
+
+
+def _memmap_tiff(path: Path, tif, offset: int, plan: AxisPlan, dtype: np.dtype, size: int) -> Movie:
+    shape = plan.shape
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if offset + nbytes > size:
+        t = plan.movie_shape[0]
         raise UserError(f"{path} is truncated: {t} frames need {offset + nbytes} bytes but the file has {size}")
     if dtype.kind not in "iuf":
         raise UserError(f"{path}: sample type {dtype} is not supported (need integers or floats)")
     file_dtype = dtype.newbyteorder(tif.byteorder)  # pixels keep the file's byte order on disk
-    mm = np.memmap(path, dtype=file_dtype, mode="r", offset=offset, shape=(t, h, w))
+    mm = np.memmap(path, dtype=file_dtype, mode="r", offset=offset, shape=shape)
     tif.close()
-    return ArrayMovie(mm, path)
+    return ArrayMovie(plan.arrange(mm[plan.key()]), path)
 
 
 def _contiguous_offset(pages: list, dtype: np.dtype, shape) -> int | None:
@@ -239,44 +316,37 @@ def _contiguous_offset(pages: list, dtype: np.dtype, shape) -> int | None:
 
 
 class H5Movie(Movie):
-    def __init__(self, path: Path, h5file, dataset, shape: tuple[int, int, int], squeeze_axes: tuple[int, ...]):
+    """An HDF5 dataset read by hyperslab: only the frames asked for (`plan` maps its axes)."""
+
+    def __init__(self, path: Path, h5file, dataset, plan: AxisPlan):
         self.path = path
         self._file = h5file
         self._ds = dataset
         self.dataset = dataset.name
-        self.shape = shape
+        self.plan = plan
+        self.shape = plan.movie_shape
         self.dtype = np.dtype(dataset.dtype).newbyteorder("=")
-        self._squeeze = squeeze_axes
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._check_range(start, stop)
         try:
-            data = self._ds[self._time_key(start, stop)]
+            data = self._ds[self.plan.key(start, stop)]
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(
                 f"{self.path}: cannot read frames {start}:{stop} of {self.dataset} ({first_line(exc)}); "
                 "the file may be truncated or corrupt"
             ) from None
-        return np.ascontiguousarray(data.reshape(stop - start, *self.shape[1:]), dtype=self.dtype)
-
-    def _time_key(self, start: int, stop: int):
-        key = []
-        placed = False
-        for i in range(self._ds.ndim):
-            if i in self._squeeze:
-                key.append(0)
-            elif not placed:
-                key.append(slice(start, stop))
-                placed = True
-            else:
-                key.append(slice(None))
-        return tuple(key)
+        return np.ascontiguousarray(self.plan.arrange(np.asarray(data)), dtype=self.dtype)
 
     def close(self) -> None:
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
             self._file = None
+
+    def describe(self) -> str:
+        text = super().describe()
+        return text if self.plan.source == "position" else f"{text} ({self.plan.describe()})"
 
 
 def _h5_datasets(f) -> dict[str, tuple]:
@@ -296,7 +366,7 @@ def _attr_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _open_h5(path: Path, dataset: str | None) -> Movie:
+def _open_h5(path: Path, dataset: str | None, axes: str | None, channel: int | None, plane: int | None) -> Movie:
     import h5py
 
     try:
@@ -316,7 +386,7 @@ def _open_h5(path: Path, dataset: str | None) -> Movie:
         elif isinstance(f.attrs.get("default_dataset"), (str, bytes)) and _attr_str(f.attrs["default_dataset"]) in datasets:
             name = _attr_str(f.attrs["default_dataset"])  # e.g. a simulate truth file: its clean movie
         else:
-            movies = [k for k, s in datasets.items() if len([d for d in s if d != 1]) == 3]
+            movies = [k for k, s in datasets.items() if len([d for d in s if d != 1]) >= 3]
             if len(movies) == 1:
                 name = movies[0]
             else:
@@ -328,17 +398,10 @@ def _open_h5(path: Path, dataset: str | None) -> Movie:
                 else:
                     raise UserError(f"{path} has several 3D datasets; pick one with --dataset ({listing})")
         ds = f[name]
-        shape = tuple(ds.shape)
-        if len(shape) == 3:
-            movie_shape, squeeze = shape, ()
-        else:
-            movie_shape = _squeeze_to_movie(path, shape)
-            squeeze = tuple(i for i, s in enumerate(shape) if s == 1)
-            if len(shape) - len(squeeze) != 3:
-                raise UserError(f"{path}: dataset {name} of shape {shape} is not (frames, height, width)")
         if np.dtype(ds.dtype).kind not in "iuf":
             raise UserError(f"{path}: dataset {name} has sample type {ds.dtype}; need integers or floats")
-        movie = H5Movie(path, f, ds, tuple(int(s) for s in movie_shape), squeeze)
+        plan = _h5_plan(path, f, name, ds, axes, channel, plane)
+        movie = H5Movie(path, f, ds, plan)
         _read_record_counters(f, name, movie)
         if len(movie):
             movie.read(0, 1)  # touch the first frame: a truncated file fails here, not mid-run
@@ -347,6 +410,80 @@ def _open_h5(path: Path, dataset: str | None) -> Movie:
     except BaseException:
         f.close()
         raise
+
+
+def _h5_labels(path: Path, name: str, ds) -> list[str | None] | None:
+    """Axis letters from the dataset's DIMENSION_LABELS (h5py `dims[i].label`), None when it has none."""
+    try:
+        raw = [ds.dims[i].label for i in range(ds.ndim)]
+    except Exception:  # dimension scales unreadable: as if unlabelled
+        return None
+    raw = [r.decode(errors="replace") if isinstance(r, bytes) else str(r or "") for r in raw]
+    if not any(r.strip() for r in raw):
+        return None
+    letters = [axis_letter(r) for r in raw]
+    unknown = [r for r, a in zip(raw, letters) if r.strip() and a is None]
+    if unknown:
+        raise UserError(
+            f"{path}: dataset {name} has DIMENSION_LABELS {tuple(raw)}; {unknown[0]!r} is not an axis livedenoise "
+            "knows (t/time/frame, z/plane, y/row, x/column, c/channel): say the layout with --axes (e.g. TYX, TZYXC)"
+        )
+    unnamed = [i for i, (r, n) in enumerate(zip(raw, ds.shape)) if not r.strip() and n != 1]
+    if unnamed:
+        raise UserError(
+            f"{path}: dataset {name} of shape {tuple(int(n) for n in ds.shape)} has DIMENSION_LABELS {tuple(raw)} "
+            f"that leave axis {unnamed[0]} unnamed; say the layout with --axes (letters T Z Y X C, e.g. TYX, TZYXC)"
+        )
+    return letters
+
+
+def _h5_plan(path: Path, f, name: str, ds, given: str | None, channel: int | None, plane: int | None) -> AxisPlan:
+    label = f"{path} (dataset {name})"
+    shape = tuple(int(s) for s in ds.shape)
+    if given is not None:
+        return plan_axes(label, shape, given=given, channel=channel, plane=plane)
+    labels = _h5_labels(path, name, ds)
+    if labels is not None:
+        return plan_axes(label, shape, labels=labels, label_source="DIMENSION_LABELS", channel=channel, plane=plane)
+    default = _positional_axes(path, shape)
+    _check_time_first(path, f, name, ds, default)
+    return plan_axes(label, shape, default=default, channel=channel, plane=plane)
+
+
+def _check_time_first(path: Path, f, name: str, ds, axes: str) -> None:
+    """Refuse an unlabelled 3-axis dataset whose time axis is not plainly the first one.
+
+    MATLAB, CaImAn (d1, d2, T) and others store movies time-last, so (A, B, C) may be
+    A frames of B x C (TYX) or C frames of A x B (YXT). TYX is taken when the file says
+    so in its structure (chunks holding whole B x C frames, a `serve --record` file, a
+    livedenoise file naming it `default_dataset`) or when it is the plain reading: A is
+    the longest axis, or B x C frames are closer to square than A x B ones. Anything else,
+    a cube (64, 64, 64) included, is refused with both readings and the --axes flag.
+    """
+    kept = [i for i, a in enumerate(axes) if a != "-"]
+    a_len, b_len, c_len = (int(ds.shape[i]) for i in kept)
+    chunks = tuple(int(ds.chunks[i]) for i in kept) if ds.chunks else None
+    if chunks is not None and chunks[1:] == (b_len, c_len) and 2 * chunks[0] < a_len:
+        return  # stored frame by frame along the first axis (livedenoise's own writer does this)
+    time_last_chunks = chunks is not None and chunks[:2] == (a_len, b_len) and 2 * chunks[2] < c_len
+    if not time_last_chunks:
+        fn = f.get("frame")
+        if name.lstrip("/") == "frames" and fn is not None and getattr(fn, "shape", None) == (a_len,):
+            return  # a `serve --record` file: one frame number per frame of the first axis
+        if _attr_str(f.attrs.get("default_dataset", "")).lstrip("/") == name.lstrip("/"):
+            return  # a livedenoise file (e.g. a simulate truth file), written (T, H, W)
+
+        def aspect(h: int, w: int) -> float:
+            return max(h, w) / max(min(h, w), 1)
+
+        if a_len > max(b_len, c_len) or aspect(b_len, c_len) < aspect(a_len, b_len):
+            return
+    raise UserError(
+        f"{path}: dataset {name} of shape {tuple(int(s) for s in ds.shape)} has no DIMENSION_LABELS and its time "
+        f"axis is not plainly the first: it reads as TYX ({a_len} frames of {b_len}x{c_len}) or as YXT "
+        f"({c_len} frames of {a_len}x{b_len}); say which with --axes TYX or --axes YXT (or label the dataset's "
+        "dimensions, h5py dset.dims[i].label)"
+    )
 
 
 def _read_record_counters(f, name: str, movie: Movie) -> None:
@@ -371,7 +508,7 @@ def _read_record_counters(f, name: str, movie: Movie) -> None:
 # --------------------------------------------------------------------------- NumPy
 
 
-def _open_npy(path: Path) -> Movie:
+def _open_npy(path: Path, axes: str | None, channel: int | None, plane: int | None) -> Movie:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
@@ -381,10 +518,11 @@ def _open_npy(path: Path) -> Movie:
     if arr.dtype.kind not in "iuf":
         raise UserError(f"{path} holds {arr.dtype} data; need integers or floats")
     shape = tuple(arr.shape)
-    if arr.ndim != 3:
-        movie_shape = _squeeze_to_movie(path, shape)
-        arr = arr.reshape(movie_shape)
-    return ArrayMovie(arr, path)
+    if axes is not None:
+        plan = plan_axes(str(path), shape, given=axes, channel=channel, plane=plane)
+    else:  # no labels in a .npy: (T, Y, X), the layout np.save(movie) of a (frames, lines, pixels) array gives
+        plan = plan_axes(str(path), shape, default=_positional_axes(path, shape), channel=channel, plane=plane)
+    return ArrayMovie(plan.arrange(arr[plan.key()]), path)
 
 
 # --------------------------------------------------------------------------- entry
@@ -396,8 +534,14 @@ def open_movie(
     channel: int | None = None,
     plane: int | None = None,
     dataset: str | None = None,
+    axes: str | None = None,
 ) -> Movie:
-    """Open a movie file; see the module docstring for formats and errors."""
+    """Open a movie file as a (T, H, W) `Movie`; see the module docstring for formats, axes and errors.
+
+    channel, plane: 1-based; a ScanImage channel ID, or an index along a C / Z axis.
+    dataset: HDF5 dataset path. axes: `--axes` letters (T Z Y X C), one per stored axis.
+    Raises UserError (one line) for anything the user can fix.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"movie file {path} does not exist; check the path")
@@ -408,6 +552,7 @@ def open_movie(
         raise UserError(f"{path}: unknown movie format {ext or '(no extension)'!r}; use one of {', '.join(MOVIE_EXTS)}")
     if dataset is not None and ext not in HDF5_EXTS:
         raise UserError(f"--dataset applies to HDF5 files only; {path.name} is {ext}")
+    axes = parse_axes(axes)
     if ext in TIFF_EXTS:
         try:
             is_si = bool(is_scanimage_tiff(path))
@@ -416,19 +561,13 @@ def open_movie(
         except Exception:
             is_si = False  # unreadable: let the generic reader say why
         if is_si:
+            if axes is not None:
+                raise UserError(
+                    f"--axes does not apply to {path.name}: a ScanImage TIFF's layout comes from its own metadata; "
+                    "pick a stream with --channel / --plane"
+                )
             return open_scanimage_movie(path, channel, plane)
-        _refuse_channel_plane(path, channel, plane)
-        return _open_tiff(path)
-    _refuse_channel_plane(path, channel, plane)
+        return _open_tiff(path, axes, channel, plane)
     if ext in HDF5_EXTS:
-        return _open_h5(path, dataset)
-    return _open_npy(path)
-
-
-def _refuse_channel_plane(path: Path, channel, plane) -> None:
-    given = [n for n, v in (("--channel", channel), ("--plane", plane)) if v is not None]
-    if given:
-        raise UserError(
-            f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to ScanImage TIFFs only; {path.name} is not one "
-            "(it holds a single channel and plane)"
-        )
+        return _open_h5(path, dataset, axes, channel, plane)
+    return _open_npy(path, axes, channel, plane)

@@ -1,20 +1,43 @@
 """ScanImage TIFFs: channels and planes de-interleaved from the file's own metadata.
 
-ScanImage (2016 and later) logs one TIFF page per channel per frame, channels
-fastest, then the frames of a slice, then the planes (plus any flyback frames)
-of a volume, then volumes. Its static metadata (`SI.hChannels.channelSave`,
-`SI.hStackManager.numSlices` / `actualNumSlices`, `framesPerSlice`,
-`numFramesPerVolumeWithFlyback`, ...) says how; each page's ImageDescription
-carries that frame's `frameNumbers` and `frameTimestamps_sec`. tifffile parses
-both (`TiffFile.scanimage_metadata`).
+ScanImage logs one TIFF page per channel per frame, channels fastest, then the
+frames of a slice, then the planes (plus any flyback frames) of a volume, then
+volumes. Where the file says how (read through tifffile: `TiffFile.is_scanimage`,
+`scanimage_metadata`, the first page's ImageDescription / Software tags):
+
+- ScanImage 2016 and later (`SI.*` frame data in the BigTIFF header or each
+  page's Software tag): `SI.hChannels.channelSave`, `SI.hStackManager.numSlices`
+  / `actualNumSlices`, `framesPerSlice`, `numFramesPerVolumeWithFlyback`,
+  `SI.hRoiManager.scanFrameRate` ...; ScanImage 5.1 keeps the same keys as
+  `scanimage.SI.*` in the ImageDescription.
+- ScanImage 4 and 5.0 (`scanimage.SI4.*` / `scanimage.SI5.*` in the
+  ImageDescription): `channelsSave`, `stackNumSlices`, `acqNumFrames`,
+  `acqNumAveragedFrames`, `fastZEnable`, `fastZDiscardFlybackFrames`,
+  `fastZNumDiscardFrames`, `scanFrameRate`, `scanZoomFactor`.
+- ScanImage 3.x (`state.*` lines in every page's ImageDescription, e.g.
+  `state.acq.numberOfChannelsSave=1`, `state.acq.savingChannel2=1`,
+  `state.acq.frameRate=8.138`): saved channels from `state.acq.savingChannelN`
+  (checked against `numberOfChannelsSave`), planes `numberOfZSlices` (a slow
+  stack of `numberOfFrames` frames per slice, fewer when averaged:
+  `numAvgFramesSave` / `averaging`), `frameRate`, `zoomFactor`.
+
+Each page's ImageDescription carries that frame's `frameNumbers` (1-based,
+counting every logged frame of the acquisition, flyback frames included) and
+`frameTimestamps_sec` (2016+). Pages are placed by `frameNumbers` where every
+page has one: frame n is plane ((n - 1) mod frames per volume) + 1, so a file of
+a multi-file acquisition that starts mid-volume (first page = plane 3 of 4) still
+gives plane 1 for `plane=1`, and the frames of a channel are the pages sharing a
+frame number, in order. Files without them (ScanImage 3.x) are placed by page
+order from the first page, which is plane 1 of channel 1.
 
 `open_scanimage_movie(path, channel, plane)` gives one (channel, plane) stream
-as a `Movie` (T, lines, pixels) with per-frame `frame_numbers` and
-`frame_timestamps` (s). Channel numbers are ScanImage's channel IDs (1-4);
-planes count from 1 in acquisition order. A file holding several channels or
-planes needs `--channel` / `--plane`: no stream is picked silently (denoising
-the red structural channel instead of the green activity channel wastes a
-training run); the error lists what the file holds.
+as a `Movie` (T, lines, pixels) with per-frame `frame_numbers`,
+`frame_timestamps` (s) and `frame_rate` (Hz). Channel numbers are ScanImage's
+channel IDs (1-4); planes count from 1 in acquisition order. A file holding
+several channels or planes needs `--channel` / `--plane`: no stream is picked
+silently (denoising the red structural channel instead of the green activity
+channel wastes a training run); the error lists what the file holds and the
+header field that says so.
 """
 
 from __future__ import annotations
@@ -28,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.errors import UserError
-from livedenoise.io.movie import Movie, first_line, quiet_tifffile
+from livedenoise.io.movie import Movie, first_line, missing_codec, quiet_tifffile
 
 _FRAME_NO = re.compile(r'frameNumbers"?\s*[=:]\s*(\d+)')
 _TIMESTAMP = re.compile(r'frameTimestamps_sec"?\s*[=:]\s*([-+0-9.eEinfINFnaN]+)')
@@ -85,6 +108,12 @@ class ScanImageLayout:
     offsets: np.ndarray | None
     """Per page: byte offset of its pixels when every page is one uncompressed block."""
     metadata: dict[str, Any] = field(default_factory=dict)
+    software: str = "ScanImage"
+    """Which ScanImage wrote the header read, e.g. "ScanImage 3.8", "ScanImage 2016+ (TIFF format 4)"."""
+    channel_key: str = "SI.hChannels.channelSave"
+    """The header field that lists the saved channels (named in error messages)."""
+    plane_key: str = "SI.hStackManager.numSlices"
+    """The header field that gives the planes (named in error messages)."""
 
     @property
     def stream_frame_step(self) -> int:
@@ -96,12 +125,48 @@ class ScanImageLayout:
         """
         return self.frames_per_volume if self.frames_per_slice == 1 else 1
 
+    @property
+    def placed_by(self) -> str:
+        """"frameNumbers" when every page has one (pages placed by them), else "page order"."""
+        fn = self.frame_numbers
+        return "frameNumbers" if len(fn) and bool((fn >= 1).all()) else "page order"
+
+    def frame_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per page: (saved-channel index, 0-based acquisition frame index).
+
+        By frameNumbers where every page has one: the pages of a frame share its number
+        (channels in saved order), frame index = number - 1. Otherwise by page order from
+        the first page. UserError when the numbers cannot be right (some pages without one,
+        or a frame number on more or fewer pages than there are saved channels).
+        """
+        n_c = len(self.channels)
+        p = np.arange(self.n_pages)
+        fn = np.asarray(self.frame_numbers, np.int64)
+        have = fn >= 1
+        if not len(fn) or not have.any():
+            return p % n_c, p // n_c
+        name = self.path.name
+        if not have.all():
+            bad = int(np.flatnonzero(~have)[0])
+            raise UserError(
+                f"{name}: page {bad} has no frameNumbers in its description while other pages do; cannot place "
+                "its frames in the acquisition (the file may be damaged)"
+            )
+        starts = np.flatnonzero(np.r_[True, fn[1:] != fn[:-1]])
+        lengths = np.diff(np.r_[starts, len(fn)])
+        wrong = np.flatnonzero(lengths != n_c)
+        if len(wrong):
+            k = int(starts[wrong[0]])
+            raise UserError(
+                f"{name}: frame {int(fn[k])} (frameNumbers) is on {int(lengths[wrong[0]])} page(s) but ScanImage saved "
+                f"{n_c} channel(s) ({self.channel_key}); cannot tell its channels apart"
+            )
+        return p - np.repeat(starts, lengths), fn - 1
+
     # page p -> channel index, plane (1-based, 0 = flyback), time index
     def page_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        p = np.arange(self.n_pages)
-        n_c = len(self.channels)
-        ch = p % n_c
-        f = p // n_c
+        """Per page: (saved-channel index, plane 1-based or 0 for a flyback frame, volume / time index)."""
+        ch, f = self.frame_index()
         fps, per_vol = self.frames_per_slice, self.frames_per_volume
         if fps > 1:  # slow stack: all frames of plane 1, then plane 2, ...
             block = fps * per_vol
@@ -122,6 +187,14 @@ class ScanImageLayout:
         chans = ", ".join(map(str, self.channels))
         planes = "plane 1" if self.planes == 1 else f"planes 1-{self.planes}"
         return f"channel{'s' if len(self.channels) > 1 else ''} {chans} and {planes}"
+
+    @property
+    def stream_rate(self) -> float:
+        """Frames per second of one (channel, plane) stream: the frame rate for a single plane
+        or a slow stack (consecutive frames of a plane), the volume rate for fast-z volumes."""
+        if self.planes > 1 and self.frames_per_slice == 1:
+            return self.volume_rate
+        return self.frame_rate
 
 
 def _as_list(v) -> list:
@@ -169,41 +242,52 @@ def read_layout(path: str | os.PathLike, tif=None) -> ScanImageLayout:
         raise UserError(f"{path} is not a readable ScanImage TIFF (truncated or corrupt?): {first_line(exc)}") from None
 
 
-def _frame_data(tif) -> tuple[dict, int]:
+def _matlab_fields(text: str) -> dict:
+    """`key = value` / `key=value` lines (MATLAB syntax; ScanImage 3 ends them with CR) as a dict."""
+    from tifffile import matlabstr2py
+
+    fields = matlabstr2py(text.replace("\r\n", "\n").replace("\r", "\n"))
+    return fields if isinstance(fields, dict) else {}
+
+
+def _header(path: Path, tif) -> tuple[str, dict]:
+    """(kind, fields): kind "SI" (2016+ and 5.1, keys SI.*), "SI4" / "SI5" (keys scanimage.SI4.* ...)
+    or "state" (ScanImage 3.x, keys state.*); fields parsed by tifffile."""
     meta = tif.scanimage_metadata or {}
     frame = dict(meta.get("FrameData") or {})
-    version = int(meta.get("version") or 0)
-    if not frame:
-        # Pages carry the same frame data in their Software tag.
-        from tifffile.tifffile import matlabstr2py
+    if frame:
+        return "SI", frame
+    soft = tif.pages.first.software or ""
+    if soft.startswith("SI."):  # pages carry the frame data in their Software tag
+        return "SI", _matlab_fields(soft)
+    desc = tif.pages.first.description or ""
+    for kind in ("SI4", "SI5"):
+        if f"scanimage.{kind}." in desc:
+            raw = _matlab_fields(desc)
+            prefix = f"scanimage.{kind}."
+            return kind, {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+    if "scanimage.SI" in desc:  # ScanImage 5.1 kept the SI.* keys in the description
+        raw = _matlab_fields(desc)
+        return "SI", {k.replace("scanimage.SI.", "SI."): v for k, v in raw.items()}
+    if desc.lstrip().startswith("state.") or "\nstate." in desc or "\rstate." in desc:
+        raw = _matlab_fields(desc)
+        return "state", {k[len("state."):]: v for k, v in raw.items() if k.startswith("state.")}
+    return "", {}
 
-        soft = tif.pages.first.software or ""
-        if soft.startswith("SI."):
-            frame = matlabstr2py(soft)
-    if not frame:
-        desc = tif.pages.first.description or ""
-        if "scanimage.SI" in desc:  # ScanImage 5 kept it in the description
-            from tifffile.tifffile import matlabstr2py
 
-            raw = matlabstr2py(desc)
-            frame = {k.replace("scanimage.SI.", "SI.").replace("scanimage.SI5.", "SI."): v for k, v in raw.items()}
-    if version == 0:
-        version = int(_num(frame, "SI.TIFF_FORMAT_VERSION", 3) or 3)
-    return frame, version
+def _truthy(v) -> bool:
+    v = _as_list(v)
+    try:
+        return bool(v) and float(v[0]) != 0
+    except (TypeError, ValueError):
+        return bool(v) and str(v[0]).strip().lower() in ("true", "on", "yes")
 
 
-def _read_layout(path: Path, tif) -> ScanImageLayout:
-    if not tif.is_scanimage:
-        raise UserError(
-            f"{path} has no ScanImage metadata (no SI.* frame data in its header or pages); "
-            "it is a plain TIFF, not a ScanImage recording"
-        )
-    meta, version = _frame_data(tif)
+def _acq_si(path: Path, meta: dict, version: int) -> dict:
+    """ScanImage 2016+ (and 5.1) `SI.*` frame data."""
     if "SI.hChannels.channelSave" not in meta:
         raise UserError(f"{path}: its ScanImage metadata has no SI.hChannels.channelSave; cannot tell its channels apart")
     channels = [int(c) for c in _as_list(meta["SI.hChannels.channelSave"])]
-    if not channels:
-        raise UserError(f"{path}: SI.hChannels.channelSave is empty; the file holds no saved channel")
     stack_on = meta.get("SI.hStackManager.enable", True)
     planes = _num(meta, "SI.hStackManager.actualNumSlices")
     if planes is None:
@@ -229,14 +313,135 @@ def _read_layout(path: Path, tif) -> ScanImageLayout:
     if planes == 1:
         fps = 1  # a time series: frame order is just time
     z = [float(v) for v in _as_list(meta.get("SI.hStackManager.zs", []))]
-    if len(z) != planes:
-        z = []
     frame_rate = _num(meta, "SI.hRoiManager.scanFrameRate", 0.0) or 0.0
     volume_rate = _num(meta, "SI.hRoiManager.scanVolumeRate")
     if volume_rate is None or planes == 1:
         volume_rate = frame_rate / per_volume if per_volume else frame_rate
-    zoom = _num(meta, "SI.hRoiManager.scanZoomFactor", 1.0) or 1.0
+    major = meta.get("SI.VERSION_MAJOR")
+    software = f"ScanImage {major}" if major not in (None, "") else f"ScanImage (TIFF format {version})"
+    return dict(channels=channels, planes=planes, frames_per_volume=per_volume, frames_per_slice=fps,
+                frame_rate=frame_rate, volume_rate=volume_rate, zoom=_num(meta, "SI.hRoiManager.scanZoomFactor", 1.0),
+                z=z, software=software, channel_key="SI.hChannels.channelSave", plane_key="SI.hStackManager.numSlices")
 
+
+def _acq_si45(path: Path, meta: dict, kind: str) -> dict:
+    """ScanImage 4 / 5.0: `scanimage.SI4.*` / `scanimage.SI5.*` in the ImageDescription (prefix removed)."""
+    key = f"scanimage.{kind}."
+    if "channelsSave" not in meta:
+        raise UserError(f"{path}: its ScanImage header has no {key}channelsSave; cannot tell its channels apart")
+    channels = [int(c) for c in _as_list(meta["channelsSave"])]
+    planes = max(int(_num(meta, "stackNumSlices", 1) or 1), 1)
+    fast = _truthy(meta.get("fastZEnable", 0)) and planes > 1
+    frame_rate = _num(meta, "scanFrameRate", 0.0) or 0.0
+    if fast:
+        fps = 1
+        flyback = 0 if _truthy(meta.get("fastZDiscardFlybackFrames", 0)) else int(_num(meta, "fastZNumDiscardFrames", 0) or 0)
+        per_volume = planes + max(flyback, 0)
+        volume_rate = frame_rate / per_volume
+    else:
+        frames = _num(meta, "acqNumFrames", 1) or 1
+        avg = _num(meta, "acqNumAveragedFrames", 1) or 1
+        fps = max(int(frames // max(avg, 1)), 1) if planes > 1 else 1
+        per_volume = planes
+        volume_rate = frame_rate
+    version = meta.get("versionMajor", kind[2:])
+    return dict(channels=channels, planes=planes, frames_per_volume=per_volume, frames_per_slice=fps,
+                frame_rate=frame_rate, volume_rate=volume_rate, zoom=_num(meta, "scanZoomFactor", 1.0), z=[],
+                software=f"ScanImage {version}", channel_key=f"{key}channelsSave", plane_key=f"{key}stackNumSlices")
+
+
+def _acq_state(path: Path, meta: dict) -> dict:
+    """ScanImage 3.x: the `state.*` header (prefix removed) in every page's ImageDescription."""
+    saving = {int(k[len("acq.savingChannel"):]): v for k, v in meta.items()
+              if k.startswith("acq.savingChannel") and k[len("acq.savingChannel"):].isdigit()}
+    key = "state.acq.savingChannelN"
+    if not saving:  # ScanImage 3.0-3.5 saved every acquired channel
+        saving = {int(k[len("acq.acquiringChannel"):]): v for k, v in meta.items()
+                  if k.startswith("acq.acquiringChannel") and k[len("acq.acquiringChannel"):].isdigit()}
+        key = "state.acq.acquiringChannelN"
+    channels = sorted(c for c, v in saving.items() if _truthy(v))
+    n_saved = _num(meta, "acq.numberOfChannelsSave")
+    if not channels:
+        raise UserError(
+            f"{path}: its ScanImage 3 header (state.*) flags no saved channel (state.acq.savingChannelN); "
+            "cannot tell its channels apart"
+        )
+    if n_saved is not None and int(n_saved) != len(channels):
+        raise UserError(
+            f"{path}: its ScanImage 3 header says {int(n_saved)} channel(s) saved (state.acq.numberOfChannelsSave) "
+            f"but flags channels {', '.join(map(str, channels))} ({key}); cannot tell its channels apart"
+        )
+    planes = max(int(_num(meta, "acq.numberOfZSlices", 1) or 1), 1)
+    frames = max(int(_num(meta, "acq.numberOfFrames", 1) or 1), 1)
+    avg = _num(meta, "acq.numAvgFramesSave")
+    if avg is not None and avg > 1:
+        fps = max(int(frames // avg), 1)
+    elif _truthy(meta.get("acq.averaging", 0)):
+        fps = 1  # the frames of a slice averaged into one saved frame
+    else:
+        fps = frames
+    if planes == 1:
+        fps = 1
+    frame_rate = _num(meta, "acq.frameRate", 0.0) or 0.0
+    version = meta.get("software.version")
+    step = _num(meta, "acq.zStepSize")
+    z = [k * float(step) for k in range(planes)] if step is not None and planes > 1 else []
+    return dict(channels=channels, planes=planes, frames_per_volume=planes, frames_per_slice=fps,
+                frame_rate=frame_rate, volume_rate=frame_rate if fps > 1 or planes == 1 else frame_rate / planes,
+                zoom=_num(meta, "acq.zoomFactor", 1.0), z=z,
+                software=f"ScanImage {version}" if version is not None else "ScanImage 3",
+                channel_key=key, plane_key="state.acq.numberOfZSlices")
+
+
+def _read_layout(path: Path, tif) -> ScanImageLayout:
+    if not tif.is_scanimage:
+        raise UserError(
+            f"{path} has no ScanImage metadata (no SI.* frame data in its header or pages); "
+            "it is a plain TIFF, not a ScanImage recording"
+        )
+    kind, meta = _header(path, tif)
+    version = int((tif.scanimage_metadata or {}).get("version") or 0)
+    if kind == "SI":
+        if version == 0:
+            version = int(_num(meta, "SI.TIFF_FORMAT_VERSION", 3) or 3)
+        acq = _acq_si(path, meta, version)
+    elif kind in ("SI4", "SI5"):
+        version = int(kind[2:])
+        acq = _acq_si45(path, meta, kind)
+    elif kind == "state":
+        version = 3
+        acq = _acq_state(path, meta)
+    else:
+        raise UserError(
+            f"{path}: tifffile sees ScanImage metadata but none livedenoise can read (no SI.*, scanimage.SI4/5.* "
+            "or state.* header); cannot tell its channels and planes apart"
+        )
+    channels, planes = acq["channels"], acq["planes"]
+    if not channels:
+        raise UserError(f"{path}: {acq['channel_key']} is empty; the file holds no saved channel")
+    if len(acq["z"]) != planes:
+        acq["z"] = []
+    for k in ("frame_rate", "volume_rate", "zoom"):
+        v = acq[k]
+        acq[k] = float(v) if v is not None and np.isfinite(v) else (1.0 if k == "zoom" else 0.0)
+    frame_rate, volume_rate, zoom, z = acq["frame_rate"], acq["volume_rate"], acq["zoom"], acq["z"]
+    per_volume, fps = acq["frames_per_volume"], acq["frames_per_slice"]
+    common = dict(path=path, version=version, channels=channels, planes=planes, frames_per_volume=per_volume,
+                  frames_per_slice=fps, frame_rate=float(frame_rate), volume_rate=float(volume_rate),
+                  zoom=float(zoom), z=z, metadata=meta, software=acq["software"],
+                  channel_key=acq["channel_key"], plane_key=acq["plane_key"])
+    if tif.is_bigtiff:
+        return _page_table(path, tif, common)
+    # tifffile reads a classic ScanImage file (<= 2015) as "virtual frames" spaced like its
+    # first pages, which misplaces pages of files not laid out exactly so: walk the real IFDs.
+    import tifffile
+
+    with tifffile.TiffFile(path, is_scanimage=False) as plain:
+        return _page_table(path, plain, common)
+
+
+def _page_table(path: Path, tif, common: dict) -> ScanImageLayout:
+    """The per-page frame numbers, timestamps and pixel offsets of a ScanImage TIFF."""
     pages = tif.pages
     pages.cache = False
     first = pages.first
@@ -246,14 +451,12 @@ def _read_layout(path: Path, tif) -> ScanImageLayout:
     dtype = np.dtype(first.dtype)
     if dtype.kind not in "iuf":
         raise UserError(f"{path}: sample type {dtype} is not supported (need integers or floats)")
-    common = dict(path=path, version=version, channels=channels, planes=planes, frames_per_volume=per_volume,
-                  frames_per_slice=fps, shape=page_shape, dtype=dtype, frame_rate=float(frame_rate),
-                  volume_rate=float(volume_rate), zoom=float(zoom), z=z, metadata=meta)
+    common = dict(common, shape=page_shape, dtype=dtype)
     fast = _walk_bigtiff(path, page_shape, dtype) if tif.is_bigtiff and tif.byteorder == "<" else None
     if fast is not None:
         numbers, stamps, offsets = fast
-        return ScanImageLayout(n_pages=len(numbers), frame_numbers=numbers, timestamps=stamps,
-                               offsets=offsets, **common)
+        return _checked(ScanImageLayout(n_pages=len(numbers), frame_numbers=numbers, timestamps=stamps,
+                                        offsets=offsets, **common))
     numbers, stamps, offsets = [], [], []
     contiguous = True
     frame_bytes = page_shape[0] * page_shape[1] * dtype.itemsize
@@ -281,10 +484,25 @@ def _read_layout(path: Path, tif) -> ScanImageLayout:
     n_pages = len(numbers)
     if n_pages == 0:
         raise UserError(f"{path} contains no images")
-    return ScanImageLayout(
+    return _checked(ScanImageLayout(
         n_pages=n_pages, frame_numbers=np.asarray(numbers, np.int64), timestamps=np.asarray(stamps, np.float64),
         offsets=np.asarray(offsets, np.int64) if contiguous else None, **common,
-    )
+    ))
+
+
+def _checked(layout: ScanImageLayout) -> ScanImageLayout:
+    """The layout once its pages can be placed (frameNumbers consistent; a numberless
+    slow stack that holds whole stacks): UserError otherwise."""
+    layout.frame_index()
+    if layout.placed_by == "page order" and layout.planes > 1 and layout.frames_per_slice > 1:
+        frames, stack = layout.n_pages // len(layout.channels), layout.planes * layout.frames_per_slice
+        if frames % stack:
+            raise UserError(
+                f"{layout.path.name}: its header says {layout.planes} planes ({layout.plane_key}) of "
+                f"{layout.frames_per_slice} frames each, but the file holds {frames} frames and no frameNumbers; "
+                "cannot tell its planes apart"
+            )
+    return layout
 
 
 def _walk_bigtiff(path: Path, shape: tuple[int, int], dtype: np.dtype):
@@ -375,7 +593,8 @@ class PageReader:
         else:
             import tifffile
 
-            self._tif = tifffile.TiffFile(layout.path)
+            # the real IFD chain, not tifffile's "virtual frames" of classic ScanImage files
+            self._tif = tifffile.TiffFile(layout.path, is_scanimage=False)
 
     def read(self, page: int) -> np.ndarray:
         """Page `page` as a new (lines, pixels) array in native byte order."""
@@ -392,6 +611,14 @@ class PageReader:
         except UserError:
             raise
         except Exception as exc:
+            comp = None
+            try:
+                comp = self._tif.pages[page].compression if self._tif is not None else None
+            except Exception:
+                pass
+            codec = missing_codec(lay.path, exc, comp)
+            if codec is not None:
+                raise codec from None
             raise UserError(f"{lay.path}: cannot read page {page} ({first_line(exc)}); the file may be truncated or corrupt") from None
 
     def close(self) -> None:
@@ -429,8 +656,8 @@ class ScanImageMovie(Movie):
 
     @property
     def frame_rate(self) -> float:
-        """Rate of this stream's frames (the volume rate for a multi-plane file)."""
-        return self.layout.volume_rate if self.layout.planes > 1 else self.layout.frame_rate
+        """Rate of this stream's frames in Hz (the volume rate for fast-z volumes; 0 when the header has none)."""
+        return self.layout.stream_rate
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._check_range(start, stop)
@@ -443,7 +670,8 @@ class ScanImageMovie(Movie):
         self._reader.close()
 
     def describe(self) -> str:
-        return f"{super().describe()} (ScanImage channel {self.channel}, plane {self.plane})"
+        rate = f", {self.frame_rate:.3g} Hz" if self.frame_rate > 0 else ""
+        return f"{super().describe()} ({self.layout.software} channel {self.channel}, plane {self.plane}{rate})"
 
 
 def open_scanimage_movie(path: str | os.PathLike, channel: int | None = None, plane: int | None = None) -> ScanImageMovie:
@@ -460,7 +688,7 @@ def open_scanimage_movie(path: str | os.PathLike, channel: int | None = None, pl
     elif int(channel) not in layout.channels:
         raise UserError(
             f"{name} has no channel {channel}: ScanImage saved channel{'s' if len(layout.channels) > 1 else ''} "
-            f"{', '.join(map(str, layout.channels))} (SI.hChannels.channelSave)"
+            f"{', '.join(map(str, layout.channels))} only ({layout.channel_key}); pick one of them with --channel"
         )
     if plane is None:
         if layout.planes > 1:
@@ -468,9 +696,14 @@ def open_scanimage_movie(path: str | os.PathLike, channel: int | None = None, pl
         plane = 1
     elif not 1 <= int(plane) <= layout.planes:
         avail = "plane 1 only" if layout.planes == 1 else f"planes 1-{layout.planes}"
-        raise UserError(f"{name} has no plane {plane}: it holds {avail} (SI.hStackManager.numSlices)")
+        raise UserError(f"{name} has no plane {plane}: it holds {avail} ({layout.plane_key})")
     movie = ScanImageMovie(layout, int(channel), int(plane))
     if len(movie) == 0:
         movie.close()
         raise UserError(f"{name} holds no frame of channel {channel}, plane {plane}")
+    try:
+        movie.read(0, 1)  # a missing codec or a broken first page fails here, not mid-run
+    except UserError:
+        movie.close()
+        raise
     return movie

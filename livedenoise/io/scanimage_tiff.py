@@ -13,6 +13,14 @@ volumes. `tifffile.TiffFile(path).is_scanimage` is True for these files and
 `.scanimage_metadata` parses them, as for files from a rig.
 
 >>> write_scanimage_tiff("scan.tif", volumes)            # volumes: (T, Z, C, H, W)
+
+Older ScanImage versions kept their header in every page's ImageDescription
+instead: ScanImage 3.x as ``state.acq.numberOfChannelsSave=1`` lines ending in
+CR, ScanImage 4 / 5.0 as ``scanimage.SI4.channelsSave = [1;2]`` lines.
+`write_legacy_scanimage_tiff` writes those (a classic TIFF, one page per saved
+channel per frame):
+
+>>> write_legacy_scanimage_tiff("old.tif", frames, version=3, saved=(2,), acquired=(1, 2), frame_rate=8.14)
 """
 
 from __future__ import annotations
@@ -113,6 +121,7 @@ def write_scanimage_tiff(
     timestamps: np.ndarray | None = None,
     version: int = 4,
     extra: Mapping[str, Any] | None = None,
+    frame_range: tuple[int, int | None] | None = None,
 ) -> Path:
     """Write `data` as a ScanImage TIFF; returns the path.
 
@@ -124,7 +133,10 @@ def write_scanimage_tiff(
     `slow_stack` logs all T frames of plane 1, then plane 2, ...
     `frame_numbers` / `timestamps`, shape (T, Z), override the frames'
     frameNumbers / frameTimestamps_sec (default: consecutive from 1, at
-    `frame_rate`).
+    `frame_rate`). `frame_range` (first, stop): log only those frames of the
+    acquisition (0-based, in acquisition order, flyback frames counted), as one
+    file of a multi-file acquisition: `(50, None)` starts the file at
+    `frameNumbers = 51`, mid-volume unless 50 is a multiple of the frames per volume.
     """
     data = np.asarray(data)
     if data.ndim != 5:
@@ -215,7 +227,11 @@ def write_scanimage_tiff(
     epoch = (now.year, now.month, now.day, now.hour, now.minute, now.second)
     blank = np.zeros((lines, pixels), data.dtype)
     pages: list[tuple[np.ndarray, bytes]] = []
+    first, stop = frame_range if frame_range is not None else (0, None)
+    keep = range(len(order))[first:stop]
     for i, ((t, z), n, ts) in enumerate(zip(order, frame_no, stamps)):
+        if i not in keep:
+            continue
         last = i == len(order) - 1
         desc = frame_description(n, ts, epoch=epoch, end_of_acquisition=last).encode("ascii") + b"\0"
         for c in range(n_c):
@@ -282,3 +298,83 @@ def _write_bigtiff(path: Path, pages, frame_text: bytes, roi_text: bytes, artist
         out += blobs
         out += img.astype(img.dtype.newbyteorder("<"), copy=False).tobytes()
     path.write_bytes(bytes(out))
+
+
+def state_header_text(fields: Mapping[str, Any]) -> str:
+    """A ScanImage 3.x ImageDescription: ``state.x.y=value`` lines (MATLAB syntax) ending in CR."""
+    return "".join(f"{k}={_matlab(v)}\r" for k, v in fields.items())
+
+
+def write_legacy_scanimage_tiff(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    version: int = 3,
+    saved: Sequence[int] | None = None,
+    acquired: Sequence[int] | None = None,
+    frame_rate: float = 8.0,
+    zoom: float = 1.6,
+    averaging: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `data` as a ScanImage 3.x (`state.*`) or 4 / 5.0 (`scanimage.SI4.*` / `SI5.*`) TIFF.
+
+    data: (T, Z, C, H, W): T frames per slice (one saved frame per slice with
+    `averaging`), Z slices, C saved channels, H lines, W pixels; uint16 or int16.
+    Pages run slice after slice (a slow stack, as these versions logged stacks),
+    frames of a slice in order, saved channels fastest. `saved` are the saved
+    channel IDs (default 1..C), `acquired` the acquired ones (default `saved`).
+    Version 5 pages also carry ``frameNumbers = n`` (1-based, per frame). `extra`
+    adds or overrides header fields (full key names). Returns the path.
+    """
+    import tifffile
+
+    data = np.asarray(data)
+    if data.ndim != 5:
+        raise ValueError(f"data must be (T, Z, C, H, W), got shape {data.shape}")
+    n_t, n_z, n_c, lines, pixels = data.shape
+    saved = tuple(int(c) for c in (saved if saved is not None else range(1, n_c + 1)))
+    acquired = tuple(int(c) for c in (acquired if acquired is not None else saved))
+    if len(saved) != n_c:
+        raise ValueError(f"{len(saved)} saved channel IDs for {n_c} channels")
+    if version == 3:
+        fields: dict[str, Any] = {
+            "state.configPath": "C:\\ScanImage\\ScanImage3.8", "state.configName": "rig",
+            "state.software.version": 3.8, "state.software.minorRev": 1,
+            "state.acq.numberOfZSlices": n_z, "state.acq.zStepSize": 2,
+            "state.acq.numAvgFramesSave": 1, "state.acq.averaging": int(bool(averaging)),
+            "state.acq.numberOfFrames": n_t, "state.acq.numberOfRepeats": 1,
+            "state.acq.linesPerFrame": lines, "state.acq.pixelsPerLine": pixels,
+            "state.acq.frameRate": float(frame_rate), "state.acq.zoomFactor": float(zoom),
+        }
+        for ch in range(1, 5):
+            fields[f"state.acq.acquiringChannel{ch}"] = int(ch in acquired)
+            fields[f"state.acq.savingChannel{ch}"] = int(ch in saved)
+        fields["state.acq.numberOfChannelsSave"] = n_c
+        fields["state.acq.numberOfChannelsAcquire"] = len(acquired)
+        if extra:
+            fields.update(extra)
+        header = state_header_text(fields)
+    elif version in (4, 5):
+        key = f"scanimage.SI{version}."
+        fields = {
+            f"{key}versionMajor": f"{version}.0", f"{key}channelsSave": tuple(saved) if n_c > 1 else saved[0],
+            f"{key}channelsActive": tuple(acquired) if len(acquired) > 1 else acquired[0],
+            f"{key}stackNumSlices": n_z, f"{key}fastZEnable": False,
+            f"{key}acqNumFrames": n_t, f"{key}acqNumAveragedFrames": 1,
+            f"{key}scanFrameRate": float(frame_rate), f"{key}scanZoomFactor": float(zoom),
+            f"{key}linesPerFrame": lines, f"{key}pixelsPerLine": pixels,
+        }
+        if extra:
+            fields.update(extra)
+        header = frame_data_text(fields)
+    else:
+        raise ValueError(f"version must be 3, 4 or 5, got {version}")
+    frames = [(z, t) for z in range(n_z) for t in range(n_t)] if not averaging else [(z, 0) for z in range(n_z)]
+    with tifffile.TiffWriter(path) as tw:
+        for n, (z, t) in enumerate(frames, start=1):
+            desc = (f"frameNumbers = {n}\n" + header) if version == 5 else header
+            for c in range(n_c):
+                tw.write(np.ascontiguousarray(data[t, z, c]), photometric="minisblack", description=desc,
+                         metadata=None)
+    return Path(path)

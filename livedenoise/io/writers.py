@@ -4,10 +4,13 @@
 extension: TIFF (.tif/.tiff; one uncompressed page per frame, contiguous, so
 readers can memory-map it; BigTIFF once the pixels pass 2 GB) or HDF5
 (.h5/.hdf5/.hdf; dataset `data`, chunked one frame per chunk, attributes from
-`attrs`). Data go to a hidden `<name>.partial` file that replaces `path` only
-when every frame has been written and the writer closes cleanly, so an
-interrupted run never leaves a half movie under the final name (nor touches an
-existing file there).
+`attrs`). Every writer follows the rule of `livedenoise.io.atomic`: frames go to
+the partial file `<stem>.partial<ext>` (`out.tif` -> `out.partial.tif`), which
+takes the final name only when every frame has been written and the writer
+closes cleanly; an interrupted run (an exception, Ctrl-C) never leaves a half
+movie under the final name, nor touches an existing file there, and keeps the
+frames it wrote under the partial name (a TIFF is preallocated: frames past the
+last written one are zeros).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.io import atomic
 
 TIFF_EXTS = (".tif", ".tiff")
 HDF5_EXTS = (".h5", ".hdf5", ".hdf")
@@ -30,14 +34,18 @@ BIGTIFF_BYTES = 2**31 - 2**25  # classic TIFF offsets are 32-bit: leave room for
 
 
 class MovieWriter(ABC):
+    """Writes `n_frames` frames of `frame_shape` and `dtype` to `path` (through its partial name, see module doc)."""
+
     def __init__(self, path: Path, n_frames: int, frame_shape: tuple[int, int], dtype):
         self.path = path
         self.n_frames = int(n_frames)
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.dtype = np.dtype(dtype)
         self.written = 0
-        self.partial = path.with_name(f".{path.name}.partial")
         self._closed = False
+        self._out = atomic.Output(path, owner=self, progress=lambda: f"{self.written} of {self.n_frames} frames")
+        self._out.prepare()
+        self.partial = self._out.partial
 
     def write(self, frames: np.ndarray) -> None:
         """Append (n, H, W) frames (or one (H, W) frame)."""
@@ -56,36 +64,46 @@ class MovieWriter(ABC):
     def _write(self, start: int, frames: np.ndarray) -> None: ...
 
     @abstractmethod
-    def _finish(self) -> None: ...
+    def _finish(self) -> None:
+        """Flush and close the file."""
 
     @abstractmethod
-    def _release(self) -> None: ...
+    def _release(self) -> None:
+        """Close the file without flushing (idempotent)."""
 
     def close(self) -> None:
-        """Finish the file; it appears under its name only when all frames were written."""
+        """Finish the file; it takes its final name only when all frames were written.
+
+        Errors: RuntimeError when fewer frames than declared were written (the partial
+        file keeps them; `path` is untouched).
+        """
         if self._closed:
             return
         self._closed = True
         complete = self.written == self.n_frames
         try:
-            self._finish() if complete else self._release()
-        finally:
-            if not complete:
-                with contextlib.suppress(OSError):
-                    self.partial.unlink()
+            self._finish()
+        except BaseException:
+            self._release()
+            self._out.interrupted(self.written > 0)
+            raise
         if not complete:
-            raise RuntimeError(f"{self.path}: only {self.written} of {self.n_frames} frames were written; file discarded")
-        os.replace(self.partial, self.path)
+            self._out.interrupted(self.written > 0)
+            kept = f"they are kept in {self.partial}" if self.written else "nothing was kept"
+            raise RuntimeError(f"{self.path}: only {self.written} of {self.n_frames} frames were written; {kept}")
+        self._out.complete()
 
     def abort(self) -> None:
-        """Drop the partial file; `path` is left as it was."""
+        """Stop: the frames written stay in the partial file (removed if none); `path` is left as it was."""
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(Exception):
-            self._release()
-        with contextlib.suppress(OSError):
-            self.partial.unlink()
+        try:
+            self._finish()
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._release()
+        self._out.interrupted(self.written > 0)
 
     def __enter__(self) -> "MovieWriter":
         return self
@@ -197,4 +215,6 @@ def open_writer(
             return TiffWriter(path, n_frames, tuple(frame_shape), dtype, attrs)
         return H5Writer(path, n_frames, tuple(frame_shape), dtype, attrs)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            atomic.partial_path(path).unlink()
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None

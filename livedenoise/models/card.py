@@ -101,8 +101,9 @@ class ModelCard:
         return cls.from_dict(data, source)
 
     def summary(self) -> str:
+        head = (f"{self.arch}({self.params.get('preset', '')}) {self.modality} pre={self.pre} post={self.post} "
+                f"omission={self.omission} lag={self.lag}")
+        if self.layout != "frames":  # ephys: windows of samples over any channel count
+            return f"{head} (samples) layout={self.layout}"
         shape = "any size" if self.frame_shape is None else "x".join(map(str, self.frame_shape))
-        return (
-            f"{self.arch}({self.params.get('preset', '')}) {self.modality} pre={self.pre} post={self.post} "
-            f"omission={self.omission} lag={self.lag} frames={shape}"
-        )
+        return f"{head} frames={shape}"

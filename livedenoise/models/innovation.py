@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import correlate1d, gaussian_filter
 
 from livedenoise.errors import UserError
 
@@ -37,6 +37,40 @@ TRUNCATE = 3.0
 """Gaussian kernels reach 3 sigma."""
 SIGMAS = (1.5, 2.0, 3.0, 4.0)
 KS = (1.0, 2.0, 4.0, 8.0, 16.0)
+MAX_EXCLUDE = 4
+NOISE_CORR = 0.05
+MIN_GAIN = 0.0
+"""Tuning keeps the step only when it lowers the self-supervised loss by more than this fraction. 0: any
+gain; with the correlated block excluded, what residual correlation can fake is ~1e-4 and the settings it
+picks then pass almost nothing (tests/models/test_innovation.py)."""
+"""Neighbouring pixels whose noise correlates above this are left out together (`noise_radius`)."""
+
+
+def noise_radius(raw: np.ndarray, max_radius: int = MAX_EXCLUDE) -> int:
+    """Radius in pixels within which the noise of a movie (T, H, W) is spatially correlated.
+
+    The noise is isolated by the second temporal difference x_t - (x_{t-1} + x_{t+1}) / 2;
+    the radius is the largest shift r (capped at `max_radius`) up to which the
+    correlation of that difference between pixels r apart, along x or y, exceeds
+    NOISE_CORR. 0: independent pixels.
+    """
+    x = np.asarray(raw, np.float32)
+    if x.ndim != 3 or x.shape[0] < 3:
+        return 0
+    d = x[1:-1] - 0.5 * (x[:-2] + x[2:])
+    d = np.where(np.isfinite(d), d, 0.0)
+    d -= d.mean()
+    var = float(np.mean(d * d))
+    if not var > 0:
+        return 0
+    r = 0
+    for k in range(1, max_radius + 1):
+        cx = float(np.mean(d[:, :, :-k] * d[:, :, k:])) / var if d.shape[2] > k else 0.0
+        cy = float(np.mean(d[:, :-k, :] * d[:, k:, :])) / var if d.shape[1] > k else 0.0
+        if max(abs(cx), abs(cy)) <= NOISE_CORR:
+            break
+        r = k
+    return r
 
 
 @dataclass(frozen=True)
@@ -45,21 +79,31 @@ class InnovationConfig:
     """Spatial scale (pixels) of the smoothed innovation: about a soma's radius."""
     k: float = 4.0
     """Shrinkage threshold in noise variances: lower keeps more of each onset, and more noise."""
+    exclude: int = 1
+    """Radius (pixels) of the block around each pixel left out of its smoothed innovation: 0 removes the
+    centre tap only; the noise of neighbouring pixels is often correlated (motion correction, scanning,
+    the detector's bandwidth), and J-invariance needs the whole correlated block left out (`noise_radius`)."""
 
     def __post_init__(self) -> None:
         if not 0.3 <= float(self.sigma_xy) <= 50:
             raise UserError(f"innovation: sigma_xy must be in [0.3, 50] pixels (got {self.sigma_xy})")
         if not 0 <= float(self.k) <= 1e6:
             raise UserError(f"innovation: k must be >= 0 (got {self.k})")
+        if not (isinstance(self.exclude, int) and 0 <= self.exclude <= MAX_EXCLUDE):
+            raise UserError(f"innovation: exclude must be an integer radius in 0..{MAX_EXCLUDE} (got {self.exclude!r})")
 
     def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+        return {k: (int(v) if k == "exclude" else float(v)) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "model card") -> "InnovationConfig":
+        """Settings from a card; cards tuned before `exclude` existed left out the centre tap only (exclude 0)."""
         try:
-            return cls(float(data["sigma_xy"]), float(data["k"]))
-        except (KeyError, TypeError, ValueError):
+            ex = data.get("exclude", 0)
+            if isinstance(ex, float) and ex == int(ex):
+                ex = int(ex)
+            return cls(float(data["sigma_xy"]), float(data["k"]), ex)
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise UserError(f"{source}: innovation settings {data!r} need numeric sigma_xy and k") from None
 
 
@@ -84,7 +128,7 @@ def config_for(card, k: float | None = None) -> tuple[InnovationConfig, str]:
     else:
         cfg, origin = InnovationConfig(), "defaults: this model predates tuning"
     if k is not None:
-        cfg, origin = InnovationConfig(cfg.sigma_xy, float(k)), f"{origin}, k from the command line"
+        cfg, origin = InnovationConfig(cfg.sigma_xy, float(k), cfg.exclude), f"{origin}, k from the command line"
     return cfg, origin
 
 
@@ -104,7 +148,7 @@ class InnovationStep:
         self._shape: tuple[int, int, int] | None = None
 
     def describe(self) -> str:
-        return f"innovation step sigma_xy={self.cfg.sigma_xy:g} k={self.cfg.k:g}"
+        return f"innovation step sigma_xy={self.cfg.sigma_xy:g} k={self.cfg.k:g} exclude={self.cfg.exclude}"
 
     def _buffers(self, b: int, h: int, w: int) -> None:
         if self._shape is not None and self._shape[0] >= b and self._shape[1:] == (h, w):
@@ -112,24 +156,33 @@ class InnovationStep:
         s = float(self.cfg.sigma_xy)
         r = int(TRUNCATE * s + 0.5)  # scipy's kernel radius
         taps = np.exp(-0.5 * (np.arange(-r, r + 1) / s) ** 2)
-        self._centre = np.float32((taps[r] / taps.sum()) ** 2)
-        ones = gaussian_filter(np.ones((h, w), np.float32), s, mode="constant", cval=0.0, truncate=TRUNCATE)
-        self._norm = (ones - self._centre).astype(np.float32)  # weight of the off-centre taps that land inside
+        taps /= taps.sum()
+        x = min(int(self.cfg.exclude), r)
+        self._block = taps[r - x:r + x + 1].astype(np.float32)  # the left-out block's taps (separable)
+        ones = np.ones((h, w), np.float32)
+        full = gaussian_filter(ones, s, mode="constant", cval=0.0, truncate=TRUNCATE)
+        self._norm = (full - self._block_part(ones[None])[0]).astype(np.float32)  # weight of the taps kept, inside
         self._d = np.empty((b, h, w), np.float32)
+        self._t = np.empty((b, h, w), np.float32)
+        self._tmp = np.empty((b, h, w), np.float32)
         self._e = np.empty((b, h, w), np.float32)
         self._sq = np.empty((h, w), np.float32)
         self._shape = (b, h, w)
 
+    def _block_part(self, d: np.ndarray, out: np.ndarray | None = None, tmp: np.ndarray | None = None) -> np.ndarray:
+        """The Gaussian's taps within `exclude` of the centre applied to d (B, H, W), zero padding."""
+        tmp = correlate1d(d, self._block, axis=1, output=tmp, mode="constant", cval=0.0)
+        return correlate1d(tmp, self._block, axis=2, output=out, mode="constant", cval=0.0)
+
     def _smoothed(self, pred: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """e: the innovation smoothed with the centre tap removed (a view of a buffer)."""
+        """e: the innovation smoothed with the block of radius `exclude` around each pixel removed (a view of a buffer)."""
         b, h, w = pred.shape
         self._buffers(b, h, w)
-        d, e = self._d[:b], self._e[:b]
+        d, e, t = self._d[:b], self._e[:b], self._t[:b]
         np.subtract(raw, pred, out=d, dtype=np.float32)
         s = float(self.cfg.sigma_xy)
         gaussian_filter(d, (0.0, s, s), output=e, mode="constant", cval=0.0, truncate=TRUNCATE)
-        d *= self._centre
-        e -= d
+        e -= self._block_part(d, out=t, tmp=self._tmp[:b])
         e /= self._norm
         return e
 
@@ -159,32 +212,43 @@ class InnovationStep:
 def tuning_summary(tuned: dict[str, Any]) -> str:
     """One line for a `tune_innovation` result: the settings and how much they lowered the loss."""
     gain = 100 * (1 - tuned["loss_best"] / tuned["loss_prediction"])
-    return (f"sigma_xy {tuned['sigma_xy']:g}, k {tuned['k']:g} "
+    return (f"sigma_xy {tuned['sigma_xy']:g}, k {tuned['k']:g}, exclude {tuned.get('exclude', 0)} "
             f"(self-supervised loss -{gain:.2f}% on {tuned['frames']} frames)")
 
 
 def tune(pred: np.ndarray, raw: np.ndarray, sigmas: Iterable[float] = SIGMAS,
-         ks: Iterable[float] = KS) -> tuple[InnovationConfig | None, dict[str, Any]]:
+         ks: Iterable[float] = KS, exclude: int | None = None) -> tuple[InnovationConfig | None, dict[str, Any]]:
     """Self-supervised choice of (sigma_xy, k): least mean squared difference to the raw frames.
 
     `pred` and `raw` are (T, H, W) in the same units, pred from a model that never
-    reads frame t. Returns None when no setting beats the prediction alone, and a
-    report: the loss of the prediction alone, of the best setting, and of each one.
+    reads frame t. `exclude`: the radius left out around each pixel; None
+    measures it on `raw` (`noise_radius`), so that the loss stays blind to the
+    noise of frame t even where neighbouring pixels share it. Non-finite pixels
+    are left out of the loss. Returns None when no setting beats the prediction
+    alone by at least MIN_GAIN, and a report: the loss of the prediction alone, of
+    the best setting, and of each one, and the exclusion radius.
     """
     pred = np.asarray(pred, np.float32)
     raw = np.asarray(raw)
-    base = float(np.mean(np.square(pred - raw, dtype=np.float64)))
+    ex = noise_radius(raw) if exclude is None else int(exclude)
+    finite = np.isfinite(raw) & np.isfinite(pred)
+    pred = np.where(finite, pred, 0.0).astype(np.float32)
+    raw_f = np.where(finite, raw, 0.0).astype(np.float32)
+
+    def loss(est: np.ndarray) -> float:
+        return float(np.mean(np.square(est - raw_f, dtype=np.float64)[finite])) if finite.any() else 0.0
+
+    base = loss(pred)
     table = []
     for s in sigmas:
-        step = InnovationStep(InnovationConfig(float(s), 0.0))
-        e = step._smoothed(pred, raw).copy()
+        step = InnovationStep(InnovationConfig(float(s), 0.0, ex))
+        e = step._smoothed(pred, raw_f).copy()
         for k in ks:
             out = pred.copy()
             step._shrink(out, e, float(k))
-            table.append({"sigma_xy": float(s), "k": float(k),
-                          "loss": float(np.mean(np.square(out - raw, dtype=np.float64)))})
+            table.append({"sigma_xy": float(s), "k": float(k), "loss": loss(out)})
     best = min(table, key=lambda r: r["loss"]) if table else None
-    report = {"loss_prediction": base, "loss_best": best["loss"] if best else base, "grid": table}
-    if best is None or best["loss"] >= base:
+    report = {"loss_prediction": base, "loss_best": best["loss"] if best else base, "grid": table, "exclude": ex}
+    if best is None or best["loss"] >= base * (1.0 - MIN_GAIN):
         return None, report
-    return InnovationConfig(best["sigma_xy"], best["k"]), report
+    return InnovationConfig(best["sigma_xy"], best["k"], ex), report

@@ -22,7 +22,6 @@ depend on the weights.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import tempfile
@@ -40,7 +39,6 @@ def register(subparsers) -> None:
         "stream",
         help="live service: end-to-end latency and highest sustained frame rate",
         description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", action="append", default=None, help="model file (repeatable); default: two lite models")
     p.add_argument("--backend", action="append", default=None,

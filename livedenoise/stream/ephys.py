@@ -62,6 +62,21 @@ def open_ephys_engine(model: str | os.PathLike, backend: str = "auto", device: s
     return eng
 
 
+def ring_capacity(card, max_block: int = 4096, ring_samples: int | None = None) -> int:
+    """Samples a `SamplePipeline` ring holds for this model card: the window plus 8 blocks (or `ring_samples`).
+
+    It is also the pipeline's (and the sidecar's) largest gap: a forward jump of
+    more samples is a new acquisition (stream/gaps.py).
+    """
+    p = card.params
+    if card.layout == "block":
+        before, after = int(p["ctx_before"]), int(p["ctx_after"])
+    else:
+        before = int(p.get("ctx_before", card.pre + card.omission))
+        after = int(p.get("ctx_after", int(card.lag)))
+    return max(ring_samples or (before + after + 1 + 8 * int(max_block)), min_frames(card) + 1)
+
+
 class Samples(NamedTuple):
     """Output of the pipeline: `sample_numbers` (n,) int64 and `data` (n, channels) float32 µV."""
 
@@ -80,12 +95,16 @@ class SamplePipeline:
     per sample (n,), or the first sample's number (the rest follow it), or None
     (continue the current segment; 0 for the very first sample).
 
-    Counters: `segments` started, `gaps` and `restarts` that started one,
-    `passthrough` samples output raw, `too_short` of them because their segment
-    ended before `min_frames(card)` samples.
+    Counters: `segments` started, `gaps`, `jumps` and `restarts` that started
+    one (a jump is a forward gap larger than `max_gap` samples, when given:
+    a new acquisition; see stream/gaps.py), `passthrough` samples
+    output raw, `too_short` of them because their segment ended before
+    `min_frames(card)` samples. Nothing is allocated in proportion to a gap or
+    a jump: the rings are allocated once.
     """
 
-    def __init__(self, engine, n_channels: int, max_block: int = 4096, batch: int = 256, ring_samples: int | None = None):
+    def __init__(self, engine, n_channels: int, max_block: int = 4096, batch: int = 256, ring_samples: int | None = None,
+                 max_gap: int | None = None):
         self.engine = engine
         self.card = card = engine.card
         if card.modality != "ephys":
@@ -108,7 +127,8 @@ class SamplePipeline:
             self._ie = interp_ephys
         self.history = self.before + self.after + 1
         self.need = min_frames(card)
-        cap = max(ring_samples or (self.history + 8 * self.max_block), self.need + 1)
+        cap = ring_capacity(card, self.max_block, ring_samples)
+        self.max_gap = None if max_gap is None else int(max_gap)
         self.ring = Ring(cap, (self.C,), np.float32)  # normalised samples of the current segment
         self.raw = Ring(cap, (self.C,), np.float32)  # raw µV, for pass-through samples
         self.offsets = np.asarray(self.spec.offsets, np.int64)
@@ -118,7 +138,7 @@ class SamplePipeline:
         """Samples of the current segment output so far."""
         self.base: int | None = None
         """Sample number of the current segment's first sample (None: no segment open)."""
-        self.segments = self.gaps = self.restarts = self.passthrough = self.too_short = 0
+        self.segments = self.gaps = self.jumps = self.restarts = self.passthrough = self.too_short = 0
 
     # ------------------------------------------------------------------ state
 
@@ -155,12 +175,13 @@ class SamplePipeline:
                 raise ValueError(f"{len(sn)} sample numbers for {n} samples")
         outs: list[Samples] = []
         for a, b in gaps.segments(sn):
-            step = gaps.classify(self.expected, int(sn[a]))
+            step = gaps.classify(self.expected, int(sn[a]), self.max_gap)
             if step is not gaps.Step.CONTINUE or self.base is None:
                 outs.append(self.finish())
                 self.base = int(sn[a])
                 self.segments += 1
                 self.gaps += step is gaps.Step.GAP
+                self.jumps += step is gaps.Step.JUMP
                 self.restarts += step is gaps.Step.RESTART
             outs.append(self._push_segment(uv[a:b]))
         return _cat(outs, self.C)
@@ -337,6 +358,7 @@ def denoise_recording(
         "channels": rec.n_channels,
         "segments": pipe.segments,
         "gaps": pipe.gaps,
+        "jumps": pipe.jumps,
         "restarts": pipe.restarts,
         "seconds": wall,
         "realtime_factor": (done / rec.sample_rate) / wall if wall > 0 else float("inf"),

@@ -11,6 +11,11 @@ the wire protocol's `frame`; Open Ephys `sample_numbers` or the ZMQ Interface's
   holds exactly what was received, and every output carries its own counter.
 - **restart** (it falls back: the acquisition was restarted or the counter
   reset): the same, counted as a restart rather than a gap.
+- **jump** (it jumps forward by more than the caller's `max_gap`, e.g. more
+  frames than the ring holds, or a sample number from another recording): a
+  new acquisition starts at the received value (new files live); nothing is
+  allocated or counted in proportion to the jump, and it is not counted as
+  dropped frames or samples (counters count only what was received).
 - **continue**: the expected value.
 
 A file whose counters have gaps is therefore denoised segment by segment, exactly
@@ -28,13 +33,20 @@ class Step(str, Enum):
     CONTINUE = "continue"
     GAP = "gap"
     RESTART = "restart"
+    JUMP = "jump"
 
 
-def classify(expected: int | None, got: int) -> Step:
-    """What a counter value `got` means when `expected` was next (None: nothing seen yet)."""
+def classify(expected: int | None, got: int, max_gap: int | None = None) -> Step:
+    """What a counter value `got` means when `expected` was next (None: nothing seen yet).
+
+    max_gap: the largest forward gap that is still a gap in the same
+    acquisition; a larger one is a JUMP (None: no limit).
+    """
     if expected is None or got == expected:
         return Step.CONTINUE
-    return Step.GAP if got > expected else Step.RESTART
+    if got < expected:
+        return Step.RESTART
+    return Step.JUMP if max_gap is not None and got - expected > max_gap else Step.GAP
 
 
 def segments(counters: np.ndarray) -> list[tuple[int, int]]:

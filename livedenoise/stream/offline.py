@@ -43,6 +43,11 @@ class DenoiseStats:
     dtype: str
     innovation: dict | None = None
     """The innovation step's settings when it was applied."""
+    norm: dict | None = None
+    """How the frames were normalised: {"mode": "data" | "card" | "given", "frames", "mean", "std",
+    "card_mean", "card_std", "note"} (`note`: a large mismatch between the movie and the card)."""
+    nonfinite: int = 0
+    """NaN/Inf pixels of the input (output as NaN)."""
 
     @property
     def fps(self) -> float:
@@ -61,8 +66,9 @@ def check_movie_fits(movie, card) -> None:
     if card.frame_shape is not None and list(movie.shape[1:]) != list(card.frame_shape):
         h, w = movie.shape[1:]
         raise UserError(
-            f"{movie.path.name} has {h}x{w} frames but the model was built for "
-            f"{'x'.join(map(str, card.frame_shape))} frames; use a model trained at this size"
+            f"{movie.path.name} has {h}x{w} frames but this exported model is fixed to "
+            f"{'x'.join(map(str, card.frame_shape))} frames; export the .pt checkpoint again with "
+            f"--frame-shape {h} {w} (the .pt runs at any size)"
         )
 
 
@@ -90,7 +96,7 @@ def _to_dtype(pred: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) 
 
 def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, progress: bool = True,
                   chunk: int = DEFAULT_CHUNK, innovation: InnovationStep | None = None,
-                  counters: np.ndarray | None = None, step: int = 1) -> DenoiseStats:
+                  counters: np.ndarray | None = None, step: int = 1, norm="card", renorm: int = 0) -> DenoiseStats:
     """Denoise every frame of `movie` ((T, H, W) reader) with `engine`, appending the results to `writer`.
 
     The frames go through the same `FramePipeline` as a live stream: pushed
@@ -99,8 +105,11 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
     gives each frame's source counter (frame number; default 0..T-1), which
     advance by `step`: a jump or fall back splits the movie into segments
     exactly as the live service does (stream/gaps.py). Every frame gets an
-    output. Errors: UserError for a movie the model cannot take (`check_movie_fits`)
-    or batch < 1.
+    output. `norm` (models/norm.py): "card" (the model card's statistics),
+    "data" (the movie's own: `sample_frames_norm` of the whole movie, or with
+    `renorm=N` of its first N frames, exactly as `serve --renorm N`), or a
+    (mean, std) pair. Errors: UserError for a movie the model cannot take
+    (`check_movie_fits`) or batch < 1.
     """
     card = engine.card
     check_movie_fits(movie, card)
@@ -114,16 +123,18 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
     chunk = max(batch, -(-int(chunk) // batch) * batch)
     spec = card.window
     margin = 2 * (spec.lag - min(0, min(spec.offsets)) + batch + min_frames(card)) + 8
-    pipe = FramePipeline(engine, (h, w), movie.dtype, capacity=min(t_total, chunk) + margin, max_batch=batch,
-                         innovation=innovation, step=step, name=movie.path.name)
+    stats_given, first_n, mode = _norm_plan(movie, card, norm, renorm)
+    pipe = FramePipeline(engine, (h, w), movie.dtype, capacity=max(min(t_total, chunk), first_n) + margin,
+                         max_batch=batch, innovation=innovation, step=step, name=movie.path.name,
+                         norm=stats_given, renorm=first_n)
     out = np.empty((chunk, h, w), dtype)
     filled = 0
 
     bar = None
     if progress:
-        from tqdm import tqdm
+        from livedenoise.progress import Progress
 
-        bar = tqdm(total=t_total, unit="frame", desc="denoise", leave=False, dynamic_ncols=True)
+        bar = Progress(t_total, "frame", "denoise", leave=False)
 
     def flush() -> None:
         nonlocal filled
@@ -161,7 +172,44 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
         raise RuntimeError(f"internal error: {pipe.next_out} of {t_total} frames output, {pipe.stats.overflow} overflowed")
     seconds = time.perf_counter() - started
     return DenoiseStats(t_total, pipe.passthrough, seconds, batch, dtype.name,
-                        innovation.cfg.to_dict() if innovation is not None else None)
+                        innovation.cfg.to_dict() if innovation is not None else None,
+                        _norm_report(mode, first_n, pipe, card, movie), int(pipe.stats.nonfinite))
+
+
+def _norm_plan(movie, card, norm, renorm: int) -> tuple[tuple[float, float] | None, int, str]:
+    """(statistics to give the pipeline, first-N frames for it to estimate them on, mode) for `norm`."""
+    from livedenoise.models.norm import NORM_MODES, sample_frames_norm
+
+    if isinstance(norm, tuple):
+        return (float(norm[0]), float(norm[1])), 0, "given"
+    if norm not in NORM_MODES:
+        raise UserError(f"--norm must be one of {', '.join(NORM_MODES)} (got {norm!r})")
+    if renorm < 0:
+        raise UserError(f"--renorm must be >= 0 frames (got {renorm})")
+    if norm == "card":
+        return None, 0, "card"
+    if renorm:
+        return None, min(int(renorm), len(movie)), "data"
+    return sample_frames_norm(len(movie), lambda i: movie.read(i, i + 1)[0]), 0, "data"
+
+
+def _norm_report(mode: str, first_n: int, pipe, card, movie) -> dict:
+    """What normalised the frames, and a note when the movie's statistics are far from the card's."""
+    from livedenoise.models.norm import SAMPLE_FRAMES, mismatch, sample_frames_norm
+
+    card_mean, card_std = float(card.norm_mean), float(card.norm_std)
+    used = (card_mean, card_std) if pipe.mean is None else (float(pipe.mean), float(pipe.std))
+    if mode == "card":  # the movie's own statistics, only to compare
+        mean, std = sample_frames_norm(len(movie), lambda i: movie.read(i, i + 1)[0])
+    else:
+        mean, std = used
+    note = mismatch(card_mean, card_std, mean, std)
+    if note is not None:
+        note += (": normalised by the movie's own (--norm card to use the model's)" if mode == "data" else
+                 ": the model's normalisation may not fit this movie (--norm data normalises by its own)")
+    frames = first_n or min(len(movie), SAMPLE_FRAMES)
+    return {"mode": mode, "frames": frames, "mean": used[0], "std": used[1], "movie_mean": mean,
+            "movie_std": std, "card_mean": card_mean, "card_std": card_std, "note": note}
 
 
 def denoise_array(engine, data: np.ndarray, **kw) -> np.ndarray:
@@ -218,10 +266,16 @@ def denoise_file(
     chunk: int = DEFAULT_CHUNK,
     innovation: bool = False,
     innovation_k: float | None = None,
+    axes: str | None = None,
+    norm="data",
+    renorm: int = 0,
+    threads: int | None = None,
 ) -> DenoiseStats:
     """Open `src`, denoise it with `model`, write `dst` (TIFF or HDF5). The input is never written.
 
     `innovation` applies the innovation step with the card's settings (`innovation_k` overrides k).
+    `axes`: the stored layout when the file does not say (`open_movie`). `norm`/`renorm`: as in
+    `denoise_movie`; by default the movie's own statistics (a model serves other sessions).
     """
     from livedenoise.export.engines import open_engine
     from livedenoise.io.readers import open_movie
@@ -234,8 +288,8 @@ def denoise_file(
         raise UserError(f"cannot write {dst.name}: unknown output format {dst.suffix or '(no extension)'!r}; use one of {', '.join(WRITER_EXTS)}")
     from livedenoise.io.writers import open_writer
 
-    with open_movie(src, channel=channel, plane=plane, dataset=dataset) as movie:
-        engine = open_engine(model, backend)
+    with open_movie(src, channel=channel, plane=plane, dataset=dataset, axes=axes) as movie:
+        engine = open_engine(model, backend, threads=threads)
         check_movie_fits(movie, engine.card)
         inno, _ = step_for(engine.card, innovation, innovation_k)
         dtype = output_dtype(movie.dtype, out_dtype)
@@ -247,4 +301,4 @@ def denoise_file(
         counters = movie.counters()
         with open_writer(dst, len(movie), movie.shape[1:], dtype, attrs=attrs) as writer:
             return denoise_movie(movie, engine, writer, batch=batch, out_dtype=out_dtype, progress=progress, chunk=chunk,
-                                 innovation=inno, counters=counters, step=movie.frame_step)
+                                 innovation=inno, counters=counters, step=movie.frame_step, norm=norm, renorm=renorm)

@@ -22,7 +22,12 @@ the same innovation step. The rules:
   position in the file offline). A counter that is not the previous one plus
   `step` ends the current segment and starts a new one at that frame: a jump
   forward is a gap (the missing counter values are counted as
-  `dropped_upstream`), a fall back is a restart (`restarts`). Windows never
+  `dropped_upstream`), a fall back is a restart (`restarts`). A jump forward
+  by more than the ring holds (`capacity` frames of `step`) is a JUMP: a new
+  segment too, counted in `gaps` and `jumps` but not as dropped frames
+  (counters count only what was received; the live service starts a new
+  acquisition there before the pipeline sees it). Nothing is allocated or
+  looped over in proportion to a gap or jump. Windows never
   cross a segment boundary: output t of a segment starting at index a uses
   `a + card.window.source_indices(t - a, last - a)`, with `last` the segment's
   final index once it has ended (`None` while it is open) -- the end-of-recording
@@ -34,8 +39,13 @@ the same innovation step. The rules:
   frames through raw (`passthrough`, counted in `too_short`, one log warning
   per segment). With `renorm=N`, outputs also wait for the stream's first N
   frames (or its end).
-- **Normalisation** (models/norm.py): the card's mean/std, or with `renorm=N`
-  `estimate_norm` of the stream's first N frames.
+- **Normalisation** (models/norm.py): `norm=(mean, std)` when given (offline:
+  the movie's own statistics), else with `renorm=N` `estimate_norm` of the
+  stream's first N frames (live), else the card's mean/std.
+- **Non-finite pixels** (NaN borders of motion-corrected movies, Inf): filled
+  with the normalisation mean in the model's input windows; where frame t
+  itself is non-finite the output is NaN (masked), the innovation step adds
+  nothing there, and the pixels are counted in `nonfinite`.
 - **Passthrough.** A frame whose window has no usable frame at all (a causal
   model's first frame of each segment) is output raw, as float32, flagged.
 - **Batching.** `collect()` takes up to `max_batch` ready frames in index order
@@ -85,13 +95,17 @@ class PipelineCounts:
         self.restarts = 0
         """Counters that fell back inside one stream."""
         self.gaps = 0
-        """Gaps (segments ended by a jump forward)."""
+        """Gaps (segments ended by a jump forward), JUMPs included."""
+        self.jumps = 0
+        """Jumps forward by more than the ring holds (not counted in dropped_upstream)."""
         self.overflow = 0
         """Frames not output: the ring overwrote their inputs first."""
         self.skipped = 0
         """Frames not output under policy "latest"."""
         self.too_short = 0
         """Frames passed through raw because their segment had fewer than min_frames frames."""
+        self.nonfinite = 0
+        """NaN/Inf pixels of denoised frames t: filled for the model, output as NaN."""
 
 
 class Batch:
@@ -119,7 +133,9 @@ class Batch:
             return
         b, c = self.max_batch, self.n_inputs
         self.windows = np.zeros((b, c, *shape), np.float32)
-        self.current = np.zeros((b, *shape), np.float32) if self.with_current else None
+        self.current = np.zeros((b, *shape), np.float32)
+        self.mask = np.zeros((b, *shape), bool)
+        self.fmask = np.zeros(shape, bool)
         self.den = np.zeros((b, *shape), np.float32)
         self.out = np.zeros((b, *shape), np.float32)
         self.shape = shape
@@ -167,16 +183,19 @@ class FramePipeline:
     `capacity`: frames the ring holds (>= the window's span + 2 and >= renorm);
     `max_batch`: most outputs per job; `innovation`: an `InnovationStep` or None;
     `renorm`: 0 for the card's normalisation, else the number of first frames to
-    estimate it on; `step`: counter increment between consecutive frames;
+    estimate it on; `norm`: (mean, std) to use instead of either; `step`: counter increment between consecutive frames;
     `name`: for log messages; `stats`: the object whose counters are added to
-    (`PipelineCounts` by default, or any object with its attributes); `batch`: a shared `Batch` (one is made otherwise).
+    (`PipelineCounts` by default, or any object with its attributes); `batch`: a shared `Batch` (one is made otherwise);
+    `warn`: called as `warn(fmt, *args)` for the too-short warning (default: the module logger's warning; the
+    service passes a rate-limited one).
     Errors: ValueError for a capacity too small for the window or renorm.
     """
 
     def __init__(self, engine, frame_shape: tuple[int, int], dtype, *, capacity: int, max_batch: int = 8,
                  innovation=None, renorm: int = 0, step: int = 1, name: str = "stream", stats=None,
-                 batch: Batch | None = None):
+                 batch: Batch | None = None, warn=None, norm: tuple[float, float] | None = None):
         self.engine = engine
+        self._warn = warn if warn is not None else log.warning
         self.card = engine.card
         self.window = self.card.window
         self.lag = self.window.lag
@@ -202,6 +221,13 @@ class FramePipeline:
             raise ValueError("the shared batch does not fit this pipeline")
         self.mean: float | None = None
         self.std: float | None = None
+        if norm is not None:
+            mean, std = float(norm[0]), float(norm[1])
+            if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
+                raise ValueError(f"normalisation needs a finite mean and a std > 0, got {norm}")
+            self.mean, self.std = mean, std
+        self._float = np.dtype(dtype).kind == "f"
+        """Float frames may hold NaN/Inf: masked (module docstring)."""
         self.next_out = 0
         """Next index to output (or skip)."""
         self.closed = False
@@ -217,7 +243,7 @@ class FramePipeline:
         """Append one raw frame (H, W); returns how its counter continued the stream (gaps.Step).
 
         `counter` None means the expected next value (previous + step, 0 first).
-        A gap or restart ends the current segment here (module docstring).
+        A gap, jump or restart ends the current segment here (module docstring).
         Errors: RuntimeError after `finish()`.
         """
         if self.closed:
@@ -225,13 +251,16 @@ class FramePipeline:
         expected = None if self._last_counter is None else self._last_counter + self.step
         if counter is None:
             counter = 0 if expected is None else expected
-        what = classify(expected, int(counter))
+        what = classify(expected, int(counter), self.ring.capacity * self.step)
         if what is not Step.CONTINUE:
             self._end_segment()
             self._starts.append(self.ring.end)
             if what is Step.GAP:
                 self.stats.dropped_upstream += (int(counter) - expected) // self.step
                 self.stats.gaps += 1
+            elif what is Step.JUMP:
+                self.stats.gaps += 1
+                self.stats.jumps += 1
             else:
                 self.stats.restarts += 1
         self.ring.put(frame, counter=counter, time=t, arrival=arrival)
@@ -254,8 +283,8 @@ class FramePipeline:
         a, n = self._starts[-1], self.ring.end - self._starts[-1]
         if 0 < n < self.need:
             c0 = int(self.ring.field("counter", a)) if self.ring.holds(a) else a
-            log.warning("%s: %d frame(s) from frame %d end before this %s model's minimum of %d frames; "
-                        "they pass through raw (flagged passthrough)", self.name, n, c0, self.card.arch, self.need)
+            self._warn("%s: %d frame(s) from frame %d end before this %s model's minimum of %d frames; "
+                       "they pass through raw (flagged passthrough)", self.name, n, c0, self.card.arch, self.need)
 
     # ------------------------------------------------------------------ state
     @property
@@ -381,7 +410,12 @@ class FramePipeline:
                 w = b.windows[rows]
                 for c in range(len(idx)):
                     normalise(data[idx[c] % cap], mean, std, out=w[c])
-                if b.current is not None:
+                    if self._float:  # non-finite inputs take the mean (0 once normalised)
+                        np.isfinite(w[c], out=b.fmask)
+                        if not b.fmask.all():
+                            np.logical_not(b.fmask, out=b.fmask)
+                            np.copyto(w[c], np.float32(0.0), where=b.fmask)
+                if self.innovation is not None or self._float:
                     np.copyto(b.current[rows], data[s], casting="unsafe")
                 rows += 1
             n += 1
@@ -409,8 +443,19 @@ class FramePipeline:
             if pred.size != rows * h * w:
                 raise RuntimeError(f"engine returned {pred.shape}, expected {(rows, h, w)}")
             den = denormalise(pred.reshape(rows, h, w), self.mean, self.std, out=b.den[:rows])
+            bad = 0
+            if self._float:
+                cur, mask = b.current[:rows], b.mask[:rows]
+                np.isfinite(cur, out=mask)
+                np.logical_not(mask, out=mask)
+                bad = int(np.count_nonzero(mask))
+                if bad:
+                    self.stats.nonfinite += bad
+                    np.copyto(cur, den, where=mask)  # no innovation where frame t has no value
             if self.innovation is not None:
                 self.innovation.apply(den, b.current[:rows])
+            if bad:
+                np.copyto(den, np.float32(np.nan), where=b.mask[:rows])
             if rows == n:
                 frames = den
             else:

@@ -1,8 +1,10 @@
 """`livedenoise replay`: publish a movie file exactly as a microscope would.
 
 The publisher binds a PUB socket (an XPUB, to see subscriptions), waits until
-a subscriber has subscribed to `frame` (at most `wait_s` seconds, 10 by
-default; with 0 it does not wait: a real microscope does not either), then
+`subscribers` subscribers (1 by default: e.g. `serve` and a `view` or
+`listen` beside it need 2) have subscribed to `frame` (at most `wait_s`
+seconds, 10 by default; with 0 it does not wait: a real microscope does not
+either), then
 sends `start` (frame rate, frame size, channels, planes, frames), the frames
 paced on an absolute clock (frame k leaves at t0 + k / fps, so pacing never
 drifts; a late frame is sent at once and counted in `late`), and `stop`.
@@ -48,6 +50,7 @@ def wire_dtype(dtype: np.dtype) -> str:
 
 def open_publisher(ctx: zmq.Context, endpoint: str, sndhwm: int = 100_000) -> zmq.Socket:
     sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's subscription, not just the first of a topic
     sock.setsockopt(zmq.SNDHWM, sndhwm)
     sock.setsockopt(zmq.LINGER, 2000)
     bind(sock, endpoint, "replay endpoint", "--endpoint")
@@ -55,17 +58,23 @@ def open_publisher(ctx: zmq.Context, endpoint: str, sndhwm: int = 100_000) -> zm
 
 
 def wait_for_subscriber(sock: zmq.Socket, timeout_s: float, stop_event: threading.Event | None = None,
-                        topic: bytes = b"frame") -> bool:
-    """Wait until some subscriber has subscribed to `topic` (True) or `timeout_s` passed (False)."""
+                        topic: bytes = b"frame", count: int = 1) -> int:
+    """Wait until `count` subscriptions covering `topic` have arrived or `timeout_s` passed.
+
+    Returns how many arrived (>= count: all of them). The socket must be an XPUB
+    with XPUB_VERBOSE (`open_publisher`), so that each subscriber is seen.
+    """
     deadline = time.monotonic() + timeout_s
-    while True:
+    seen = 0
+    while seen < count:
         left = deadline - time.monotonic()
         if left <= 0 or (stop_event is not None and stop_event.is_set()):
-            return False
+            break
         if sock.poll(int(min(left, 0.1) * 1000) + 1, zmq.POLLIN):
             msg = sock.recv()
             if msg[:1] == b"\x01" and topic.startswith(msg[1:]):
-                return True
+                seen += 1
+    return seen
 
 
 def _drain_subscriptions(sock: zmq.Socket) -> None:
@@ -183,10 +192,12 @@ def _scanimage_source(path: Path):
 def replay_movie(path, endpoint: str = DEFAULT_INPUT, fps: float | None = 30.0, loop: bool = False,
                  stop_event: threading.Event | None = None, channel: int | None = None, plane: int | None = None,
                  dataset: str | None = None, frames: int | None = None, wait_s: float = 10.0,
-                 ctx: zmq.Context | None = None, on_sent=None) -> dict:
-    """Publish a movie file on `endpoint` like a microscope; returns {frames, passes, seconds, fps, late}.
+                 ctx: zmq.Context | None = None, on_sent=None, subscribers: int = 1, announce=None) -> dict:
+    """Publish a movie file on `endpoint` like a microscope; returns {frames, passes, seconds, fps, late, subscribers}.
 
     `fps=None` paces a ScanImage TIFF by its recorded frame times (30 Hz for plain movies).
+    `subscribers`: how many to wait for (up to `wait_s` s); `announce(line)` is called
+    once the movie is open and the endpoint bound, before waiting.
     """
     path = Path(path)
     si = _scanimage_source(path)
@@ -209,11 +220,18 @@ def replay_movie(path, endpoint: str = DEFAULT_INPUT, fps: float | None = 30.0, 
     sock = None
     try:
         sock = open_publisher(ctx, endpoint)
-        if wait_s > 0 and not wait_for_subscriber(sock, wait_s, stop_event):
+        if announce is not None:
+            announce(f"publishing {path.name} on {endpoint}"
+                     + (f"; waiting up to {wait_s:g} s for {subscribers} subscriber(s)" if wait_s > 0 else ""))
+        seen = 0
+        if wait_s > 0:
+            seen = wait_for_subscriber(sock, wait_s, stop_event, count=subscribers)
             if stop_event is not None and stop_event.is_set():
-                return {"frames": 0, "passes": 0, "seconds": 0.0, "fps": None, "late": 0}
-            log.warning("replay: no subscriber on %s after %.0f s; publishing anyway", endpoint, wait_s)
-        return publish(sock, start_meta, one_pass, fps, loop, stop_event, on_sent)
+                return {"frames": 0, "passes": 0, "seconds": 0.0, "fps": None, "late": 0, "subscribers": seen}
+            if seen < subscribers:
+                log.warning("replay: %d of %d subscriber(s) on %s after %.0f s; publishing anyway",
+                            seen, subscribers, endpoint, wait_s)
+        return {**publish(sock, start_meta, one_pass, fps, loop, stop_event, on_sent), "subscribers": seen}
     finally:
         if sock is not None:
             sock.close()

@@ -23,7 +23,17 @@ same frames. This module owns the policies around it:
   latency, `passthrough` / `innovation` flags) and, with `--record`, to the
   recorder; stats once per `stats_interval`;
 - normalisation: the model card's mean/std, or with `renorm=N` the mean/std
-  of the first N frames of each acquisition (outputs wait for them).
+  of the first N frames of each acquisition (outputs wait for them);
+- supervision (stream/health.py): the receiver and the recorder run under
+  `SupervisedThread`, and the engine loop (this thread) is supervised the same
+  way: an unexpected exception is counted in the loop's `ThreadHealth` and the
+  loop goes on after a short pause; an exception while collecting or
+  publishing one acquisition's outputs is that acquisition's (retried, and
+  after `ACQ_MAX_FAULTS` in a row it is only recorded). Every stats message
+  carries each thread's health (`threads`). When a thread cannot go on
+  (restarts exhausted), the service stops cleanly (drains, flushes, final
+  stats with `fatal`) and `run()` raises `ServiceFailed` with one line, so
+  `serve` exits non-zero: it never stays up deaf while still sending stats.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,14 +49,31 @@ from typing import Callable
 from livedenoise.errors import UserError
 from livedenoise.models.innovation import step_for
 from livedenoise.models.registry import min_frames
+from livedenoise.stream.health import ThreadHealth
 from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
 from livedenoise.stream.pipeline import Batch, FramePipeline
-from livedenoise.stream.sources.frames import Acquisition, FrameReceiver, StreamTable
+from livedenoise.stream.sources.frames import Acquisition, FrameReceiver, RateLimitedLog, StreamTable
 from livedenoise.stream.stats import ServiceStats
 
 log = logging.getLogger("livedenoise.stream")
 
 POLICIES = ("all", "latest")
+ACQ_MAX_FAULTS = 3
+"""Unexpected errors in a row on one acquisition's outputs before it is only recorded."""
+
+
+class ServiceFailed(UserError):
+    """A thread of the service could not go on; the service stopped cleanly first.
+
+    `str(exc)` is one line; `exc.final` holds the final stats (with `fatal`).
+    The CLI prints the line and exits 1.
+    """
+
+    exit_code = 1
+
+    def __init__(self, line: str, final: dict | None = None):
+        super().__init__(line)
+        self.final = final or {}
 
 
 @dataclass
@@ -70,6 +98,14 @@ class ServeConfig:
     innovation: bool = False
     innovation_k: float | None = None
     """Override of the innovation step's k; implies `innovation`."""
+    max_streams: int = 256
+    """Most (channel, plane) streams open at once; one more closes the least recently used."""
+    record_max_open: int = 256
+    """Most recording files open at once (also at most a quarter of the open-file limit)."""
+    record_idle_s: float = 30.0
+    """A recording file whose stream sent nothing for this long is closed (it continues in a new part)."""
+    max_restarts: int = 5
+    """Restarts of a thread within 60 s before the service gives up (non-zero exit)."""
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "ServeConfig":
@@ -89,6 +125,10 @@ class ServeConfig:
             raise UserError(f"--duration must be > 0 s, got {self.duration}")
         if self.record_format not in ("h5", "tiff"):
             raise UserError(f"--record-format must be h5 or tiff, got {self.record_format!r}")
+        if self.max_streams < 1:
+            raise UserError(f"--max-streams must be >= 1, got {self.max_streams}")
+        if self.record_max_open < 1:
+            raise UserError(f"--record-max-open must be >= 1, got {self.record_max_open}")
         if self.input == self.output:
             raise UserError(f"--input and --output are the same endpoint ({self.input}); the output needs its own port")
         return self
@@ -134,6 +174,12 @@ class Service:
         self.stop = stop_event or threading.Event()
         self.on_stats = on_stats
         self.stats = ServiceStats()
+        self.fatal: str | None = None
+        """One line once a thread could not go on (run() then raises ServiceFailed)."""
+        self.engine_health = ThreadHealth("engine")
+        self._engine_restarts: list[float] = []
+        self._log_fault = RateLimitedLog(logging.ERROR)
+        self._warn_short = RateLimitedLog(logging.WARNING)
         self.recorder = None
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -145,23 +191,51 @@ class Service:
             if cfg.record:
                 from livedenoise.stream.sinks.recorder import Recorder
 
-                self.recorder = Recorder(cfg.record, cfg.record_format, cfg.record_queue_mb, self.stats)
+                self.recorder = Recorder(cfg.record, cfg.record_format, cfg.record_queue_mb, self.stats,
+                                         max_open=cfg.record_max_open, idle_close_s=cfg.record_idle_s,
+                                         on_fatal=self._on_fatal)
         except BaseException:
             self._close_sockets()
             raise
         self._batch = Batch(cfg.max_batch, self.card.n_inputs, self.innovation is not None)
-        self.table = StreamTable(self._make_pipeline, self.stats, self.recorder)
+        self.table = StreamTable(self._make_pipeline, self.stats, self.recorder, max_gap=cfg.ring,
+                                 max_streams=cfg.max_streams)
         self._recv_stop = threading.Event()
-        self.receiver = FrameReceiver(self.sub, self.table, self.stats, self._recv_stop)
+        self.receiver = self._make_receiver()
+        self.stats.threads = {"receiver": self.receiver.health, "engine": self.engine_health}
+        if self.recorder is not None:
+            self.stats.threads["recorder"] = self.recorder.health
+
+    def _make_receiver(self) -> FrameReceiver:
+        """The SUB socket's supervised thread (not started yet)."""
+        return FrameReceiver(self.sub, self.table, self.stats, self._recv_stop, on_fatal=self._on_fatal,
+                             max_restarts=self.cfg.max_restarts)
 
     def _make_pipeline(self, shape: tuple[int, int], dtype: str, step: int, name: str) -> FramePipeline:
         """A new acquisition's pipeline (called by the receiver thread); all share the engine loop's batch buffers."""
         return FramePipeline(self.engine, shape, dtype, capacity=self.cfg.ring, max_batch=self.cfg.max_batch,
                              innovation=self.innovation, renorm=self.cfg.renorm, step=step, name=name,
-                             stats=self.stats, batch=self._batch)
+                             stats=self.stats, batch=self._batch, warn=self._warn_short)
+
+    def _on_fatal(self, line: str) -> None:
+        """A thread cannot go on (any thread may call this): stop the service; run() then raises."""
+        if self.fatal is None:
+            self.fatal = line
+            self.stats.fatal = line
+        self.stop.set()
+        try:
+            with self.table.cond:
+                self.table.cond.notify_all()
+        except AttributeError:  # during __init__, before the table exists
+            pass
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict:
+        """Run until `stop_event` is set or `cfg.duration` passes; returns the final stats.
+
+        Errors: `ServiceFailed` (one line, `.final` the final stats) when a
+        thread could not go on; the service has then stopped cleanly.
+        """
         self.receiver.start()
         try:
             self.engine.warmup(1)
@@ -169,19 +243,23 @@ class Service:
             log.debug("engine warm-up skipped: %s", exc)
         t_end = None if self.cfg.duration is None else time.monotonic() + self.cfg.duration
         next_stats = time.monotonic() + self.cfg.stats_interval
+        self.engine_health.state = "running"
         try:
             while not self.stop.is_set():
-                now = time.monotonic()
-                if t_end is not None and now >= t_end:
-                    break
-                if now >= next_stats:
-                    self._emit_stats()
-                    next_stats = now + self.cfg.stats_interval
-                if not self._step():
-                    with self.table.cond:
-                        if not self._has_work():
-                            self.table.cond.wait(min(0.05, max(0.0, next_stats - time.monotonic())))
-            return self._shutdown()
+                try:
+                    now = time.monotonic()
+                    if t_end is not None and now >= t_end:
+                        break
+                    if now >= next_stats:
+                        next_stats = now + self.cfg.stats_interval
+                        self._emit_stats()
+                    if not self._step():
+                        with self.table.cond:
+                            if not self._has_work():
+                                self.table.cond.wait(min(0.05, max(0.0, next_stats - time.monotonic())))
+                except Exception as exc:  # noqa: BLE001 -- the engine loop never dies silently
+                    self._engine_fault(exc)
+            final = self._shutdown()
         except BaseException:
             self._recv_stop.set()
             self.receiver.join(2)
@@ -189,17 +267,62 @@ class Service:
                 self.recorder.close()
             self._close_sockets()
             raise
+        if self.fatal:
+            raise ServiceFailed(self.fatal, final)
+        return final
+
+    def _engine_fault(self, exc: BaseException) -> None:
+        """An unexpected exception in the engine loop: count it, pause, go on; give up when they come too often."""
+        h = self.engine_health
+        h.record(exc, "loop: ")
+        log.error("engine loop: unexpected error, going on:\n%s", traceback.format_exc())
+        now = time.monotonic()
+        self._engine_restarts = [t for t in self._engine_restarts if now - t < 60.0] + [now]
+        if len(self._engine_restarts) > self.cfg.max_restarts:
+            h.state = "failed"
+            line = (f"the engine loop failed {len(self._engine_restarts)} times in 60 s "
+                    f"(last: {h.last_error}); cannot go on")
+            log.error(line)
+            self._on_fatal(line)
+            return
+        h.restarts += 1
+        h.state = "restarting"
+        self.stop.wait(0.2)
+        h.state = "running"
+
+    def _acq_fault(self, acq: Acquisition, exc: BaseException, what: str) -> None:
+        """An unexpected exception on one acquisition's outputs: counted; after ACQ_MAX_FAULTS in a row it is only recorded."""
+        self.engine_health.record(exc, f"{what} ch{acq.stream[0]} plane{acq.stream[1]}: ")
+        self.engine_health.restarts += 1  # the loop starts over with the next step (not counted towards giving up)
+        acq.faults += 1
+        if acq.faults >= ACQ_MAX_FAULTS:
+            acq.failed = True
+            self.stats.engine_errors += 1
+        self._log_fault("engine loop: unexpected error %s stream ch%d plane%d (%s: %s)%s", what, *acq.stream,
+                        type(exc).__name__, exc,
+                        "; this acquisition is only recorded from now on" if acq.failed else "; retrying")
 
     def _shutdown(self) -> dict:
         self._recv_stop.set()
         self.receiver.join(5)
         self.table.close_all()
         deadline = time.monotonic() + self.cfg.drain_timeout
-        while time.monotonic() < deadline and self._step():
-            pass
-        self._forward_controls()
+        while time.monotonic() < deadline:
+            try:
+                if not self._step():
+                    break
+            except Exception as exc:  # noqa: BLE001
+                self.engine_health.record(exc, "drain: ")
+                log.error("engine loop: unexpected error while draining: %s: %s", type(exc).__name__, exc)
+                break
+        try:
+            self._forward_controls()
+        except Exception as exc:  # noqa: BLE001
+            self.engine_health.record(exc, "drain: ")
         if self.recorder is not None:
             self.recorder.close()
+        if self.engine_health.state != "failed":
+            self.engine_health.state = "stopped"
         final = self.stats.snapshot(final=True)
         final.update(self._identity())
         if self.recorder is not None:
@@ -257,12 +380,20 @@ class Service:
             for acq in self.table.pending():
                 if acq.failed or not self._fits(acq):
                     continue
-                job = acq.pipeline.collect(self.cfg.policy)
+                try:
+                    job = acq.pipeline.collect(self.cfg.policy)
+                except Exception as exc:  # noqa: BLE001 -- this acquisition's fault, not the loop's
+                    self._acq_fault(acq, exc, "collecting")
+                    continue
                 if job is not None:
                     break
         if job is None:
             return False
-        self._run_job(acq, job)
+        try:
+            self._run_job(acq, job)
+            acq.faults = 0
+        except Exception as exc:  # noqa: BLE001
+            self._acq_fault(acq, exc, "publishing")
         return True
 
     def _forward_controls(self) -> None:

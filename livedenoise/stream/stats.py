@@ -1,9 +1,12 @@
 """Counters and latency percentiles of the live service, in constant memory.
 
 `ServiceStats` is shared by the receiver thread (frames in, malformed,
-dropped upstream, restarts) and the engine loop (frames out, skipped,
-overflow, too short, engine time); the stream pipelines add to it too. Plain integer increments under the GIL; each counter
-has one writer thread. `snapshot()` builds the `stats` message body.
+dropped upstream, restarts, jumps) and the engine loop (frames out, skipped,
+overflow, too short, engine time); the stream pipelines and the recorder add
+to it too. Plain integer increments under the GIL; each counter has one writer
+thread. `snapshot()` builds the `stats` message body, including each
+supervised thread's health (`threads`: receiver, engine, recorder; see
+stream/health.py) and, once a thread could not go on, `fatal` (one line).
 """
 
 from __future__ import annotations
@@ -74,15 +77,19 @@ COUNTERS = (
     "frames_in",       # valid frame messages received
     "frames_out",      # denoised frames published
     "dropped_upstream",  # frames missing upstream (skipped frame numbers)
-    "gaps",            # jumps in frame numbers: each ends a segment (docs/serve.md)
+    "gaps",            # gaps in frame numbers within the ring's reach: each ends a segment (docs/serve.md)
     "skipped",         # frames not denoised under --policy latest
     "overflow",        # frames not denoised because the ring overwrote them (--policy all)
     "malformed",       # messages that broke the protocol
     "restarts",        # stream resets: start message, shape/dtype change, counter going back
+    "jumps",           # frame numbers jumping beyond what the ring holds: a new acquisition (not counted as dropped)
+    "evicted",         # streams closed because more than max_streams were open (least recently used first)
     "passthrough",     # frames output raw (no input frame existed yet: a causal model's first frame; too_short)
     "too_short",       # frames output raw because their acquisition (or segment) had fewer than min_frames frames
+    "nonfinite",       # NaN/Inf pixels of raw frames: filled for the model, output as NaN (docs/serve.md)
     "engine_errors",   # engine failures (the stream is then only recorded)
-    "record_dropped",  # frames the recorder could not keep up with (disk too slow)
+    "record_dropped",  # frames not recorded: the disk too slow (queue full) or a file error of their stream
+    "record_errors",   # file errors of the recorder (create/write/close), per stream in `record_stream_errors`
     "batches",
 )
 
@@ -101,6 +108,15 @@ class ServiceStats:
         self.queue_depth = 0
         self.record_queue = 0
         self.record_queue_mb = 0.0
+        self.record_files_open = 0
+        self.record_stream_errors: dict = {}
+        """{file stem: {"errors", "dropped", "last_error"}}: replaced (never mutated) by the recorder thread."""
+        self.threads: dict = {}
+        """name -> `health.ThreadHealth` of each supervised thread (set by the service)."""
+        self.last_malformed = ""
+        """Why the last malformed message was refused (the receiver's)."""
+        self.fatal: str | None = None
+        """One line once a thread could not go on (the service then stops, non-zero)."""
 
     def add_latency(self, ms: float) -> None:
         self.latency.add(ms)
@@ -136,6 +152,12 @@ class ServiceStats:
         out["queue_depth"] = int(self.queue_depth)
         out["record_queue"] = int(self.record_queue)
         out["record_queue_mb"] = round(float(self.record_queue_mb), 1)
+        out["last_malformed"] = self.last_malformed
+        out["record_files_open"] = int(self.record_files_open)
+        out["record_stream_errors"] = dict(self.record_stream_errors)
+        out["threads"] = {name: h.as_dict() for name, h in list(self.threads.items())}
+        if self.fatal:
+            out["fatal"] = self.fatal
         out["uptime_s"] = round(now - self.started, 2)
         self._last = {"time": now, "frames_in": out["frames_in"], "frames_out": out["frames_out"]}
         return out
@@ -154,4 +176,13 @@ def stats_line(s: dict) -> str:
     )
     if s.get("record_dropped") or s.get("record_queue_mb", 0) > 64:
         line += f" | recorder behind: {s['record_queue_mb']:.0f} MB queued, {s['record_dropped']} lost"
+    if s.get("record_errors"):
+        line += f" | record errors {s['record_errors']} ({len(s.get('record_stream_errors') or {})} file(s))"
+    if s.get("jumps") or s.get("evicted"):
+        line += f" | jumps {s.get('jumps', 0)} evicted {s.get('evicted', 0)}"
+    for name, h in (s.get("threads") or {}).items():
+        if h.get("errors") or h.get("state") not in ("starting", "running", "stopped"):
+            last = (h.get("last_error") or "")[:80]
+            line += f" | {name} {h.get('state')}: {h.get('errors', 0)} error(s), {h.get('restarts', 0)} restart(s)"
+            line += f" (last: {last})" if last else ""
     return line

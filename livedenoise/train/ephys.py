@@ -180,6 +180,5 @@ def train_ephys(
     card.training.update({"steps_done": done, "final_loss": float(np.mean(hist["loss"][-20:])) if hist["loss"] else None,
                           "val_loss": hist["val_loss"], "train_seconds": round(time.perf_counter() - t0, 1)})
     net = net.cpu()
-    save_checkpoint(Path(out), card, net.state_dict())
-    log(f"saved {out}: {card.summary()}")
+    save_checkpoint(Path(out), card, net.state_dict())  # the command says where (one line)
     return card, hist

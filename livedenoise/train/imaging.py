@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -108,11 +109,28 @@ class TrainConfig:
 
 
 def loss_fn(name: str):
+    """The training loss: l1, l2 or mixed, over the finite targets only.
+
+    Non-finite target pixels (NaN borders of motion-corrected movies, Inf
+    patches) are left out of the loss; inputs were filled by `SampleMaker`.
+    """
     if name == "l1":
-        return F.l1_loss
-    if name == "l2":
-        return F.mse_loss
-    return lambda a, b: 0.5 * F.l1_loss(a, b) + 0.5 * F.mse_loss(a, b)
+        base = F.l1_loss
+    elif name == "l2":
+        base = F.mse_loss
+    else:
+        def base(a, b):
+            return 0.5 * F.l1_loss(a, b) + 0.5 * F.mse_loss(a, b)
+
+    def masked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        finite = torch.isfinite(b)
+        if bool(finite.all()):
+            return base(a, b)
+        if not bool(finite.any()):
+            return (a * 0.0).sum()  # nothing to learn from: zero loss, zero gradient
+        return base(a[finite], b[finite])
+
+    return masked
 
 
 def make_card(cfg: TrainConfig, mean: float = 0.0, std: float = 1.0) -> ModelCard:
@@ -229,34 +247,86 @@ def _evaluate(net, val: tuple[torch.Tensor, torch.Tensor], lossf, chunk: int = 8
     return total / max(n, 1)
 
 
-def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device,
-                    max_frames: int = 100, max_side: int = 256) -> dict | None:
-    """Self-supervised innovation settings for `net` on (a centre crop of) the first frames of `src`.
-
-    The frames are denoised exactly as `livedenoise denoise` would (same windows and
-    edges). Returns the card entry ({sigma_xy, k, loss_prediction, loss_best, frames,
-    crop}) or None when the step does not apply to this model or does not lower the loss.
-    """
-    from livedenoise.export.engines.torch import TorchEngine
-    from livedenoise.models.innovation import applies_to, tune
-    from livedenoise.stream.offline import denoise_array
-
+def held_out_frames(card: ModelCard, src: MovieSource, max_frames: int = 300, max_side: int = 256) -> np.ndarray:
+    """The first `max_frames` frames of `src` (a centre crop of at most `max_side`), float32 (T, h, w)."""
     n = min(len(src), max_frames)
-    if applies_to(card) is not None or n < registry.min_frames(card):  # the one length rule
-        return None
     h, w = src.frame_shape
     ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))
     y, x = (h - ch) // 2, (w - cw) // 2
-    raw = np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
+    return np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
+
+
+def predict(net, card: ModelCard, raw: np.ndarray, device: torch.device) -> np.ndarray:
+    """The model's prediction of every frame of `raw` (T, H, W), exactly as `livedenoise denoise` makes it
+    (same windows, edges and normalisation; no innovation step)."""
+    from livedenoise.export.engines.torch import TorchEngine
+    from livedenoise.stream.offline import denoise_array
+
     was_training = net.training
     engine = TorchEngine(card, net, str(device))  # puts net in eval mode, on `device`
     pred = denoise_array(engine, raw)
     net.train(was_training)
+    return pred
+
+
+def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device,
+                    max_frames: int = 100, max_side: int = 256, raw: np.ndarray | None = None,
+                    pred: np.ndarray | None = None) -> dict | None:
+    """Self-supervised innovation settings for `net` on (a centre crop of) the first frames of `src`.
+
+    The frames are denoised exactly as `livedenoise denoise` would (same windows and
+    edges); `raw`/`pred` (T, H, W) given by the caller are used instead. Returns the
+    card entry ({sigma_xy, k, loss_prediction, loss_best, frames, crop}) or None when
+    the step does not apply to this model or does not lower the loss.
+    """
+    from livedenoise.models.innovation import applies_to, tune
+
+    if raw is None:
+        if len(src) < registry.min_frames(card):  # the one length rule
+            return None
+        raw = held_out_frames(card, src, max_frames, max_side)
+    raw, pred = raw[:max_frames], None if pred is None else pred[:max_frames]
+    if applies_to(card) is not None or len(raw) < registry.min_frames(card):
+        return None
+    if pred is None:
+        pred = predict(net, card, raw, device)
     cfg, report = tune(pred, raw)
     if cfg is None:
         return None
     return {**cfg.to_dict(), "loss_prediction": report["loss_prediction"], "loss_best": report["loss_best"],
-            "frames": n, "crop": [ch, cw]}
+            "frames": len(raw), "crop": list(raw.shape[1:])}
+
+
+def _select_and_report(net, card: ModelCard, candidates: dict[str, dict], src: MovieSource, held_out: bool,
+                       device: torch.device) -> tuple[str, dict, np.ndarray, np.ndarray]:
+    """Pick the candidate weights with the lowest held-out loss on whole frames; report its quality.
+
+    candidates: name -> state_dict. Returns (chosen name, card entry, raw, prediction)
+    with the entry {"selected", "held_out_loss" per candidate, "quality"} (train/quality.py).
+    """
+    from livedenoise.train.quality import held_out_loss, quality_report
+
+    raw = held_out_frames(card, src)
+    past = max(0, -card.window.span[0])  # frames before t the model reads
+    losses, preds = {}, {}
+    for name, state in candidates.items():
+        net.load_state_dict(state)
+        preds[name] = predict(net, card, raw, device)
+        losses[name] = held_out_loss(raw, preds[name], past, card.lag)
+    chosen = min(losses, key=lambda k: losses[k])
+    net.load_state_dict(candidates[chosen])
+    h, w = raw.shape[1:]
+    side = 128  # the report's crop: enough pixels, seconds not minutes on a CPU
+    y, x = (h - min(h, side)) // 2, (w - min(w, side)) // 2
+    crop = (slice(None), slice(y, y + min(h, side)), slice(x, x + min(w, side)))
+    try:
+        quality = quality_report(raw[crop], preds[chosen][crop], past, card.lag)
+        quality["held_out"] = held_out
+        quality["source"] = src.name
+    except ValueError as exc:
+        quality = {"skipped": str(exc)}
+    entry = {"selected": chosen, "held_out_loss": losses, "selection_frames": int(len(raw)), "quality": quality}
+    return chosen, entry, raw, preds[chosen]
 
 
 def train(movies: Sequence, cfg: TrainConfig, val_movies: Sequence | None = None, log=None):
@@ -273,6 +343,44 @@ def train(movies: Sequence, cfg: TrainConfig, val_movies: Sequence | None = None
         return _train(movies, cfg, val_movies, dist, device, log)
     finally:
         dist.close()
+
+
+def _say(log, line: str) -> None:
+    """One status line: to `log` when given, else to stderr."""
+    if log is not None:
+        log(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _after_training(net, card: ModelCard, cfg: TrainConfig, val_src, train_src, final_state: dict, best_state: dict,
+                    best_step: int, step: int, device: torch.device, log):
+    """Rank 0 after the last step: select the weights, report their quality, tune the innovation step.
+
+    Returns (selection entry or None, innovation tuning or None, chosen state, its step).
+    """
+    tuned = None
+    selection = None
+    # the held-out loss on whole frames picks between the best-on-crops and the final weights
+    # (a few validation crops are too few to select a checkpoint), then scores the choice
+    usable = [s for s in val_src if len(s) >= registry.min_frames(card)]
+    held_out = bool(usable)
+    usable = usable or [s for s in train_src if len(s) >= registry.min_frames(card)]
+    candidates = {"final": final_state}
+    if best_step != step:
+        candidates["best_validation"] = best_state
+    if usable and step:
+        chosen, selection, raw, pred = _select_and_report(net, card, candidates, usable[0], held_out, device)
+        best_state = candidates[chosen]
+        if chosen == "final":
+            best_step = step
+        if cfg.tune_innovation:
+            tuned = tune_innovation(net, card, usable[0], device, raw=raw, pred=pred)
+    else:
+        net.load_state_dict(best_state)
+        if cfg.tune_innovation and usable:
+            tuned = tune_innovation(net, card, usable[0], device)
+    return selection, tuned, best_state, best_step
 
 
 def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.device, log):
@@ -324,9 +432,9 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
 
     bar = None
     if cfg.progress and dist.main:
-        from tqdm import tqdm
+        from livedenoise.progress import Progress
 
-        bar = tqdm(total=cfg.steps, unit="step", dynamic_ncols=True, desc=f"train {card.arch}")
+        bar = Progress(cfg.steps, "step", f"train {card.arch}")
 
     best_state = copy.deepcopy(net.state_dict())
     best_val = math.inf
@@ -372,6 +480,9 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
             step += 1
             seen += cfg.batch * dist.world
             lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise ValueError(f"training loss became {lv} at step {step}: lower --lr, or check the movie "
+                                 f"(its normalisation is mean {card.norm_mean:.4g}, std {card.norm_std:.4g})")
             running = lv if running is None else 0.95 * running + 0.05 * lv
             history["step"].append(step)
             history["loss"].append(lv)
@@ -383,7 +494,7 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
                 post = {"loss": f"{running:.4f}", "samples/s": f"{rate:.1f}"}
                 if last_val is not None:
                     post["val"] = f"{last_val:.4f}"
-                bar.set_postfix(post, refresh=False)
+                bar.set_postfix(post)
                 bar.update(1)
             elif log and dist.main and step % cfg.val_every == 0:
                 log(f"step {step} loss {running:.4f} val {last_val if last_val is not None else float('nan'):.4f} {rate:.1f} samples/s")
@@ -395,16 +506,26 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
 
     if dist.main and val is not None and (not history["val_step"] or history["val_step"][-1] != step) and step:
         validate()
+    final_state = copy.deepcopy(net.state_dict())
     if val is None:
-        best_state, best_step = copy.deepcopy(net.state_dict()), step
+        best_state, best_step = final_state, step
     registry.training_outputs(card, net, False)
     tuned = None
-    if dist.main and cfg.tune_innovation:
-        net.load_state_dict(best_state)
-        usable = [src for src in (*val_src, *train_src) if len(src) > card.window.size]  # validation first
-        tuned = tune_innovation(net, card, usable[0], device) if usable else None
-        if tuned is not None:
-            card.innovation = {"sigma_xy": tuned["sigma_xy"], "k": tuned["k"]}
+    selection = None
+    skipped = None
+    if interrupted and dist.main:
+        _say(log, f"interrupted at step {step}: choosing the best weights and writing the checkpoint; "
+                  "Ctrl-C again to skip the quality report and innovation tuning")
+    try:
+        if dist.main:
+            selection, tuned, best_state, best_step = _after_training(
+                net, card, cfg, val_src, train_src, final_state, best_state, best_step, step, device, log)
+    except KeyboardInterrupt:
+        skipped = "interrupted again: the quality report and innovation tuning were skipped"
+        _say(log, f"{skipped}; writing the checkpoint")
+        interrupted = True
+    if tuned is not None:
+        card.innovation = {"sigma_xy": tuned["sigma_xy"], "k": tuned["k"], "exclude": tuned.get("exclude", 0)}
 
     elapsed = time.perf_counter() - t_start
     history.update(best_step=best_step, best_val_loss=None if val is None else best_val, steps=step,
@@ -427,6 +548,9 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
         "world_size": dist.world,
         "init": init_info,
         "innovation_tuning": tuned,
+        "selection": selection,
+        "interrupted": interrupted,
+        "skipped": skipped,
     }
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     return card, state, history

@@ -95,12 +95,14 @@ def sample_norm(sources: list[MovieSource], max_frames: int = 256) -> tuple[floa
     The frames are read one at a time and go to `models.norm.estimate_norm`, the
     estimate `serve --renorm` uses too.
     """
+    from livedenoise.models.norm import spread
+
     per = max(1, max_frames // max(1, len(sources)))
 
     def frames():
         for src in sources:
-            for i in np.unique(np.linspace(0, len(src) - 1, min(per, len(src))).astype(int)):
-                yield src.frames([i])
+            for i in spread(len(src), per):
+                yield src.frames([int(i)])
 
     return estimate_norm(frames())
 
@@ -180,6 +182,9 @@ class SampleMaker:
         xs, ys = zip(*(self.one(rng) for _ in range(n)))
         x = normalise(np.stack(xs), self.mean, self.std)
         y = normalise(np.stack(ys), self.mean, self.std)
+        # non-finite pixels: inputs filled with the mean (0 once normalised), targets NaN (left out of the loss)
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        y[~np.isfinite(y)] = np.nan
         return x, y
 
     def fixed(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

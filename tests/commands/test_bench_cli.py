@@ -25,9 +25,13 @@ def test_bench_engine_table_lists_skipped_backends(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "m.pt")
     onnx_path, _ = export_onnx(ckpt, tmp_path / "m.onnx", frame_shape=(24, 24))
     rc = main(["bench", "engine", "--model", str(onnx_path), "--batch", "1", "--repeats", "2", "--warmup", "0"])
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
     assert rc == 0
     assert "frames/s" in out and "p50 ms" in out and "p99 ms" in out
+    progress = cap.err.splitlines()
+    first_row = next(i for i, line in enumerate(progress) if "onnxruntime" in line)
+    assert any("backend" in line and "frames/s" in line for line in progress[:first_row])  # a header before the rows
     assert "onnxruntime" in out and "skipped torch: needs the .pt checkpoint" in out
 
 

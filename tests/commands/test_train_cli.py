@@ -157,3 +157,57 @@ def test_a_classic_filter_follows_the_same_length_rule(tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = _cli("denoise", one, tmp_path / "d1.tif", "--model", tmp_path / "c.pt", "--quiet", cwd=tmp_path)
     assert proc.returncode == 2 and "needs at least 2" in proc.stderr, proc.stderr
+
+
+def _read_lines(stream, sink):
+    import threading
+
+    t = threading.Thread(target=lambda: sink.extend(iter(stream.readline, "")), daemon=True)
+    t.start()
+    return t
+
+
+def _wait_for(lines, text, proc, timeout=300.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in line for line in lines):
+            return True
+        if proc.poll() is not None:
+            return any(text in line for line in lines)
+        time.sleep(0.05)
+    return False
+
+
+def test_ctrl_c_twice_keeps_the_best_checkpoint_and_says_what_happens(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    noisy, _ = tiny_movie(n=400, h=48, w=48)
+    np.save(tmp_path / "m.npy", noisy)
+    out = tmp_path / "m.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livedenoise", "train", str(tmp_path / "m.npy"), "--out", str(out), "--steps", "100000",
+         "--crop", "16", "--batch", "2", "--val-every", "2", "--val-fraction", "0.5", "--device", "cpu",
+         "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    reader = _read_lines(proc.stderr, err)
+    try:
+        # not a terminal: plain progress lines, no carriage returns
+        assert _wait_for(err, "steps (", proc), "".join(err)
+        proc.send_signal(signal.SIGINT)
+        assert _wait_for(err, "interrupted at step", proc), "".join(err)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=300) == 0, "".join(err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    text = "".join(err)
+    assert "\r" not in text
+    card, _ = load_model(out)  # the checkpoint was written whatever the second Ctrl-C interrupted
+    assert card.training["interrupted"] is True
+    assert "interrupted again" in text or card.training["selection"] is not None

@@ -74,7 +74,7 @@ def test_innovation_settings_travel_with_the_model_into_onnx(tmp_path):
     from livedenoise.models.checkpoint import read_checkpoint, save_checkpoint
 
     card, state = read_checkpoint(make_checkpoint(tmp_path / "m.pt", pre=3, post=0))
-    card.innovation = {"sigma_xy": 2.0, "k": 8.0}  # as `train` stores it
+    card.innovation = {"sigma_xy": 2.0, "k": 8.0, "exclude": 2}  # as `train` stores it
     save_checkpoint(tmp_path / "tuned.pt", card, state)
     onnx_path, _ = export_onnx(tmp_path / "tuned.pt", tmp_path / "tuned.onnx", frame_shape=(16, 24))
-    assert read_onnx_card(onnx_path).innovation == {"sigma_xy": 2.0, "k": 8.0}
+    assert read_onnx_card(onnx_path).innovation == {"sigma_xy": 2.0, "k": 8.0, "exclude": 2}

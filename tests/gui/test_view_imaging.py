@@ -284,3 +284,16 @@ def test_drawn_roi_appears_on_every_panel_moves_together_and_is_removed(qapp):
         assert not win._rois and raw.traces.roi_ids() == []
     finally:
         win.close()
+
+
+def test_auto_contrast_ignores_nan_and_inf():
+    from livedenoise.gui.imaging import contrast_levels
+
+    rng = np.random.default_rng(0)
+    frame = rng.normal(100.0, 10.0, (64, 64)).astype(np.float32)
+    masked = frame.copy()
+    masked[:, :6] = np.nan  # motion-correction border
+    masked[20:30, 20:30] = np.inf
+    lo, hi = contrast_levels([masked, masked])
+    assert np.isfinite([lo, hi]).all() and 60 < lo < 100 < hi < 140
+    assert contrast_levels([np.full((8, 8), np.nan, np.float32)]) == (0.0, 1.0)

@@ -147,9 +147,10 @@ def test_single_image_is_not_a_movie(tmp_path):
 def test_channel_plane_dataset_refused_where_they_do_not_apply(tmp_path):
     tifffile.imwrite(tmp_path / "m.tif", movie_data())
     np.save(tmp_path / "m.npy", movie_data())
-    with pytest.raises(UserError, match="--channel applies to ScanImage TIFFs only"):
+    with pytest.raises(UserError, match="--channel applies to ScanImage TIFFs and to movies with a C \\(channel\\) axis"):
         open_movie(tmp_path / "m.tif", channel=1)
-    with pytest.raises(UserError, match="--channel and --plane apply to ScanImage TIFFs only"):
+    with pytest.raises(UserError, match=r"--channel and --plane apply to ScanImage TIFFs and to movies with a C "
+                                        r"\(channel\) or Z \(plane\) axis"):
         open_movie(tmp_path / "m.npy", channel=1, plane=2)
     with pytest.raises(UserError, match="--dataset applies to HDF5 files only"):
         open_movie(tmp_path / "m.tif", dataset="data")
@@ -207,7 +208,7 @@ def test_scanimage_files_go_to_the_scanimage_reader(tmp_path):
         np.testing.assert_array_equal(m.read(0, len(m)), data + 1000)
     with open_movie(tmp_path / "plain.tif") as m:
         assert m.shape == data.shape
-    with pytest.raises(UserError, match="ScanImage TIFFs only"):
+    with pytest.raises(UserError, match="--plane applies to ScanImage TIFFs and to movies with a Z"):
         open_movie(tmp_path / "plain.tif", plane=1)
 
 
@@ -215,3 +216,48 @@ def test_rgb_tiff_is_refused(tmp_path):
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((5, 16, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(UserError, match="RGB"):
         open_movie(tmp_path / "rgb.tif")
+
+
+# ------------------------------------------------------------ issue 13: compressed TIFFs
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zstd", "zlib"])
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_compressed_tiffs_through_imagecodecs(tmp_path, compression, bigtiff):
+    data = movie_data(dtype=np.uint16) + 500
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, data, compression=compression, predictor=compression != "zstd", bigtiff=bigtiff,
+                     photometric="minisblack")
+    with open_movie(path) as m:
+        assert not m.memmapped
+        check_reads(m, data)
+
+
+def test_lzw_tiff_written_by_libtiff(tmp_path):
+    """Fiji / Bio-Formats style: LZW pages written by libtiff (Pillow), one page at a time."""
+    from PIL import Image
+
+    data = movie_data(dtype=np.uint16) + 500
+    frames = [Image.fromarray(f) for f in data]
+    frames[0].save(tmp_path / "lzw.tif", save_all=True, append_images=frames[1:], compression="tiff_lzw")
+    with open_movie(tmp_path / "lzw.tif") as m:
+        check_reads(m, data)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zstd"])
+def test_missing_codec_names_the_package_not_the_file(tmp_path, compression):
+    """Without imagecodecs (blocked in a fresh interpreter), the error says what to install."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, movie_data(dtype=np.uint16), compression=compression, photometric="minisblack")
+    code = ("import sys; sys.modules['imagecodecs'] = None\n"
+            "from livedenoise.io.readers import open_movie\n"
+            "from livedenoise.errors import UserError\n"
+            f"try:\n    open_movie({str(path)!r})\nexcept UserError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    msg = r.stdout.strip()
+    assert "needs the Python package 'imagecodecs'" in msg and "pip install imagecodecs" in msg, msg
+    assert compression.upper() in msg and "truncated" not in msg and "corrupt" not in msg, msg

@@ -6,7 +6,7 @@ from scipy.ndimage import gaussian_filter
 
 from livedenoise.errors import UserError
 from livedenoise.models.card import ModelCard
-from livedenoise.models.innovation import InnovationConfig, InnovationStep, applies_to, config_for, tune
+from livedenoise.models.innovation import InnovationConfig, InnovationStep, applies_to, config_for, noise_radius, tune
 from livedenoise.sim.imaging import simulate_movie
 from livedenoise.models.window import WindowSpec
 
@@ -26,7 +26,7 @@ def test_onset_the_prediction_missed_is_restored_and_noise_is_not_added():
     clean = background + 15.0 * _blob()[None]  # a soma lights up in every frame
     raw = rng.poisson(clean).astype(np.uint16)
     pred = background.copy()  # the model did not see it coming
-    out = InnovationStep(InnovationConfig(2.0, 4.0)).apply(pred.copy(), raw)
+    out = InnovationStep(InnovationConfig(2.0, 4.0, exclude=0)).apply(pred.copy(), raw)  # independent pixels
     inside, outside = _blob() > 0, _blob(r=12.0) == 0
     assert out[:, inside].mean() - 20 > 0.5 * 15, "most of the onset is restored"
     assert np.mean((out - clean) ** 2) < 0.5 * np.mean((pred - clean) ** 2)
@@ -34,20 +34,50 @@ def test_onset_the_prediction_missed_is_restored_and_noise_is_not_added():
     assert noise_added < 0.1 * np.abs(raw[:, outside] - clean[:, outside]).mean(), "background noise stays out"
 
 
-def test_output_at_a_pixel_never_reads_that_pixel_of_frame_t():
+@pytest.mark.parametrize("exclude", [0, 1, 2])
+def test_output_at_a_pixel_never_reads_the_excluded_block_of_frame_t(exclude):
     rng = np.random.default_rng(1)
     pred = np.full((1, 48, 48), 30.0, np.float32)
     raw = rng.poisson(30.0 + 20 * _blob(48, 48, 24, 24)[None]).astype(np.float32)
-    step = InnovationStep(InnovationConfig(2.0, 1.0))
+    step = InnovationStep(InnovationConfig(2.0, 1.0, exclude))
     base = step.apply(pred.copy(), raw)
     for y, x in [(24, 24), (0, 0), (47, 20), (10, 30)]:  # inside the blob, corners and edges
         bumped = raw.copy()
         bumped[0, y, x] += 1000.0
         out = step.apply(pred.copy(), bumped)
-        # the pixel itself: moved only through the frame's median noise level (one order statistic)
-        assert abs(out[0, y, x] - base[0, y, x]) < 0.05, (y, x)
-        ny, nx = (y + 1 if y < 47 else y - 1), x
-        assert abs(out[0, ny, nx] - base[0, ny, nx]) > 1.0, "its neighbours do read it"
+        # every pixel within `exclude` of it: moved only through the frame's median noise level (one
+        # order statistic of the ~2300 pixels: a fraction of a count against the 1000 added)
+        for dy in range(-exclude, exclude + 1):
+            for dx in range(-exclude, exclude + 1):
+                py, px = y + dy, x + dx
+                if 0 <= py < 48 and 0 <= px < 48:
+                    assert abs(out[0, py, px] - base[0, py, px]) < 0.25, (y, x, dy, dx)
+        ny, nx = (y + exclude + 1 if y < 40 else y - exclude - 1), x
+        assert abs(out[0, ny, nx] - base[0, ny, nx]) > 1.0, "pixels beyond the block do read it"
+
+
+def test_noise_radius_finds_spatially_correlated_noise():
+    rng = np.random.default_rng(7)
+    clean = 50.0 + 30.0 * _blob()[None]
+    iid = clean + rng.normal(0, 3.0, (40, 64, 64))
+    assert noise_radius(iid) == 0
+    # noise shared by neighbours (a 3-pixel blur of white noise, e.g. from motion-correction resampling)
+    noise = gaussian_filter(rng.normal(0, 6.0, (40, 64, 64)), (0, 1.0, 1.0))
+    shared = clean + noise
+    assert noise_radius(shared) >= 2
+    # a perfect prediction: the innovation is pure (correlated) noise, nothing to restore. Tuning that leaves
+    # the correlated block out passes (almost) none of it; leaving out the centre tap only passes ~10%
+    pred = np.repeat(clean, 40, axis=0).astype(np.float32)
+
+    def passed(exclude):
+        cfg, report = tune(pred, shared, exclude=exclude)
+        out = pred.copy() if cfg is None else InnovationStep(cfg).apply(pred.copy(), shared)
+        return float(np.mean((out - pred) ** 2) / np.mean(noise ** 2)), report
+
+    fraction, report = passed(None)
+    assert report["exclude"] == noise_radius(shared)
+    assert fraction < 1e-3
+    assert passed(0)[0] > 0.05  # what the centre tap alone lets through (the test can fail)
 
 
 def test_tuning_on_raw_frames_alone_lowers_the_error_against_the_truth():
@@ -94,16 +124,16 @@ def test_models_that_read_frame_t_or_ephys_data_are_refused():
 
 def test_card_settings_defaults_and_override():
     tuned = _card([-2, -1], innovation={"sigma_xy": 2.0, "k": 8.0})
-    assert config_for(tuned) == (InnovationConfig(2.0, 8.0), "tuned at training")
+    assert config_for(tuned) == (InnovationConfig(2.0, 8.0, exclude=0), "tuned at training")  # card before `exclude`
     cfg, origin = config_for(_card([-2, -1]))
     assert cfg == InnovationConfig() and origin == "defaults: this model predates tuning"
     untuned = _card([-2, -1])
     untuned.training = {"innovation_tuning": None}
     assert config_for(untuned)[1].startswith("defaults: training skipped tuning")
     cfg, origin = config_for(tuned, k=1.5)
-    assert cfg == InnovationConfig(2.0, 1.5) and "command line" in origin
+    assert cfg == InnovationConfig(2.0, 1.5, exclude=0) and "command line" in origin
     again = ModelCard.from_json(tuned.to_json())
-    assert again.innovation == {"sigma_xy": 2.0, "k": 8.0}
+    assert again.innovation == {"sigma_xy": 2.0, "k": 8.0, "exclude": 0}
 
 
 @pytest.mark.parametrize("bad", [{"sigma_xy": 0.0, "k": 4.0}, {"sigma_xy": 2.0, "k": -1.0}, {"sigma_xy": "x", "k": 1},

@@ -108,6 +108,28 @@ def test_ending_mid_window_and_pending(arch, engines):
                           np.arange(len(x)))
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_jump_beyond_max_gap_is_a_new_acquisition_and_allocates_nothing(arch, engines):
+    import tracemalloc
+
+    from livedenoise.stream.ephys import ring_capacity
+
+    _, eng = engines[arch]
+    x = data(400)
+    sn = np.arange(400, dtype=np.int64)
+    sn[200:] += 10**12  # a sample number from another acquisition
+    pipe = SamplePipeline(eng, C, max_block=64, max_gap=ring_capacity(eng.card, 64))
+    tracemalloc.start()
+    got_sn, got = feed(pipe, x, sn, lambda: 50)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 << 20  # nothing in proportion to the jump
+    assert np.array_equal(got_sn, sn)
+    np.testing.assert_allclose(got, by_segment(eng, x, sn), rtol=1e-5, atol=1e-5)
+    assert (pipe.segments, pipe.gaps, pipe.jumps, pipe.restarts) == (2, 0, 1, 0)
+    assert pipe.ring.capacity == ring_capacity(eng.card, 64)
+
+
 def test_segments_of_counters():
     assert gaps.segments(np.array([], np.int64)) == []
     assert gaps.segments(np.array([5, 6, 7, 10, 11, 3, 4])) == [(0, 3), (3, 5), (5, 7)]

@@ -113,7 +113,8 @@ def test_too_few_frames_follows_the_one_length_rule(tmp_path, model):
 
 def test_frame_size_mismatch(tmp_path):
     model = make_model(tmp_path / "fixed.pt", frame_shape=[32, 32])
-    with pytest.raises(UserError, match="20x24 frames but the model was built for 32x32"):
+    with pytest.raises(UserError, match="20x24 frames but this exported model is fixed to 32x32 frames; export "
+                                        "the .pt checkpoint again with --frame-shape 20 24"):
         run(tmp_path, movie(), model)
     assert not (tmp_path / "out.tif").exists()
 
@@ -160,3 +161,34 @@ def test_reads_are_bounded_by_chunk_plus_window(tmp_path, model):
     lo, hi = engine.card.window.span  # (-3, 1)
     assert len(src.sizes) == 60 // 8 + 1
     assert max(src.sizes) <= 8 + (hi - lo)
+
+
+def _cells_movie(n, scale, seed, h=40, w=40):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    cells = sum(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0) for cy, cx in [(10, 10), (25, 30), (30, 12)])
+    clean = np.stack([scale * (200 + 600 * cells * (1 + 0.5 * np.sin(t / 5.0 + cells))) for t in range(n)])
+    return rng.poisson(clean).astype(np.uint16), clean
+
+
+def test_a_model_serves_a_dimmer_session_by_its_own_statistics(tmp_path):
+    from livedenoise.models.checkpoint import save_checkpoint as save
+    from livedenoise.train.imaging import TrainConfig, train
+
+    bright, _ = _cells_movie(120, 1.0, 0)
+    card, state, _ = train([bright], TrainConfig(arch="interp2d", preset="lite", pre=3, post=1, steps=60, crop=32,
+                                                 batch=4, progress=False, tune_innovation=False, val_fraction=0.2))
+    model = save(tmp_path / "m.pt", card, state)
+    dim, clean = _cells_movie(60, 0.1, 1)  # another session, 10x dimmer
+    np.save(tmp_path / "dim.npy", dim)
+    stats = denoise_file(tmp_path / "dim.npy", tmp_path / "own.tif", model, out_dtype="float32", progress=False)
+    own = tifffile.imread(tmp_path / "own.tif")
+    assert stats.norm["mode"] == "data" and "differ from the training movies" in (stats.norm["note"] or ""), stats.norm
+    assert own.mean() == pytest.approx(dim.mean(), rel=0.05)
+    assert np.corrcoef(own.mean(0).ravel(), clean.mean(0).ravel())[0, 1] > 0.9
+    # the card's statistics (the old behaviour) move the brightness and say so
+    stats = denoise_file(tmp_path / "dim.npy", tmp_path / "card.tif", model, out_dtype="float32", progress=False,
+                         norm="card")
+    moved = tifffile.imread(tmp_path / "card.tif")
+    assert "may not fit" in stats.norm["note"]
+    assert abs(moved.mean() / dim.mean() - 1) > abs(own.mean() / dim.mean() - 1)

@@ -254,3 +254,52 @@ def test_denoise_array_is_one_entry_point_for_imaging_and_ephys(tmp_path):
     eng = open_engine(save_checkpoint(tmp_path / "e.pt", card, build_network(card).state_dict()), "torch")
     uv = (np.random.default_rng(0).standard_normal((500, 4)) * 20).astype(np.float32)
     np.testing.assert_array_equal(denoise_array(eng, uv, chunk=128), ephys.denoise_samples(eng, uv, chunk=128))
+
+
+def offline_pipe(engine, frames, **kw):
+    """Push every frame, finish, drain: outputs (T, H, W), passthrough flags (T,) and the pipeline."""
+    pipe = FramePipeline(engine, frames.shape[1:], frames.dtype, capacity=len(frames) + 4, max_batch=4, **kw)
+    for f in frames:
+        pipe.push(f)
+    pipe.finish()
+    out = np.full(frames.shape, -1.0, np.float32)
+    raw = np.zeros(len(frames), bool)
+    for res in pipe.drain():
+        out[res.index] = res.frames
+        raw[res.index] = res.passthrough
+    return out, raw, pipe
+
+
+@pytest.mark.parametrize("with_innovation", [False, True])
+def test_non_finite_pixels_stay_where_they_were(engines, with_innovation):
+    engine = engines[("interp2d", 3, 1)]
+    clean = movie(t=24, seed=3).astype(np.float32)
+    frames = clean.copy()
+    frames[:, :, :2] = np.nan  # motion-correction borders, ~8% of the pixels
+    frames[5:9, 6:10, 10:14] = np.inf  # one Inf patch
+    innovation = step_for(engine.card, True, 1.0)[0] if with_innovation else None
+    out, raw, pipe = offline_pipe(engine, frames, innovation=innovation)
+    bad = ~np.isfinite(frames)
+    assert np.isnan(out[bad & ~raw[:, None, None]]).all(), "non-finite raw pixels come out masked (NaN)"
+    assert np.isfinite(out[~bad]).all(), "and nothing else does"
+    assert pipe.stats.nonfinite == int(bad[~raw].sum())
+    if not with_innovation:  # the finite pixels: denoised as if the bad ones held the normalisation mean
+        filled = np.where(bad, np.float32(engine.card.norm_mean), frames)
+        ref, _, _ = offline_pipe(engine, filled)
+        np.testing.assert_allclose(out[~bad], ref[~bad], rtol=1e-5, atol=1e-4)
+
+
+def test_explicit_normalisation_replaces_the_cards(engines):
+    import dataclasses
+
+    from livedenoise.export.engines.torch import TorchEngine
+
+    engine = engines[("interp2d", 3, 1)]
+    frames = movie(t=20, seed=4)
+    mean, std = estimate_norm(frames)
+    out, _, _ = offline_pipe(engine, frames, norm=(mean, std))
+    card = dataclasses.replace(engine.card, norm_mean=mean, norm_std=std)
+    same, _, _ = offline_pipe(TorchEngine(card, engine.net, "cpu"), frames)
+    close(out, same)
+    with pytest.raises(ValueError, match="std > 0"):
+        FramePipeline(engine, frames.shape[1:], frames.dtype, capacity=30, norm=(0.0, 0.0))

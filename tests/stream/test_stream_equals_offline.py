@@ -28,7 +28,7 @@ def movie(tmp_path_factory):
 
 def _offline(tmp_path, movie_path, model, innovation_k=None):
     out = tmp_path / f"offline-{innovation_k}.h5"
-    denoise_file(movie_path, out, model, out_dtype="float32", progress=False, batch=5, innovation_k=innovation_k)
+    denoise_file(movie_path, out, model, out_dtype="float32", progress=False, norm="card", batch=5, innovation_k=innovation_k)
     with h5py.File(out, "r") as f:
         return np.asarray(f[list(f.keys())[0]] if "data" not in f else f["data"])
 
@@ -102,6 +102,12 @@ def test_renorm_uses_the_first_n_frames_of_the_acquisition(tmp_path, movie, cfg_
     eng.card.norm_mean, eng.card.norm_std = estimate_norm(mov[:10])
     ref = denoise_array(eng, mov, batch=4)
     np.testing.assert_allclose(np.stack([f.pixels for f in frames]), ref, rtol=1e-5, atol=1e-3)
+    # and `denoise --norm data --renorm 10` gives the same as `serve --norm data --renorm 10`
+    out = tmp_path / "renorm.h5"
+    stats = denoise_file(movie_path, out, model, out_dtype="float32", progress=False, norm="data", renorm=10, batch=4)
+    assert stats.norm["mode"] == "data" and stats.norm["frames"] == 10
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(np.stack([fr.pixels for fr in frames]), np.asarray(f["data"]), rtol=1e-5, atol=1e-3)
     # no output before the 10th frame had been sent
     first_out = min(t for m, t in col.messages if hasattr(m, "header"))
     assert first_out > sent[9]
@@ -137,7 +143,7 @@ def test_scanimage_tiff_streams_equal_offline_per_channel_and_plane(tmp_path, cf
             got = [f for f in col.frames() if f.header.stream == (ch, z)]
             assert [f.header.frame for f in got] == [t * 2 + z for t in range(10)]
             out = tmp_path / f"off_{ch}_{z}.h5"
-            denoise_file(path, out, model, out_dtype="float32", progress=False, channel=ch, plane=z)
+            denoise_file(path, out, model, out_dtype="float32", progress=False, norm="card", channel=ch, plane=z)
             with h5py.File(out, "r") as f:
                 ref = np.asarray(f["data"] if "data" in f else f[list(f.keys())[0]])
             np.testing.assert_allclose(np.stack([f.pixels for f in got]), ref, rtol=1e-5, atol=1e-3)
@@ -208,7 +214,7 @@ def test_short_restarted_and_gapped_acquisitions_equal_offline(tmp_path, cfg_fac
     # `livedenoise denoise` of each raw recording reads its frame numbers and gives the live denoised file
     for n in (1, 2, 3):
         out = tmp_path / f"offline_a00{n}.h5"
-        denoise_file(tmp_path / "rec" / f"raw_c1_p1_a00{n}.h5", out, model, out_dtype="float32", progress=False,
+        denoise_file(tmp_path / "rec" / f"raw_c1_p1_a00{n}.h5", out, model, out_dtype="float32", progress=False, norm="card",
                      innovation_k=innovation_k)
         with h5py.File(out, "r") as f:
             offline = np.asarray(f["data"])
@@ -233,7 +239,7 @@ def test_a_scanimage_file_with_a_dropped_frame_is_split_as_live(tmp_path, cfg_fa
     for z in (1, 2):
         got = np.stack([f.pixels for f in col.frames() if f.header.stream == (1, z)])
         out = tmp_path / f"off_{z}.h5"
-        denoise_file(path, out, model, out_dtype="float32", progress=False, plane=z)
+        denoise_file(path, out, model, out_dtype="float32", progress=False, norm="card", plane=z)
         with h5py.File(out, "r") as f:
             offline = np.asarray(f["data"])
         np.testing.assert_allclose(got, offline, rtol=1e-5, atol=1e-3)

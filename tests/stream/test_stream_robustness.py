@@ -36,7 +36,8 @@ def wrong_payload(draw):
 
 
 _bad_field = st.one_of(
-    st.builds(lambda v: _hdr(frame=v), st.one_of(st.integers(max_value=-1), st.text(max_size=3), st.none(), st.floats(allow_nan=False))),
+    st.builds(lambda v: _hdr(frame=v), st.one_of(st.integers(max_value=-1), st.integers(min_value=2**62 + 1), st.text(max_size=3), st.none(),
+                                                  st.floats(allow_nan=False).filter(lambda f: not f.is_integer()))),  # 5.0 is a valid 5
     st.builds(lambda v: _hdr(shape=v), st.one_of(st.lists(st.integers(-2, 4), max_size=4).filter(lambda s: not (len(s) == 2 and min(s) > 0)), st.text(max_size=4))),
     st.builds(lambda v: _hdr(dtype=v), st.text(max_size=8).filter(lambda s: s not in DTYPES)),
     st.builds(lambda v: _hdr(order=v), st.text(max_size=3).filter(lambda s: s not in ("C", "F"))),

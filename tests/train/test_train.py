@@ -107,7 +107,7 @@ def test_innovation_step_is_tuned_on_validation_frames_into_the_card():
     card, _, _ = train([sim_movie], quick(post=0))
     tuning = card.training["innovation_tuning"]
     assert tuning is not None, "an untrained network leaves plenty of innovation to add back"
-    assert card.innovation == {"sigma_xy": tuning["sigma_xy"], "k": tuning["k"]}
+    assert card.innovation == {"sigma_xy": tuning["sigma_xy"], "k": tuning["k"], "exclude": tuning["exclude"]}
     assert tuning["loss_best"] < tuning["loss_prediction"] and tuning["frames"] == 6  # the validation block
     card, _, _ = train([sim_movie], quick(post=0, tune_innovation=False))
     assert card.innovation is None and card.training["innovation_tuning"] is None
@@ -176,3 +176,17 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert r.returncode == 0, r.stderr[:2000] + "\n...\n" + r.stderr[-1000:]
     card, net = load_model(out)
     assert card.training["world_size"] == 2 and card.training["steps"] == 3
+
+
+def test_non_finite_pixels_are_left_out_of_training():
+    # a motion-corrected float32 movie: NaN borders (~5% of pixels) and one Inf patch
+    movie = tiny_movie(n=60, h=32, w=32).astype(np.float32)
+    movie[:, :, :1] = np.nan
+    movie[:, :1, :] = np.nan
+    movie[10:20, 8:14, 8:14] = np.inf
+    card, state, history = train([movie], quick(steps=8))
+    assert all(np.isfinite(history["loss"])) and np.isfinite(card.training["best_val_loss"])
+    finite = movie[np.isfinite(movie)]
+    assert card.norm_mean == pytest.approx(float(finite.mean()), rel=0.05)  # over the training frames
+    assert card.norm_std == pytest.approx(float(finite.std()), rel=0.1)
+    assert all(np.isfinite(v).all() for v in (t.numpy() for t in state.values()))

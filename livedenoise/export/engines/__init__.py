@@ -133,6 +133,10 @@ def open_engine(
         return TensorRTEngine(path, reason=why, cuda_graph=cuda_graph)
 
     if suffix == ".pt":
+        if threads and backend in ("auto", "torch"):
+            import torch
+
+            torch.set_num_threads(int(threads))  # PyTorch's CPU threads are per process
         if backend == "auto":
             import torch
 

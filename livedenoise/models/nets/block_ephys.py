@@ -22,7 +22,10 @@ shares all intermediate work between neighbouring outputs:
 - mixer: (kc x 1) convolutions over the (concatenated) features, i.e.
   1x1 in time across a local channel neighbourhood, then a linear 1x1 output.
 All time convolutions are 'valid' (no padding), so nothing leaks in from
-outside the window; channel padding is zeros.
+outside the window. Across channels, the first and last channels see mirrored
+neighbours (`params["edge"] = "reflect"`, models trained since 0.3), so they are
+denoised like inner ones (identical channels in give identical channels out);
+older cards have no `edge` and keep the zeros they were trained with.
 
 I/O contract (does not fit the per-frame window contract; documented in
 card.params['io']): input (B, 1, C, T_in) normalised samples, channel-major;
@@ -42,6 +45,7 @@ from torch import nn
 
 import numpy as np
 
+from livedenoise.models.nets.interp2d import edge_pad
 from livedenoise.models.registry import Arch
 from livedenoise.models.window import WindowSpec
 
@@ -100,9 +104,15 @@ def preset_params(preset: str, pre: int = 30, post: int = 30, omission: int = 1)
         "future_dilations": [] if (post == 0 or PRESETS[preset].get("full_span")) else dilations(post - 1),
         "ctx_before": before,
         "ctx_after": after,
+        "edge": "reflect",
         "io": "input (B, 1, C, T_in) normalised; output (B, 1, C, T_in - ctx_before - ctx_after) = "
               "samples ctx_before .. T_in - ctx_after - 1; zero-pad (mean) outside the recording",
     }
+
+
+def _channel_pad(x: torch.Tensor, k: int, edge: str) -> torch.Tensor:
+    """Pad the channel axis (-2) for a 'same' convolution of `k` channels (odd)."""
+    return edge_pad(x, (0, 0, k // 2, k // 2), edge)
 
 
 class Stack(nn.Module):
@@ -113,15 +123,16 @@ class Stack(nn.Module):
     dilated layers are per channel, kernel 2, with residual connections.
     """
 
-    def __init__(self, width: int, kc: int, dils: list[int], span: int = 1):
+    def __init__(self, width: int, kc: int, dils: list[int], span: int = 1, edge: str = "zeros"):
         super().__init__()
         self.kc = kc
-        self.first = nn.Conv2d(1, width, (kc, span), padding=(kc // 2, 0))
+        self.edge = edge
+        self.first = nn.Conv2d(1, width, (kc, span))
         self.layers = nn.ModuleList(nn.Conv2d(width, width, (1, 2), dilation=(1, d)) for d in dils)
         self.dils = list(dils)
 
     def forward(self, x):
-        h = F.relu(self.first(x))
+        h = F.relu(self.first(_channel_pad(x, self.kc, self.edge)))
         for conv, d in zip(self.layers, self.dils):
             h = F.relu(conv(h)) + h[..., d:]
         return h
@@ -129,28 +140,29 @@ class Stack(nn.Module):
 
 class BlockEphys(nn.Module):
     def __init__(self, pre: int, post: int, omission: int, width: int = 8, kc: int = 3, mix: int = 1,
-                 full_span: bool = False, window_kc: int | None = None):
+                 full_span: bool = False, window_kc: int | None = None, edge: str = "zeros"):
         super().__init__()
         self.pre, self.post, self.omission, self.kc = pre, post, omission, kc
+        self.edge = edge
         self.before, self.after = context(pre, post, omission)
         self.full_span = full_span
         if full_span:
             # one conv over the whole window [t - before, t + after] whose hidden taps are held at zero
             span = self.before + self.after + 1
             self.wkc = kc if window_kc is None else window_kc
-            self.window_conv = nn.Conv2d(1, width, (self.wkc, span), padding=(self.wkc // 2, 0))
+            self.window_conv = nn.Conv2d(1, width, (self.wkc, span))
             mask = torch.ones(1, 1, 1, span)
             mask[..., self.before - omission:self.before + omission + 1] = 0.0
             self.register_buffer("mask", mask, persistent=False)
             self.past = self.future = None
             cin = width
         else:
-            self.past = Stack(width, kc, dilations(pre - 1))
-            self.future = Stack(width, kc, dilations(post - 1)) if post > 0 else None
+            self.past = Stack(width, kc, dilations(pre - 1), edge=edge)
+            self.future = Stack(width, kc, dilations(post - 1), edge=edge) if post > 0 else None
             cin = width * (2 if post > 0 else 1)
         mixers: list[nn.Module] = []
         for _ in range(mix):
-            mixers.append(nn.Conv2d(cin, width, (kc, 1), padding=(kc // 2, 0)))
+            mixers.append(nn.Conv2d(cin, width, (kc, 1)))
             cin = width
         self.mixers = nn.ModuleList(mixers)
         self.head = nn.Conv2d(cin, 1, 1)
@@ -158,11 +170,11 @@ class BlockEphys(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.full_span:
             w = self.window_conv.weight * self.mask
-            h = F.relu(F.conv2d(x, w, self.window_conv.bias, padding=(self.wkc // 2, 0)))
+            h = F.relu(F.conv2d(_channel_pad(x, self.wkc, self.edge), w, self.window_conv.bias))
         else:
             h = self._stacks(x)
         for conv in self.mixers:
-            h = F.relu(conv(h))
+            h = F.relu(conv(_channel_pad(h, self.kc, self.edge)))
         return self.head(h)
 
     def _stacks(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,7 +193,7 @@ class BlockEphys(nn.Module):
 def build(card) -> nn.Module:
     p = card.params
     return BlockEphys(card.pre, card.post, card.omission, int(p["width"]), int(p["kc"]), int(p.get("mix", 1)),
-                      bool(p.get("full_span", False)), p.get("window_kc"))
+                      bool(p.get("full_span", False)), p.get("window_kc"), p.get("edge", "zeros"))
 
 
 def min_frames(card) -> int:

@@ -45,29 +45,52 @@ def preset_params(preset: str) -> dict:
     return {"preset": preset, **PRESETS[preset]}
 
 
-class SameConv(nn.Module):
-    """'same' convolution for an even kernel (Keras pads after): DI's (3, 2) ephys kernel."""
+EDGES = ("zeros", "reflect")
+"""How convolutions see past the edge of a frame: zeros (the original nets), or mirrored data
+(`reflect`: an edge pixel or probe site is treated like an inner one; ephys models trained since 0.3)."""
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int]):
+
+def edge_pad(x: torch.Tensor, pad: tuple[int, int, int, int], edge: str = "zeros") -> torch.Tensor:
+    """F.pad of the last two axes (pad = left, right, top, bottom): zeros, or a mirror image
+    (`reflect`; an axis too short to mirror repeats its edge value instead)."""
+    if edge == "zeros" or not any(pad):
+        return F.pad(x, pad)
+    left, right, top, bottom = pad
+    if left or right:
+        mode = "reflect" if max(left, right) < x.shape[-1] else "replicate"
+        x = F.pad(x, (left, right, 0, 0), mode=mode)
+    if top or bottom:
+        mode = "reflect" if max(top, bottom) < x.shape[-2] else "replicate"
+        x = F.pad(x, (0, 0, top, bottom), mode=mode)
+    return x
+
+
+class SameConv(nn.Module):
+    """'same' convolution (Keras pads after for an even kernel: DI's (3, 2) ephys kernel), edges per `edge`."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], edge: str = "zeros"):
         super().__init__()
         kh, kw = kernel
         self.pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+        self.edge = edge
         self.conv = nn.Conv2d(cin, cout, kernel)
 
     def forward(self, x):
-        return self.conv(F.pad(x, self.pad))
+        return self.conv(edge_pad(x, self.pad, self.edge))
 
 
-def _conv(cin: int, cout: int, kernel: tuple[int, int]) -> nn.Module:
-    if kernel[0] % 2 and kernel[1] % 2:
+def _conv(cin: int, cout: int, kernel: tuple[int, int], edge: str = "zeros") -> nn.Module:
+    if edge not in EDGES:
+        raise ValueError(f"unknown edge rule {edge!r}; choose one of {', '.join(EDGES)}")
+    if kernel[0] % 2 and kernel[1] % 2 and edge == "zeros":
         return nn.Conv2d(cin, cout, kernel, padding=(kernel[0] // 2, kernel[1] // 2))
-    return SameConv(cin, cout, kernel)
+    return SameConv(cin, cout, kernel, edge)
 
 
-def _block(cin: int, cout: int, convs: int, kernel: tuple[int, int]) -> nn.Sequential:
+def _block(cin: int, cout: int, convs: int, kernel: tuple[int, int], edge: str = "zeros") -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [_conv(cin if i == 0 else cout, cout, kernel), nn.ReLU(inplace=True)]
+        layers += [_conv(cin if i == 0 else cout, cout, kernel, edge), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -76,7 +99,8 @@ class UNet2d(nn.Module):
     Neuropixels net (interp_ephys) 3x2 convs and pools along the probe only."""
 
     def __init__(self, in_channels: int, widths: list[int], convs: int = 2,
-                 kernel: tuple[int, int] = (3, 3), pool: tuple[int, int] = (2, 2), pad_mode: str = "replicate"):
+                 kernel: tuple[int, int] = (3, 3), pool: tuple[int, int] = (2, 2), pad_mode: str = "replicate",
+                 edge: str = "zeros"):
         super().__init__()
         self.depth = len(widths) - 1
         self.convs = convs
@@ -84,13 +108,13 @@ class UNet2d(nn.Module):
         self.encoders = nn.ModuleList()
         cin = in_channels
         for w in widths[:-1]:
-            self.encoders.append(_block(cin, w, convs, self.kernel))
+            self.encoders.append(_block(cin, w, convs, self.kernel, edge))
             cin = w
-        self.bottleneck = _block(cin, widths[-1], convs, self.kernel)
+        self.bottleneck = _block(cin, widths[-1], convs, self.kernel, edge)
         self.decoders = nn.ModuleList()
         cin = widths[-1]
         for w in reversed(widths[:-1]):
-            self.decoders.append(_block(cin + w, w, convs, self.kernel))
+            self.decoders.append(_block(cin + w, w, convs, self.kernel, edge))
             cin = w
         self.head = nn.Conv2d(cin, 1, 1)
 

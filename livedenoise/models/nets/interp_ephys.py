@@ -58,7 +58,7 @@ def preset_params(preset: str, layout: str = "checkerboard") -> dict:
         raise ValueError(f"unknown interp-ephys preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown ephys layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    return {"preset": preset, **PRESETS[preset], "layout": layout}
+    return {"preset": preset, **PRESETS[preset], "layout": layout, "edge": "reflect"}
 
 
 # --------------------------------------------------------------------------- layouts
@@ -108,8 +108,9 @@ def from_frames(frames: np.ndarray, n_channels: int, layout: str) -> np.ndarray:
 
 
 def build(card) -> nn.Module:
+    # cards from before 0.3 have no "edge": their nets saw zeros past the first and last sites
     return UNet2d(card.n_inputs, list(card.params["widths"]), int(card.params.get("convs", 1)),
-                  kernel=(3, 2), pool=(2, 1), pad_mode="constant")
+                  kernel=(3, 2), pool=(2, 1), pad_mode="constant", edge=card.params.get("edge", "zeros"))
 
 
 def min_frames(card) -> int:

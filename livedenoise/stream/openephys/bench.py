@@ -12,7 +12,6 @@ up). Two parts:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,7 +29,6 @@ def register(subparsers) -> None:
         "ephys",
         help="real-time factor of the Open Ephys sidecar: ingest and each ephys model x backend",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--channels", type=int, default=384)
     p.add_argument("--sample-rate", type=float, default=30000.0)

@@ -26,7 +26,7 @@ import zmq
 
 from livedenoise.errors import UserError
 from livedenoise.stream import gaps
-from livedenoise.stream.protocols.zmq_interface import DEFAULT_DATA_PORT, DataEncoder, encode_ttl
+from livedenoise.stream.protocols.zmq_interface import DEFAULT_DATA_PORT, MAX_NUM_SAMPLES, DataEncoder, encode_ttl
 from livedenoise.stream.sinks.zmq_interface_out import HeartbeatResponder
 
 
@@ -36,8 +36,9 @@ class OpenEphysReplay:
     def __init__(self, rec, port: int = DEFAULT_DATA_PORT, host: str = "127.0.0.1", block: int = 1024, speed: float = 1.0,
                  stream_name: str | None = None, loop: bool = False, wait: float = 0.0, n_samples: int | None = None,
                  ttl_every: float = 0.0, ctx: zmq.Context | None = None):
-        if block < 1:
-            raise UserError(f"--block must be >= 1, got {block}")
+        if not 1 <= block <= MAX_NUM_SAMPLES:
+            raise UserError(f"--block must be 1 .. {MAX_NUM_SAMPLES} samples (the ZMQ Interface format's limit), "
+                            f"got {block}")
         self.rec, self.block, self.speed, self.loop, self.wait = rec, int(block), float(speed), loop, float(wait)
         self.n_samples = rec.n_samples if n_samples is None else min(int(n_samples), rec.n_samples)
         self.ctx = ctx or zmq.Context.instance()
@@ -51,7 +52,11 @@ class OpenEphysReplay:
             raise UserError(f"cannot bind tcp://{host}:{port} ({exc}); is the GUI or another replay using the port?") from None
         self.endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
         hb_host = "127.0.0.1" if host in ("*", "0.0.0.0") else host
-        self.rep = HeartbeatResponder(self.ctx, f"tcp://{host}:{port + 1}", self.stop_event)
+        try:
+            self.rep = HeartbeatResponder(self.ctx, f"tcp://{host}:{port + 1}", self.stop_event)
+        except zmq.ZMQError as exc:
+            self.pub.close(linger=0)
+            raise UserError(f"cannot bind tcp://{host}:{port + 1} for heartbeats ({exc})") from None
         self.rep.start()
         self.heartbeat_endpoint = f"tcp://{hb_host}:{port + 1}"
         self.stream_name = stream_name or rec.stream_name or "example_data"

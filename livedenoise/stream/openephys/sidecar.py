@@ -1,22 +1,43 @@
 """Owns the live Open Ephys sidecar: ZMQ Interface in, `SamplePipeline`, Ephys Socket / ZMQ / recorder out.
 
     Open Ephys GUI ──ZMQ Interface (PUB :5556, REP :5557)──> OpenEphysReceiver thread
-        (SUB b"DATA"/b"EVENT", heartbeat REQ, BlockAssembler) ──queue──>
-    processing loop: blocks concatenated while it is behind (batches as large as
+        (SUB b"DATA"/b"EVENT", heartbeat REQ thread, BlockAssembler) ──queue──>
+    engine thread: blocks concatenated while it is behind (batches as large as
         needed), SamplePipeline (segments, ring buffer in samples, engine) ──> sinks:
         Ephys Socket server (:9001, the GUI reads it as a new source),
         ZMQ Interface-format PUB (:5560, REP :5561), --record raw + denoised Binary.
+    monitor (the caller of `run()`): stats, --duration, --stop-after-idle, shutdown.
 
 The denoising, the segmenting at gaps and restarts and the edge rules are the
 pipeline's (stream/ephys.py), shared with `livedenoise denoise`; this module
 only routes items. At a `Gap` the pipeline ends the segment (its tail goes out
 with the end-of-recording rule) when the next block's sample number arrives,
 and recording continues in the same files with the true sample numbers; a
-`Restart`, or data resuming after the input went idle, also ends the recording,
-and the next block opens `DIR/segmentN`.
+`Restart` (a counter falling back, a jump beyond the ring, a new rate or
+channel count), or data resuming after the input went idle, also ends the
+recording, and the next block opens `DIR/segmentN`.
+
+Threads (each a `SupervisedThread`, stream/health.py; their health is in the
+stats under `threads`): `openephys-receiver`, `openephys-heartbeat`,
+`openephys-engine`, `ephys-socket`, `zmq-heartbeat-rep`. An unexpected error
+on one message or one batch is counted (the thread's `errors`, `last_error`)
+and the thread goes on; an error in a thread's loop restarts it; a thread that
+cannot go on (too many restarts) is fatal: the sidecar stops (heartbeats to
+the plugin stop with it, so the GUI sees it gone), processes and records what
+it had received, and `run()` returns with `fatal` set (the command exits 1
+with that one line).
+
+Stopping (`stop()`, Ctrl-C, `--duration`, `--stop-after-idle`): the receiver
+reads what is already queued on its socket, hands over what the assembler
+holds (missing channels filled and flagged), and only then does the engine
+thread finish: everything received is processed (or, when the engine is more
+than `max_backlog_s` behind, skipped as `overflow`: recorded raw, not
+denoised) and recorded before `run()` returns. `--stop-after-idle S` counts
+from the last message *received*, not processed.
 
 Output latency: a sample leaves once `lag` later samples exist, i.e. at most
-lag samples + one block after it was acquired (plus compute). When input stops
+lag samples + one block after it was acquired (plus one more block when the
+channel count is learned rather than given, plus compute). When input stops
 for `idle_flush_s` the tail is flushed with the end-of-recording rule, so a
 finished acquisition is denoised exactly like `livedenoise denoise` would.
 """
@@ -36,12 +57,15 @@ import numpy as np
 import zmq
 
 from livedenoise.stream import gaps
-from livedenoise.stream.ephys import SamplePipeline, Samples, open_ephys_engine
+from livedenoise.stream.ephys import SamplePipeline, Samples, open_ephys_engine, ring_capacity
+from livedenoise.stream.health import SupervisedThread, ThreadHealth
 from livedenoise.stream.sources.openephys import Block, Gap, OpenEphysReceiver, Restart
 
 log = logging.getLogger("livedenoise.stream.openephys")
 
 DEFAULT_INPUT = "tcp://127.0.0.1:5556"
+FILLED_FILE = "filled_channels.jsonl"
+"""Beside each recording's raw/ and denoised/: one JSON line per block whose missing channels were filled with zeros."""
 
 
 def default_threads() -> int:
@@ -81,7 +105,11 @@ class SidecarConfig:
     """Windows per engine call for per-sample models (interp-ephys); larger suits GPUs."""
     max_pending: int = 3
     max_backlog_s: float = 10.0
-    """When more than this much data waits (the engine is too slow), the oldest is skipped (`overflow`)."""
+    """When more than this much data waits (the engine is too slow), the oldest is skipped (`overflow`:
+    recorded raw, not denoised)."""
+    max_gap: int | None = None
+    """Largest forward sample_num jump that is a gap (same recording); a larger one is a new acquisition.
+    None: the pipeline ring's capacity (`stream.ephys.ring_capacity`, ~1.1 s at 30 kHz with the defaults)."""
     quiet: bool = False
 
 
@@ -95,14 +123,40 @@ class SidecarStats:
         self.latency_ms: list[float] = []
         self.first_data: float | None = None
         self.engine_errors = 0
+        self.failed_samples = 0
+        """Samples whose denoising failed (engine error): recorded raw, not output."""
         self.emits = 0
         self.segments_before = 0
         self.passthrough_before = 0
         self.too_short_before = 0
         self.overflow = 0
+        self.record_errors = 0
+        self.record_dropped = 0
+        """Raw samples that could not be recorded (a writer failed)."""
+        self.filled_blocks = 0
+        self.output_errors = 0
+        """Failed writes to the Ephys Socket or ZMQ output (the other outputs went on)."""
+
+
+class _Skipped:
+    """A block skipped because the engine is behind (overflow): recorded raw, not denoised."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: Block):
+        self.block = block
 
 
 class Sidecar:
+    """The live sidecar: `start()` (threads + a monitor thread) and `stop()`, or `run()` on the caller's thread.
+
+    cfg: `SidecarConfig`. engine: an opened engine (default: opened from
+    `cfg.model`). ctx: the ZeroMQ context (default: the process's instance).
+    Raises zmq.ZMQError / OSError when an output port cannot be bound.
+    `snapshot()` gives the stats at any time; `fatal` is the line of a thread
+    that could not go on (None otherwise).
+    """
+
     def __init__(self, cfg: SidecarConfig, engine=None, ctx: zmq.Context | None = None):
         self.cfg = cfg
         self.ctx = ctx or zmq.Context.instance()
@@ -116,19 +170,32 @@ class Sidecar:
         self.engine = engine
         self.card = self.engine.card
         self.stop_event = threading.Event()
+        """Set to stop (signals, stop(), duration, idle, a fatal error): what was received is still processed."""
+        self.abort_event = threading.Event()
+        """Set to stop without processing what is queued (a second Ctrl-C, the engine thread failing)."""
+        self.fatal: str | None = None
         self.q: queue.Queue = queue.Queue()
-        self.receiver = OpenEphysReceiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels, heartbeat_s=cfg.heartbeat_s,
-                                 idle_flush_s=cfg.idle_flush_s, ctx=self.ctx, max_pending=cfg.max_pending)
+        self.max_gap = int(cfg.max_gap) if cfg.max_gap else ring_capacity(self.card, cfg.max_block)
+        self.receiver = OpenEphysReceiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels,
+                                          heartbeat_s=cfg.heartbeat_s, idle_flush_s=cfg.idle_flush_s, ctx=self.ctx,
+                                          max_pending=cfg.max_pending, max_gap=self.max_gap, on_fatal=self._on_fatal)
         self.socket = None
-        if cfg.socket_port is not None:
-            from livedenoise.stream.sinks.ephys_socket import EphysSocketServer
-
-            self.socket = EphysSocketServer(cfg.socket_port, cfg.socket_host, cfg.socket_samples)
         self.zout = None
-        if cfg.zmq_output:
-            from livedenoise.stream.sinks.zmq_interface_out import ZmqInterfaceOutput
+        try:
+            if cfg.socket_port is not None:
+                from livedenoise.stream.sinks.ephys_socket import EphysSocketServer
 
-            self.zout = ZmqInterfaceOutput(cfg.zmq_output, self.ctx, stream_name=cfg.zmq_stream_name)
+                self.socket = EphysSocketServer(cfg.socket_port, cfg.socket_host, cfg.socket_samples,
+                                                on_fatal=self._on_fatal)
+            if cfg.zmq_output:
+                from livedenoise.stream.sinks.zmq_interface_out import ZmqInterfaceOutput
+
+                self.zout = ZmqInterfaceOutput(cfg.zmq_output, self.ctx, stream_name=cfg.zmq_stream_name,
+                                               on_fatal=self._on_fatal)
+        except Exception:
+            if self.socket is not None:
+                self.socket.close()
+            raise
         self.stats = SidecarStats()
         self.pipe: SamplePipeline | None = None
         self.recording = 0
@@ -137,65 +204,99 @@ class Sidecar:
         self.sample_rate = 0.0
         self.names: list[str] = []
         self.rec_raw = self.rec_den = None
+        self._rec_root: Path | None = None
+        self._filled_fh = None
+        self._record_retry_at = 0.0
+        self.engine_health = ThreadHealth("openephys-engine")
+        self.engine_thread = SupervisedThread("openephys-engine", self._engine_body, self.abort_event,
+                                              on_fatal=self._on_engine_fatal, health=self.engine_health)
+        self._rx_finished = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self._stats_fh = open(cfg.stats_file, "a") if cfg.stats_file else None
         self.final_stats: dict | None = None
-        self._last_block: float | None = None
+        self._finished = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "Sidecar":
+    def _start_threads(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
         self.receiver.start()
         self.receiver.ready.wait(5)
+        self.engine_thread.start()
+
+    def start(self) -> "Sidecar":
+        """Start the threads and a monitor thread running `run()`; returns self."""
+        self._start_threads()
         self.thread = threading.Thread(target=self.run, name="openephys-sidecar", daemon=True)
         self.thread.start()
         return self
 
-    def stop(self) -> dict:
+    def stop(self, timeout: float = 120.0) -> dict:
+        """Stop, wait until what was received is processed and recorded (up to `timeout` s); the final stats."""
         self.stop_event.set()
         if self.thread is not None:
-            self.thread.join(10)
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                self.abort_event.set()
+                self.thread.join(10)
         return self.final_stats or self.snapshot()
 
+    def _on_fatal(self, line: str) -> None:
+        if self.fatal is None:
+            self.fatal = line
+        log.error("fatal: %s; stopping", line)
+        self.stop_event.set()  # heartbeats to the plugin stop with the receiver: the GUI sees the sidecar gone
+        if self.zout is not None:
+            self.zout.stop_heartbeats()  # and clients of the ZMQ output see it gone too
+
+    def _on_engine_fatal(self, line: str) -> None:
+        self.abort_event.set()
+        self._on_fatal(line)
+
     def run(self) -> dict:
-        """Process until stop() / duration; returns the final stats."""
-        if not self.receiver.is_alive() and not self.receiver.ready.is_set():
-            self.receiver.start()
+        """Run until stop() / duration / idle / a fatal error, on this thread; returns the final stats."""
+        self._start_threads()
         t_end = None if not self.cfg.duration else time.monotonic() + self.cfg.duration
         next_stats = time.monotonic() + self.cfg.stats_every if self.cfg.stats_every else None
         try:
             while not self.stop_event.is_set():
-                if t_end is not None and time.monotonic() > t_end:
+                now = time.monotonic()
+                if t_end is not None and now > t_end:
                     break
-                if (self.cfg.stop_after_idle and self._last_block is not None
-                        and time.monotonic() - self._last_block > self.cfg.stop_after_idle):
+                last = self.receiver.last_message
+                if self.cfg.stop_after_idle and last is not None and now - last > self.cfg.stop_after_idle:
+                    log.info("no message for %g s: stopping", self.cfg.stop_after_idle)
                     break
-                try:
-                    items = [self.q.get(timeout=0.1)]
-                except queue.Empty:
-                    items = []
-                while True:
-                    try:
-                        items.append(self.q.get_nowait())
-                    except queue.Empty:
-                        break
-                self._handle(self._shed(items))
-                if next_stats is not None and time.monotonic() >= next_stats:
+                if next_stats is not None and now >= next_stats:
                     self._emit_stats()
-                    next_stats = time.monotonic() + self.cfg.stats_every
+                    next_stats = now + self.cfg.stats_every
+                self.stop_event.wait(0.05)
         finally:
-            self.stop_event.set()
-            self.receiver.join(2)
-            rest = []
-            while True:  # what was received before the stop is still processed
-                try:
-                    rest.append(self.q.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._handle(rest)
-            finally:
+            self._shutdown()
+        return self.final_stats
+
+    def _shutdown(self) -> None:
+        self.stop_event.set()
+        # 1. the receiver ends: what is on its socket is read, what the assembler holds goes on the queue
+        if not self.receiver.finish(timeout=30):
+            log.error("the receiver did not stop within 30 s")
+        self._rx_finished.set()
+        # 2. the engine thread processes everything queued, then ends
+        while self.engine_thread.is_alive() and not self.abort_event.is_set():
+            self.engine_thread.join(0.2)
+        self.engine_thread.join(5)
+        try:
+            if not self.engine_thread.is_alive():
                 self._end_segment()
+        except Exception as exc:  # noqa: BLE001
+            self.engine_health.record(exc, "final segment: ")
+            log.exception("could not end the last segment")
+        finally:
             self.final_stats = self.snapshot(final=True)
             self._emit_stats(self.final_stats)
             if self.socket is not None:
@@ -204,12 +305,44 @@ class Sidecar:
                 self.zout.close()
             if self._stats_fh:
                 self._stats_fh.close()
-        return self.final_stats
+                self._stats_fh = None
+            self._finished.set()
+
+    # ------------------------------------------------------------------ the engine thread
+
+    def _engine_body(self) -> None:
+        while not self.abort_event.is_set():
+            if self._rx_finished.is_set() and self.q.empty():
+                return
+            try:
+                items = [self.q.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    items.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._handle(self._shed(items))
+            except Exception as exc:  # noqa: BLE001 -- one bad batch is counted; the stream goes on
+                self.engine_health.record(exc, "batch: ")
+                log.exception("unexpected error on a batch (counted; the segment ends, the stream goes on)")
+                self._drop_segment()
+
+    def _drop_segment(self) -> None:
+        """After an unexpected error: the pipeline's state is unknown; the next block starts a new segment."""
+        try:
+            if self.pipe is not None:
+                self.pipe.discard()
+            self._close_recording()
+        except Exception as exc:  # noqa: BLE001
+            self.engine_health.record(exc, "reset: ")
 
     # ------------------------------------------------------------------ processing
 
     def _shed(self, items: list) -> list:
-        """Keep at most max_backlog_s of queued data; older blocks are skipped and counted."""
+        """Keep at most max_backlog_s of queued data; older blocks are skipped (overflow: recorded raw only)."""
         blocks = [it for it in items if isinstance(it, Block)]
         if not blocks or not self.cfg.max_backlog_s:
             return items
@@ -220,14 +353,14 @@ class Sidecar:
         keep, acc, full = [], 0, False
         for it in reversed(items):
             if isinstance(it, Block):
-                full = full or acc + it.data.shape[1] > limit
+                full = full or (acc > 0 and acc + it.data.shape[1] > limit)  # the newest block is always kept
                 if full:
-                    self.stats.overflow += it.data.shape[1]
+                    keep.append(_Skipped(it))
                     continue
                 acc += it.data.shape[1]
             keep.append(it)
-        log.warning("engine too slow: skipped %d queued samples (overflow); a new segment starts after them",
-                    total - acc)
+        log.warning("engine too slow: skipped %d queued samples (overflow, recorded raw only); a new segment "
+                    "starts after them", total - acc)
         # the kept blocks carry their sample numbers: the pipeline sees the jump as a gap
         return list(reversed(keep))
 
@@ -243,7 +376,9 @@ class Sidecar:
             if run:
                 self._process(run)
                 run = []
-            if isinstance(it, Gap):
+            if isinstance(it, _Skipped):
+                self._skip(it.block)
+            elif isinstance(it, Gap):
                 pass  # the pipeline sees the jump in the next block's sample numbers and ends the segment itself
             elif isinstance(it, Restart):  # also a new recording folder (and message_num restarts on the ZMQ output)
                 self._end_segment()
@@ -254,9 +389,16 @@ class Sidecar:
         if run:
             self._process(run)
 
+    def _skip(self, block: Block) -> None:
+        """Overflow: the block is recorded raw (never lost) but not denoised; the pipeline sees a gap after it."""
+        n = block.data.shape[1]
+        self.stats.overflow += n
+        if self.pipe is not None and self.pipe.C != block.data.shape[0]:
+            self._end_segment()
+        self._record_raw([block], block.data.T, block.sample_numbers)
+
     def _process(self, blocks: list[Block]) -> None:
         t0 = time.perf_counter()
-        self._last_block = time.monotonic()
         first = blocks[0]
         C = first.data.shape[0]
         if self.pipe is None or self.pipe.C != C:
@@ -265,27 +407,26 @@ class Sidecar:
                 self.stats.segments_before += self.pipe.segments
                 self.stats.passthrough_before += self.pipe.passthrough
                 self.stats.too_short_before += self.pipe.too_short
-            self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch)
+            self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch,
+                                       max_gap=self.max_gap)
             if self.socket is not None:
                 self.socket.configure(C, self.cfg.socket_samples or first.data.shape[1])
         if self.stats.first_data is None:
             self.stats.first_data = time.monotonic()
-        if self.cfg.record and self.rec_raw is None:
-            self._open_recording(first)
         if (first.stream, first.sample_rate, first.channel_names) != (self.stream_name, self.sample_rate, self.names):
             self.stream_name, self.sample_rate, self.names = first.stream, first.sample_rate, list(first.channel_names)
             if self.zout is not None:
                 self.zout.configure(first.stream, self.names, first.sample_rate)
             log.info("stream %r: %d channels at %g Hz from sample %d; model %s, lag %d samples",
                      first.stream, C, first.sample_rate, first.sample_num, self.card.arch, self.card.lag)
-        raw = np.concatenate([b.data for b in blocks], axis=1).T  # (samples, C)
-        sn = np.concatenate([b.sample_numbers for b in blocks])
-        if self.rec_raw is not None:
-            self.rec_raw.write(raw, sn)
+        raw = np.concatenate([b.data for b in blocks], axis=1).T if len(blocks) > 1 else first.data.T  # (samples, C)
+        sn = np.concatenate([b.sample_numbers for b in blocks]) if len(blocks) > 1 else first.sample_numbers
+        self._record_raw(blocks, raw, sn)
         try:
             out = self.pipe.push(raw, sn)
         except Exception as exc:  # an engine failure must not kill the acquisition-side process
             self.stats.engine_errors += 1
+            self.stats.failed_samples += raw.shape[0]
             self.pipe.discard()  # the segment cannot continue: the next block starts a new one
             log.error("engine failed on a block: %s", exc)
             return
@@ -297,19 +438,80 @@ class Sidecar:
     def _emit(self, out: Samples, arrival: float | None) -> None:
         if not len(out):
             return
+        # each output on its own: one that fails (counted in `output_errors`) never stops the others
         if self.socket is not None:
-            self.socket.write(out.data)
+            try:
+                self.socket.write(out.data)
+            except Exception as exc:  # noqa: BLE001
+                self._output_failed("Ephys Socket", exc)
         if self.zout is not None:
-            for a, b in gaps.segments(out.sample_numbers):
-                self.zout.write(int(out.sample_numbers[a]), out.data[a:b])
+            try:
+                for a, b in gaps.segments(out.sample_numbers):
+                    self.zout.write(int(out.sample_numbers[a]), out.data[a:b])
+            except Exception as exc:  # noqa: BLE001
+                self._output_failed("ZMQ output", exc)
         if self.rec_den is not None:
-            self.rec_den.write(out.data, out.sample_numbers)
+            try:
+                self.rec_den.write(out.data, out.sample_numbers)
+            except Exception as exc:  # noqa: BLE001 -- a disk error never stops the live output
+                self._record_failed(exc)
         self.stats.output_samples += len(out)
         self.stats.emits += 1
         if arrival is not None:
             self.stats.latency_ms.append((time.monotonic() - arrival) * 1000)
             if len(self.stats.latency_ms) > 4096:
                 del self.stats.latency_ms[:2048]
+
+    def _output_failed(self, what: str, exc: BaseException) -> None:
+        self.stats.output_errors += 1
+        if self.stats.output_errors == 1 or self.stats.output_errors % 1000 == 0:
+            log.error("%s failed (%s: %s); the other outputs go on (%d errors so far)", what, type(exc).__name__,
+                      exc, self.stats.output_errors)
+
+    # ------------------------------------------------------------------ recording
+
+    def _record_raw(self, blocks: list[Block], raw: np.ndarray, sn: np.ndarray) -> None:
+        """Write raw samples (samples, C) with their numbers; flag the blocks' filled channels. Never raises."""
+        if not self.cfg.record:
+            return
+        if self.rec_raw is not None and self.rec_raw.n_channels != raw.shape[1]:
+            self._close_recording()  # never mix channel counts in one recording (a Restart comes first anyway)
+        if self.rec_raw is None:
+            if time.monotonic() < self._record_retry_at:
+                self.stats.record_dropped += raw.shape[0]
+                return
+            try:
+                self._open_recording(blocks[0])
+            except Exception as exc:  # noqa: BLE001
+                self.stats.record_dropped += raw.shape[0]
+                self._record_failed(exc)
+                return
+        try:
+            self.rec_raw.write(raw, sn)
+            for b in blocks:
+                if b.filled:
+                    self.stats.filled_blocks += 1
+                    self._flag_filled(b)
+        except Exception as exc:  # noqa: BLE001 -- a disk error never stops reception or the live output
+            self.stats.record_dropped += raw.shape[0]
+            self._record_failed(exc)
+
+    def _flag_filled(self, b: Block) -> None:
+        if self._filled_fh is None:
+            self._filled_fh = open(self._rec_root / FILLED_FILE, "a")
+        self._filled_fh.write(json.dumps({"sample_num": int(b.sample_num), "samples": int(b.data.shape[1]),
+                                          "channels": [int(k) for k in b.filled]}) + "\n")
+        self._filled_fh.flush()
+
+    def _record_failed(self, exc: BaseException) -> None:
+        self.stats.record_errors += 1
+        log.error("recording failed (%s: %s): this recording ends; a new folder is tried in 1 s",
+                  type(exc).__name__, exc)
+        try:
+            self._close_recording()
+        except Exception:  # noqa: BLE001
+            self.rec_raw = self.rec_den = self._filled_fh = None
+        self._record_retry_at = time.monotonic() + 1.0
 
     def _open_recording(self, first: Block) -> None:
         from livedenoise.io.writers_ephys import BinaryWriter
@@ -322,10 +524,32 @@ class Sidecar:
         bv = np.full(C, self.cfg.record_bit_volts)
         names = list(first.channel_names)
         kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num)
+        note = f" (channels that never arrived are zeros, listed in ../{FILLED_FILE})"
+        self._rec_root = root
         self.rec_raw = BinaryWriter(root / "raw", first.sample_rate, bv, names, source_processor_name="ZMQ_Interface",
-                                    description="raw input recorded by the livedenoise sidecar", **kw)
-        self.rec_den = BinaryWriter(root / "denoised", first.sample_rate, bv, names, source_processor_name="livedenoise",
-                                    description=f"denoised live by livedenoise {self.card.summary()}", **kw)
+                                    description="raw input recorded by the livedenoise sidecar" + note, **kw)
+        try:
+            self.rec_den = BinaryWriter(root / "denoised", first.sample_rate, bv, names,
+                                        source_processor_name="livedenoise",
+                                        description=f"denoised live by livedenoise {self.card.summary()}" + note, **kw)
+        except Exception:
+            self.rec_raw.close()
+            self.rec_raw = None
+            raise
+
+    def _close_recording(self) -> None:
+        writers, self.rec_raw, self.rec_den = (self.rec_raw, self.rec_den), None, None
+        fh, self._filled_fh = self._filled_fh, None
+        errors = []
+        for w in (*writers, fh):
+            if w is not None:
+                try:
+                    w.close()
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+        if errors:
+            self.stats.record_errors += len(errors)
+            log.error("closing the recording failed: %s", errors[0])
 
     def _end_segment(self) -> None:
         """End the pipeline's segment (its tail goes out with the end-of-recording rule) and close the recording."""
@@ -334,14 +558,21 @@ class Sidecar:
                 self._emit(self.pipe.finish(), None)
             except Exception as exc:
                 self.stats.engine_errors += 1
-                self.pipe.discard()
+                self.stats.failed_samples += self.pipe.discard()
                 log.error("engine failed on a segment's tail: %s", exc)
-        for w in (self.rec_raw, self.rec_den):
-            if w is not None:
-                w.close()
-        self.rec_raw = self.rec_den = None
+        self._close_recording()
 
     # ------------------------------------------------------------------ stats
+
+    def threads(self) -> dict:
+        """Every thread's health (`ThreadHealth.as_dict()`), by name."""
+        out = self.receiver.threads()
+        out[self.engine_health.name] = self.engine_health.as_dict()
+        if self.socket is not None:
+            out[self.socket.health.name] = self.socket.health.as_dict()
+        if self.zout is not None and self.zout.rep is not None:
+            out[self.zout.rep.health.name] = self.zout.rep.health.as_dict()
+        return out
 
     def snapshot(self, final: bool = False) -> dict:
         st = self.stats
@@ -351,6 +582,8 @@ class Sidecar:
         wall = now - (st.first_data or now)
         lat = np.asarray(st.latency_ms[-2048:]) if st.latency_ms else np.zeros(0)
         up = max(now - st.started, 1e-9)
+        pipe = self.pipe
+        threads = self.threads()
         out = {
             # the imaging service's keys (stream/stats.py), in ephys units where they differ
             "frames_in": c.get("blocks_in", 0),
@@ -358,9 +591,9 @@ class Sidecar:
             "dropped": c.get("dropped_samples", 0),
             "skipped": 0,
             "overflow": st.overflow,
-            "passthrough": st.passthrough_before + (self.pipe.passthrough if self.pipe is not None else 0),
-            "too_short": st.too_short_before + (self.pipe.too_short if self.pipe is not None else 0),
-            "record_dropped": 0,
+            "passthrough": st.passthrough_before + (pipe.passthrough if pipe is not None else 0),
+            "too_short": st.too_short_before + (pipe.too_short if pipe is not None else 0),
+            "record_dropped": st.record_dropped,
             "fps_in": round(c.get("blocks_in", 0) / up, 2),
             "fps_out": round(st.emits / up, 2),
             "engine_ms": round(st.busy_s * 1000 / st.batches, 3) if st.batches else None,
@@ -369,9 +602,14 @@ class Sidecar:
             **c,
             "processed_samples": st.processed_samples,
             "output_samples": st.output_samples,
+            "failed_samples": st.failed_samples,
+            "unprocessed_samples": max(0, c.get("samples_in", 0) - st.processed_samples - st.overflow - st.failed_samples),
             "batches": st.batches,
             "engine_errors": st.engine_errors,
-            "segments": st.segments_before + (self.pipe.segments if self.pipe is not None else 0),
+            "record_errors": st.record_errors,
+            "output_errors": st.output_errors,
+            "filled_blocks": st.filled_blocks,
+            "segments": st.segments_before + (pipe.segments if pipe is not None else 0),
             "recordings": self.recording,
             "lag_samples": int(self.card.lag),
             "lag_ms": round(self.card.lag / rate * 1000, 3),
@@ -384,12 +622,22 @@ class Sidecar:
             "socket_packets": self.socket.packets if self.socket is not None else 0,
             "socket_dropped_packets": self.socket.dropped_packets if self.socket is not None else 0,
             "zmq_messages_out": self.zout.messages if self.zout is not None else 0,
-            "channels": self.pipe.C if self.pipe is not None else None,
+            "channels": pipe.C if pipe is not None else None,
             "sample_rate": self.sample_rate or None,
             "stream": self.stream_name,
             "model": self.card.summary(),
             "uptime_s": round(now - st.started, 2),
+            "threads": threads,
+            "thread_errors": sum(h["errors"] for h in threads.values()),
+            "thread_restarts": sum(h["restarts"] for h in threads.values()),
+            "fatal": self.fatal,
         }
+        if self.socket is not None:
+            out.update(self.socket.counters())
+        if self.zout is not None and self.zout.rep is not None:
+            out.update(self.zout.rep.counters())
+        if final:
+            out["final"] = True
         return out
 
     def _emit_stats(self, s: dict | None = None) -> None:
@@ -402,13 +650,27 @@ class Sidecar:
 
 
 def stats_line(s: dict) -> str:
+    """One human line: samples in/out, speed, latency, and every way a sample can be missing or not denoised."""
     def f(v, fmt="{:.1f}"):
         return "-" if v is None else fmt.format(v)
 
-    return (
+    line = (
         f"sidecar: {s['samples_in']} samples in, {s['output_samples']} out | realtime x{f(s['realtime_factor'], '{:.2f}')} "
         f"| latency p50 {f(s['latency_p50_ms'])} ms p99 {f(s['latency_p99_ms'])} ms (lag {s['lag_ms']} ms) "
-        f"| malformed {s['malformed']} dup {s['duplicates']} late {s['late']} gaps {s['gaps']} "
-        f"missing-ch {s['missing_channels']} restarts {s['restarts']} events {s['events']} | GUI clients {s['socket_clients']} "
-        f"| queue {s['queue']}"
+        f"| overflow {s['overflow']} dropped {s['dropped']} (in {s['sample_gaps']} gaps) jumps {s['jumps']} "
+        f"restarts {s['restarts']} | malformed {s['malformed']} dup {s['duplicates']} late {s['late']} "
+        f"msg-gaps {s['gaps']} missing-ch {s['missing_channels']} events {s['events']} "
+        f"| GUI clients {s['socket_clients']} | queue {s['queue']}"
     )
+    if s.get("unprocessed_samples"):
+        line += f" | unprocessed {s['unprocessed_samples']}"
+    if s.get("record_errors") or s.get("record_dropped"):
+        line += f" | RECORDING: {s['record_errors']} errors, {s['record_dropped']} samples not recorded"
+    bad = {k: v for k, v in (s.get("threads") or {}).items() if v.get("state") not in ("running", "stopped", "starting")
+           or v.get("errors")}
+    if bad:
+        line += " | threads: " + ", ".join(f"{k} {v['state']} ({v['errors']} errors, {v['restarts']} restarts: "
+                                           f"{v['last_error'][:80]})" for k, v in bad.items())
+    if s.get("fatal"):
+        line += f" | FATAL: {s['fatal']}"
+    return line

@@ -2,7 +2,25 @@
 
 ZeroMQ multipart messages: [topic, JSON header, payload]. Topics `frame`,
 `start`, `stop` (and `stats` on the output side). Decoding validates every
-field, so everything past the socket can trust a `FrameMessage`.
+field at the edge (protocols/edge.py: header size and nesting depth bounded
+before parsing, integers within int64 and a range per field, floats finite,
+strings bounded, the product of the frame shape bounded before anything is
+allocated), so everything past the socket can trust a `FrameMessage`.
+`decode` raises `ProtocolError` and nothing else, whatever the bytes.
+
+Limits (docs/protocol.md, "Validation"):
+
+| field | range |
+|---|---|
+| header | <= 64 KiB UTF-8 JSON object, nested <= 16 levels |
+| `v` | 1 (every topic; missing means 1) |
+| `frame` | integer 0 .. 2**62 |
+| `channel` | integer 0 .. 64 |
+| `plane` | integer 0 .. 4096 |
+| `shape` | [H, W], each 1 .. 32768, H * W <= 2**24 pixels |
+| `t` | finite number |
+| `source` | string of <= 256 characters |
+| `frame_step` (start) | integer 1 .. 65536 |
 """
 
 from __future__ import annotations
@@ -13,15 +31,36 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.stream.protocols.edge import (
+    ProtocolError, float_field, int_field, json_object, str_field,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION", "DEFAULT_INPUT", "DEFAULT_OUTPUT", "DTYPES", "TOPICS", "MAX_FRAME", "MAX_CHANNEL",
+    "MAX_PLANE", "MAX_SIDE", "MAX_PIXELS", "MAX_FRAME_STEP", "MAX_SOURCE", "ProtocolError", "FrameHeader",
+    "FrameMessage", "ControlMessage", "encode_frame", "encode_control", "decode", "check_start",
+]
+
 PROTOCOL_VERSION = 1
 DEFAULT_INPUT = "tcp://127.0.0.1:5570"
 DEFAULT_OUTPUT = "tcp://127.0.0.1:5571"
 DTYPES = {"int16": np.dtype("<i2"), "uint16": np.dtype("<u2"), "float32": np.dtype("<f4")}
 TOPICS = (b"frame", b"start", b"stop", b"stats")
 
-
-class ProtocolError(ValueError):
-    """A message that does not follow the protocol; counted, never fatal."""
+MAX_FRAME = 1 << 62
+"""Largest frame number (a counter from 0; int64 with room for `frame_step` arithmetic)."""
+MAX_CHANNEL = 64
+"""Channel numbers are 0 .. 64 (ScanImage uses 1 .. 4)."""
+MAX_PLANE = 4096
+"""Plane numbers are 0 .. 4096."""
+MAX_SIDE = 1 << 15
+"""Each side of a frame is 1 .. 32768 pixels ..."""
+MAX_PIXELS = 1 << 24
+"""... and a frame has at most 2**24 pixels (e.g. 4096 x 4096, 64 MiB as float32)."""
+MAX_FRAME_STEP = 1 << 16
+"""`frame_step` of a start message: 1 .. 65536."""
+MAX_SOURCE = 256
+"""`source`: at most 256 characters."""
 
 
 @dataclass(frozen=True)
@@ -88,65 +127,76 @@ def encode_control(topic: str, meta: dict[str, Any]) -> list[bytes]:
     return [topic.encode(), json.dumps({"v": PROTOCOL_VERSION, **meta}).encode()]
 
 
-def _require_int(d: dict, key: str, minimum: int | None = None) -> int:
-    v = d.get(key)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ProtocolError(f"header field {key!r} must be an integer, got {v!r}")
-    if minimum is not None and v < minimum:
-        raise ProtocolError(f"header field {key!r} must be >= {minimum}, got {v}")
-    return v
-
-
 def decode(parts: list[bytes]) -> FrameMessage | ControlMessage:
-    """Parse and validate one multipart message; raises ProtocolError."""
-    if not parts:
+    """Parse and validate one multipart message.
+
+    parts: the message's frames (bytes-like). Returns a `FrameMessage` (pixels:
+    an (H, W) read-only view of the payload, no copy) or a `ControlMessage`.
+    Raises `ProtocolError` (with the reason) for anything that breaks the
+    protocol, and never any other exception.
+    """
+    try:
+        return _decode(parts)
+    except ProtocolError:
+        raise
+    except (MemoryError, RecursionError) as exc:
+        raise ProtocolError(f"message too large or too deep to decode ({type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 -- a last net: nothing but ProtocolError leaves the edge
+        raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _bytes(part) -> bytes | memoryview:
+    if isinstance(part, (bytes, bytearray, memoryview)):
+        return part
+    buf = getattr(part, "buffer", None)  # a zmq.Frame
+    if buf is not None:
+        return buf
+    raise ProtocolError(f"message part is {type(part).__name__}, not bytes")
+
+
+def _decode(parts) -> FrameMessage | ControlMessage:
+    if not isinstance(parts, (list, tuple)) or not parts:
         raise ProtocolError("empty message")
-    topic = bytes(parts[0])
+    head = _bytes(parts[0])
+    topic = bytes(head) if len(head) <= 8 else None
     if topic not in TOPICS:
-        raise ProtocolError(f"unknown topic {topic[:20]!r}")
+        raise ProtocolError(f"unknown topic {bytes(head[:20])!r}")
     if topic != b"frame":
-        if len(parts) not in (2, 3) or (len(parts) == 3 and len(parts[2]) != 0):
+        if len(parts) not in (2, 3) or (len(parts) == 3 and len(_bytes(parts[2])) != 0):
             raise ProtocolError(f"{topic.decode()} message needs 2 parts, got {len(parts)}")
-        return ControlMessage(topic.decode(), _json(parts[1]))
+        meta = json_object(_bytes(parts[1]), f"{topic.decode()} header")
+        _check_version(meta, topic.decode())
+        if topic == b"start":
+            check_start(meta)
+        return ControlMessage(topic.decode(), meta)
     if len(parts) != 3:
         raise ProtocolError(f"frame message needs 3 parts (topic, header, payload), got {len(parts)}")
-    h = _json(parts[1])
-    v = h.get("v", PROTOCOL_VERSION)
-    if v != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {v!r} not supported (expected {PROTOCOL_VERSION})")
-    shape = h.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 1 << 15 for s in shape)
-    ):
-        raise ProtocolError(f"header field 'shape' must be [H, W] of positive integers, got {shape!r}")
+    h = json_object(_bytes(parts[1]), "frame header")
+    _check_version(h, "frame")
+    shape = _shape(h.get("shape"), "shape")
     dtype = h.get("dtype")
-    if dtype not in DTYPES:
-        raise ProtocolError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError(f"unknown dtype {_short(dtype)} (expected one of {', '.join(DTYPES)})")
     order = h.get("order", "C")
-    if order not in ("C", "F"):
-        raise ProtocolError(f"header field 'order' must be 'C' or 'F', got {order!r}")
-    t = h.get("t", 0.0)
-    if not isinstance(t, (int, float)) or isinstance(t, bool):
-        raise ProtocolError(f"header field 't' must be a number, got {t!r}")
+    if not isinstance(order, str) or order not in ("C", "F"):
+        raise ProtocolError(f"header field 'order' must be 'C' or 'F', got {_short(order)}")
     header = FrameHeader(
-        frame=_require_int(h, "frame", 0),
-        t=float(t),
-        shape=(shape[0], shape[1]),
+        frame=int_field(h, "frame", 0, MAX_FRAME),
+        t=float_field(h, "t", default=0.0),
+        shape=shape,
         dtype=dtype,
-        channel=_require_int(h, "channel", 0) if "channel" in h else 1,
-        plane=_require_int(h, "plane", 0) if "plane" in h else 1,
+        channel=int_field(h, "channel", 0, MAX_CHANNEL, default=1),
+        plane=int_field(h, "plane", 0, MAX_PLANE, default=1),
         order=order,
-        source=str(h.get("source", "")),
+        source=str_field(h, "source", MAX_SOURCE, default=""),
         extra={k: val for k, val in h.items() if k not in _HEADER_KEYS},
     )
-    payload = parts[2]
+    payload = _bytes(parts[2])
     if len(payload) != header.nbytes:
-        raise ProtocolError(
-            f"payload is {len(payload)} bytes but shape {shape} of {dtype} needs {header.nbytes}"
-        )
+        raise ProtocolError(f"payload is {len(payload)} bytes but shape {list(shape)} of {dtype} needs {header.nbytes}")
     flat = np.frombuffer(payload, dtype=DTYPES[dtype])
+    if flat.flags.writeable:  # a bytearray or writable buffer: the view must stay read-only
+        flat.flags.writeable = False
     pixels = flat.reshape(shape, order=order)
     return FrameMessage(header, pixels)
 
@@ -154,11 +204,65 @@ def decode(parts: list[bytes]) -> FrameMessage | ControlMessage:
 _HEADER_KEYS = {"v", "frame", "t", "channel", "plane", "shape", "dtype", "order", "source"}
 
 
-def _json(raw: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ProtocolError("header is not UTF-8 JSON") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("header JSON is not an object")
-    return obj
+def _check_version(d: dict, what: str) -> None:
+    v = d.get("v", PROTOCOL_VERSION)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != PROTOCOL_VERSION:
+        raise ProtocolError(f"{what}: protocol version {_short(v)} not supported (expected {PROTOCOL_VERSION})")
+
+
+def _shape(shape, key: str) -> tuple[int, int]:
+    """[H, W] within the limits; the product is checked before anything is allocated."""
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise ProtocolError(f"header field {key!r} must be [H, W], got {_short(shape)}")
+    hw = []
+    for s in shape:
+        if isinstance(s, float) and s.is_integer():
+            s = int(s)
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 < s <= MAX_SIDE:
+            raise ProtocolError(f"header field {key!r} must be [H, W] of integers 1..{MAX_SIDE}, got {_short(shape)}")
+        hw.append(s)
+    if hw[0] * hw[1] > MAX_PIXELS:
+        raise ProtocolError(f"a {hw[0]}x{hw[1]} frame has more than {MAX_PIXELS} pixels")
+    return hw[0], hw[1]
+
+
+def check_start(meta: dict) -> dict:
+    """Validate the fields of a `start` message that a receiver uses or documents.
+
+    `frame_step` (int 1..65536) is required to be valid because `serve` uses
+    it; the documented metadata fields are type-checked where present (`null`
+    is accepted for each: ScanImage writes NaN, Inf and empty values as null).
+    Unknown keys are kept as they are. Returns `meta`; raises ProtocolError.
+    """
+    what = "start field"
+    if meta.get("frame_step") is not None:
+        int_field(meta, "frame_step", 1, MAX_FRAME_STEP, what=what)
+    for key in ("frame_rate", "volume_rate", "zoom"):
+        if meta.get(key) is not None:
+            float_field(meta, key, 0.0, 1e9, what=what)
+    for key in ("frames", "planes"):
+        if meta.get(key) is not None:
+            int_field(meta, key, 0, MAX_FRAME, what=what)
+    for key in ("frame_size", "shape"):  # metadata: 0 stands for "unknown" (ScanImage before it knows)
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, list) or len(v) != 2):
+            raise ProtocolError(f"{what} {key!r} must be [H, W], got {_short(v)}")
+        for side in v or ():
+            int_field({"side": side}, "side", 0, MAX_SIDE, what=f"{what} {key!r} item")
+    for key in ("channels", "published_channels"):
+        v = meta.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) > MAX_CHANNEL + 1:
+            raise ProtocolError(f"{what} {key!r} must be a list of at most {MAX_CHANNEL + 1} channel numbers")
+        for c in v:
+            int_field({"c": c}, "c", 0, MAX_CHANNEL, what=f"{what} {key!r} item")
+    for key in ("dtype", "source", "mode"):
+        if meta.get(key) is not None:
+            str_field(meta, key, MAX_SOURCE, what=what)
+    return meta
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."

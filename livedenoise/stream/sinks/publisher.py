@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from livedenoise.errors import UserError
+from livedenoise.stream.protocols.edge import MAX_HEADER_BYTES
 from livedenoise.stream.protocols.frames import FrameHeader, encode_control, encode_frame
 
 
@@ -99,8 +100,19 @@ class OutputPublisher:
         self._send(encode_frame(header, pixels))
 
     def control(self, topic: str, meta: dict[str, Any]) -> None:
-        meta = {k: v for k, v in meta.items() if k != "v"}
-        self._send(encode_control(topic, json.loads(json.dumps(meta, default=str))))
+        """Publish a start/stop/stats message; one that would break the protocol's header limit (64 KiB, so
+        receivers would refuse it) loses its largest fields first, each replaced by `<key>_omitted: <bytes>`."""
+        meta = json.loads(json.dumps({k: v for k, v in meta.items() if k != "v"}, default=str))
+        parts = encode_control(topic, meta)
+        while len(parts[1]) > MAX_HEADER_BYTES - 1024 and meta:
+            sizes = {k: len(json.dumps(v)) for k, v in meta.items() if not k.endswith("_omitted")}
+            if not sizes:
+                break
+            key = max(sizes, key=sizes.get)
+            del meta[key]
+            meta[f"{key}_omitted"] = sizes[key]
+            parts = encode_control(topic, meta)
+        self._send(parts)
 
     def close(self) -> None:
         self.sock.close()

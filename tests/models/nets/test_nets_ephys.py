@@ -1,9 +1,12 @@
 """interp-ephys and block-ephys: layouts, the self-supervision rule by perturbation, streaming == offline."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from livedenoise.export.engines.torch import TorchEngine
 from livedenoise.models.nets import block_ephys, interp_ephys
 from livedenoise.stream.ephys import SamplePipeline
 from livedenoise.stream.offline import denoise_array
@@ -154,3 +157,29 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(arch, tmp_path, monkeypatch)
         ort = open_engine(tmp_path / "m.pt", "onnxruntime")
     got = denoise_array(ort, x)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("card", [
+    block_ephys.make_card(16, 9, 3, 1, "fast"),
+    block_ephys.make_card(16, 9, 3, 1, "base"),
+    interp_ephys.make_card(16, 4, 2, 1, "lite"),
+    interp_ephys.make_card(16, 4, 2, 1, "lite", layout="dense"),
+], ids=["block-fast", "block-base", "interp-checkerboard", "interp-dense"])
+def test_edge_channels_are_denoised_like_inner_ones(card):
+    torch.manual_seed(0)
+    assert card.params["edge"] == "reflect"
+    net = build_network(card).eval()
+    for p in net.parameters():  # random weights far from zero: an edge rule that differs would show
+        p.data.normal_(0.0, 0.3)
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(400).astype(np.float32)
+    data = np.repeat(signal[:, None], 16, axis=1)  # identical channels in ...
+    out = denoise_array(TorchEngine(card, net, "cpu"), data)
+    assert np.abs(out).max() > 0
+    np.testing.assert_allclose(out, np.repeat(out[:, :1], 16, axis=1), rtol=1e-5, atol=1e-5)  # ... identical out
+    # a card from before the rule (no "edge"): zeros past the first and last channels, as it was trained
+    old = dataclasses.replace(card, params={k: v for k, v in card.params.items() if k != "edge"})
+    net_old = build_network(old).eval()
+    net_old.load_state_dict(net.state_dict())
+    out_old = denoise_array(TorchEngine(old, net_old, "cpu"), data)
+    assert not np.allclose(out_old[:, 0], out_old[:, 8], atol=1e-3)
