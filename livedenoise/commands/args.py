@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.errors import UserError
 from livedenoise.io.readers_ephys import open_recording
 
 
@@ -58,17 +59,64 @@ def open_movie_from_args(path, args):
 
 
 def add_reading_arguments(parser) -> None:
-    """--stream / --channels / --sample-rate / --bit-volts for ephys inputs (shared by train and denoise)."""
+    """--stream / --recording / --channels / --sample-rate / --bit-volts for ephys inputs (train, denoise);
+    --force-rate as well where the verb takes a --model."""
     g = parser.add_argument_group("extracellular recordings (Open Ephys Binary, SpikeGLX .bin, flat .dat)")
-    g.add_argument("--stream", default=None, help="Open Ephys stream to read (name or index; default the first)")
-    g.add_argument("--channels", type=int, default=None, help="channel count of a flat int16 .dat file")
-    g.add_argument("--sample-rate", type=float, default=None, help="sample rate of a flat .dat file (default 30000)")
+    g.add_argument("--stream", default=None, metavar="NAME|INDEX",
+                   help="Open Ephys stream to read, by name, folder name or 0-based index; needed when a recording has "
+                        "several streams that may hold neural data (without it: the only one whose channel metadata "
+                        "is not that of ADC/NI-DAQ/TTL inputs)")
+    g.add_argument("--recording", default=None, metavar="N|PATH",
+                   help="Open Ephys recording to read when the folder holds several: N for recordingN, or a path "
+                        "such as experiment2/recording1 or 'Record Node 102/experiment1/recording1'; the output keeps "
+                        "its name and number")
+    g.add_argument("--channels", type=int, default=None, help="channel count of a flat int16 .dat file (required)")
+    g.add_argument("--sample-rate", type=float, default=None, metavar="HZ",
+                   help="sample rate of a flat .dat file (required: the file does not say)")
     g.add_argument("--bit-volts", type=float, default=0.195, help="µV per bit of a flat .dat file")
+    if "--model" in getattr(parser, "_option_string_actions", {}):
+        g.add_argument("--force-rate", action="store_true",
+                       help="run an ephys model on a recording whose sample rate differs by more than "
+                            f"{100 * RATE_TOLERANCE:g}%% from the rate it was trained at (refused without it)")
+
+
+RATE_TOLERANCE = 0.01
+"""Relative difference between a recording's sample rate and a model's training rate that is refused."""
 
 
 def open_from_args(path, args):
+    """`open_recording` with the flags of `add_reading_arguments` (refusals: UserError, one line)."""
     return open_recording(path, stream=getattr(args, "stream", None), channels=getattr(args, "channels", None),
-                          sample_rate=getattr(args, "sample_rate", None), bit_volts=getattr(args, "bit_volts", 0.195))
+                          sample_rate=getattr(args, "sample_rate", None), bit_volts=getattr(args, "bit_volts", 0.195),
+                          recording=getattr(args, "recording", None))
+
+
+def check_model_rate(card, rec, model, force: bool = False) -> list[str]:
+    """Refuse an ephys model on a recording at another sample rate than the one it was trained at.
+
+    `card.training["sample_rate"]` (Hz, written by `train`) against `rec.sample_rate`:
+    a relative difference above `RATE_TOLERANCE` raises UserError naming both rates and
+    --force-rate, or with `force` returns a warning line. Returns the lines to print
+    (a note when the card does not record its rate). The model's window counts samples,
+    so at another rate it spans another time and the spikes it learnt have another width.
+    """
+    trained = (getattr(card, "training", None) or {}).get("sample_rate")
+    try:
+        trained = float(trained) if trained is not None else None
+    except (TypeError, ValueError):
+        trained = None
+    if trained is None or not trained > 0:
+        return [f"note: {model} does not record the sample rate it was trained at; the recording is at "
+                f"{rec.sample_rate:g} Hz"]
+    if abs(rec.sample_rate - trained) <= RATE_TOLERANCE * trained:
+        return []
+    what = (f"{model} was trained at {trained:g} Hz but {rec.path} is at {rec.sample_rate:g} Hz (the model's window "
+            f"counts samples: here it spans {trained / rec.sample_rate:.3g}x the time it was trained on)")
+    if not force:
+        check = " (or check --sample-rate)" if rec.format == "dat" else ""
+        raise UserError(f"{what}; train a model on data at {rec.sample_rate:g} Hz{check}, or add --force-rate to run "
+                        "it anyway")
+    return [f"warning: {what} (--force-rate)"]
 
 
 def add_norm_arguments(parser, live: bool) -> None:

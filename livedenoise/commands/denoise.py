@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from livedenoise.errors import UserError
 
@@ -194,3 +193,41 @@ def _set_threads(args) -> None:
     """--threads must be >= 1 (the engine is opened with that many CPU threads)."""
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be >= 1 (got {args.threads})")
+
+
+def run_ephys(args) -> str:
+    """`livedenoise denoise` for an extracellular recording; returns the summary to print.
+
+    The recording is opened by the shared reading flags (`commands/args.py`: refusals for
+    an ambiguous stream or recording, a flat .dat without --sample-rate), the model's
+    training sample rate is checked against it (`check_model_rate`, --force-rate), and
+    the output is written in the input's format, as a complete copy (`writer_like`).
+    """
+    from livedenoise.commands.args import check_model_rate, open_from_args
+    from livedenoise.stream.ephys import denoise_recording, open_ephys_engine
+
+    _set_threads(args)
+    rec = open_from_args(args.input, args)
+    neural = rec.meta.get("neural_channels")
+    if rec.format == "spikeglx" and neural is not None and len(neural) == 0:
+        kinds = sorted(set(rec.meta.get("channel_kinds", [])))
+        raise UserError(f"{args.input}: none of its {rec.n_channels} channels is a neural channel "
+                        f"({', '.join(kinds) or 'sync/digital'} only); there is nothing to denoise")
+    eng = open_ephys_engine(args.model, args.backend, threads=args.threads)
+    notes = list(rec.notes) + check_model_rate(eng.card, rec, args.model, getattr(args, "force_rate", False))
+    if args.report:
+        notes.append("note: --report scores imaging models; no quality report for a recording")
+    quiet = args.quiet or args.json
+    rep = denoise_recording(rec, args.model, args.output, engine=eng, progress=not quiet)
+    if args.json:
+        return json.dumps({"input": str(args.input), "output": rep["out"], "model": str(args.model),
+                           "stream": rec.stream_name, "sample_rate": rec.sample_rate, "notes": notes, **rep})
+    seg = (f"; {rep['segments']} segments (sample numbers: {rep['gaps']} gaps, {rep['restarts']} restarts), "
+           "each denoised on its own" if rep["segments"] > 1 else "")
+    what = f" (stream '{rec.stream_name}')" if rec.format == "openephys" else ""
+    lines = [f"denoised {rep['samples']} samples x {rep['channels']} channels{what} -> {rep['out']} in "
+             f"{rep['seconds']:.1f} s ({rep['realtime_factor']:.2f}x real time){seg}"]
+    if rec.format == "openephys":
+        lines.append("the rest of the recording is copied as it is (events, sync messages, settings, other "
+                     "streams), its sample numbers and timestamps unchanged")
+    return "\n".join(lines + notes)

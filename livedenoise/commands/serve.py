@@ -22,7 +22,9 @@ def register(subparsers) -> None:
         description=(
             "Subscribe to an acquisition's ZeroMQ PUB socket, denoise every frame as soon as the model's "
             "window is complete (lag 0 for causal models), publish denoised frames and once-a-second "
-            "stats on --output, and optionally record raw and denoised frames. Ctrl-C stops cleanly."
+            "stats on --output, and optionally record raw and denoised frames. Ctrl-C or SIGTERM stops cleanly: it "
+            "says how many frames are queued, denoises them for at most --drain-timeout s, and says how many it "
+            "gave up; a second Ctrl-C gives them up at once."
         ),
     )
     p.add_argument("--model", required=True, help="model file: a .pt checkpoint, .onnx or TensorRT engine")
@@ -36,6 +38,9 @@ def register(subparsers) -> None:
                    help="all: denoise every frame in order; latest: under load skip to the newest frames")
     p.add_argument("--ring", type=int, default=256, help="frames kept per stream (bounds memory and backlog)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="on Ctrl-C / SIGTERM, denoise what is queued for at most S seconds, then give the rest up "
+                        "(counted; with --record their raw frames are kept). A second Ctrl-C gives up at once")
     p.add_argument("--stats-interval", type=float, default=1.0, metavar="S", help="seconds between stats")
     p.add_argument("--rcvhwm", type=int, default=100_000, help="ZeroMQ receive high-water mark (messages)")
     p.add_argument("--max-streams", type=int, default=256, metavar="N",
@@ -81,7 +86,7 @@ def run(args) -> int:
         record_format=args.record_format, ring=args.ring, max_batch=args.max_batch, policy=args.policy,
         renorm=renorm_frames(args), stats_interval=args.stats_interval, rcvhwm=args.rcvhwm, duration=args.duration,
         view=args.view, innovation=args.innovation, innovation_k=args.innovation_k,
-        max_streams=args.max_streams, record_max_open=args.record_max_open,
+        max_streams=args.max_streams, record_max_open=args.record_max_open, drain_timeout=args.drain_timeout,
     )
 
     idle = {"since": 0.0}
@@ -106,8 +111,15 @@ def run(args) -> int:
         )
     viewer = start_viewer(cfg.input, cfg.output) if cfg.view else None
     previous = {}
+    service.announce_give_up = True
+
+    def on_signal(*_) -> None:  # the first stops and drains (the service says so); the next gives the queue up
+        if stop.is_set():
+            service.give_up_drain()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        previous[sig] = signal.signal(sig, on_signal)
     failed = None
     try:
         final = service.run()
@@ -121,7 +133,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({**final, "final": True}), flush=True)
     else:
-        print("final: " + stats_line(final), flush=True)
+        print("final: " + stats_line(final)
+              + (f" | gave up {final['drain_given_up']} queued frame(s) when stopping" if final.get("drain_given_up") else ""),
+              flush=True)
         for path in final.get("recorded", []):
             print(f"recorded {path}")
     if failed is not None:

@@ -3,8 +3,9 @@
     livedenoise simulate sim.tif --frames 2000 --size 256 256 --photons 1.0 --seed 0
 
 Writes the noisy int16 movie to OUT (.tif, .h5 or .npy) and the noise-free
-movie, soma masks, traces and calcium-event frames to `<stem>.truth.h5` next
-to it. The model of the data is described in docs/data.md.
+movie (compressed), soma masks, traces and calcium-event frames to
+`<stem>.truth.h5` next to it, with progress on stderr (a bar on a terminal, a
+line every 5 s otherwise). The model of the data is described in docs/data.md.
 """
 
 from __future__ import annotations
@@ -48,21 +49,34 @@ def run(args) -> int:
 
 
 def run_imaging(args) -> int:
-    from livedenoise.sim.imaging import SimConfig, save_simulation, simulate_movie
+    from livedenoise.sim.imaging import SimConfig, check_movie_path, save_simulation, simulate_movie
 
     if args.frames < 1:
         raise UserError(f"--frames must be >= 1 (got {args.frames})")
     h, w = args.size
     cfg = SimConfig(frames=args.frames, height=h, width=w, n_neurons=args.neurons, photons=args.photons,
                     frame_rate=args.fps, seed=args.seed)
+    check_movie_path(args.out)  # before minutes of work, not after
+    from livedenoise.progress import Progress
+
     t0 = time.perf_counter()
-    sim = simulate_movie(cfg)
-    movie, truth = save_simulation(sim, args.out)
+    bar = Progress(cfg.frames, "frame", "simulate: generating", leave=False)
+    try:
+        sim = simulate_movie(cfg, on_frames=bar.update)
+    finally:
+        bar.close()
+    bar = Progress(cfg.frames, "frame", f"simulate: writing {Path(args.out).name} and its ground truth", leave=False)
+    try:
+        movie, truth = save_simulation(sim, args.out, on_frames=bar.update)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
     mean_photons = (float(sim.clean.mean(dtype="float64")) - cfg.offset) / cfg.gain
     info = {
         "movie": str(movie),
         "truth": str(truth),
+        "movie_mb": round(movie.stat().st_size / 1e6, 1),
+        "truth_mb": round(truth.stat().st_size / 1e6, 1),
         "frames": cfg.frames,
         "height": h,
         "width": w,
@@ -79,7 +93,8 @@ def run_imaging(args) -> int:
     else:
         print(
             f"wrote {movie} ({cfg.frames} frames of {h}x{w} int16, {info['neurons']} neurons, "
-            f"{mean_photons:.2f} photons/pixel/frame) and ground truth {truth} in {seconds:.1f} s"
+            f"{mean_photons:.2f} photons/pixel/frame, {info['movie_mb']:g} MB) and ground truth {truth} "
+            f"({info['truth_mb']:g} MB) in {seconds:.1f} s"
         )
     return 0
 

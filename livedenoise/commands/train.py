@@ -336,8 +336,10 @@ def run_ephys(args, out) -> int:
     )
     if getattr(args, "json", False):
         print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),
-                           "val_loss": hist["val_loss"], "seconds": card.training.get("train_seconds")}))
+                           "val_loss": hist["val_loss"], "seconds": card.training.get("train_seconds"),
+                           "notes": rec.notes}))
     else:
         print(f"wrote {out}: {card.summary()}; {card.training.get('steps_done')} steps in "
-              f"{card.training.get('train_seconds')} s" + (f", validation loss {hist['val_loss']:.4f}" if hist["val_loss"] else ""))
+              f"{card.training.get('train_seconds')} s" + (f", validation loss {hist['val_loss']:.4f}" if hist["val_loss"] else "")
+              + "".join(f"; {n}" for n in rec.notes))
     return 0

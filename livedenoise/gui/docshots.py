@@ -39,7 +39,7 @@ def _wait_sub(sock, timeout=30.0):
     sock.recv()
 
 
-def imaging(out: Path, frames: int = 150) -> None:
+def imaging(out: Path, frames: int = 180) -> None:  # past the mean-subtracted panel's 5 s warm-up (151 frames)
     import torch
 
     from livedenoise.gui.app import ViewOptions, run

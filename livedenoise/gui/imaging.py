@@ -27,6 +27,20 @@ ROI_COLORS = [(255, 200, 0), (0, 200, 255), (255, 80, 200), (120, 255, 80), (255
 TRACE_PERIOD_S = 0.1
 PANEL_TITLES = {"raw": "raw", "denoised": "denoised", "residual": "residual (raw - denoised)",
                 "meansub": "mean-subtracted"}
+NO_ROI_HINT = "no ROI: click Draw ROI and drag on an image, or pass --roi X,Y,W,H"
+
+
+def _centred_note(vb: pg.ViewBox, text: str) -> pg.TextItem:
+    """A grey note in the middle of a view (in screen pixels: it does not move with zoom or data)."""
+    note = pg.TextItem(text, color=(170, 170, 170), anchor=(0.5, 0.5))
+    note.setParentItem(vb)
+
+    def centre(*_):
+        note.setPos(vb.width() / 2, vb.height() / 2)
+
+    vb.sigResized.connect(centre)
+    centre()
+    return note
 
 
 class DrawViewBox(pg.ViewBox):
@@ -87,6 +101,8 @@ class ImagingWindow(QtWidgets.QMainWindow):
         self._rois: dict[int, list[pg.RectROI]] = {}
         self._roi_curves: dict[int, tuple[pg.PlotDataItem, pg.PlotDataItem]] = {}
         self._next_roi = 0
+        self.meansub_warm = False
+        """Whether the mean-subtracted panel shows its image (its running mean spans a time constant)."""
         self._build_ui(trace_window_s)
         (denoised or raw).mean.enabled = True
         self._status_tick = 0
@@ -126,12 +142,15 @@ class ImagingWindow(QtWidgets.QMainWindow):
             vb.sigRangeChangedManually.connect(self._on_manual_zoom)
             row.addWidget(widget)
             self.panels[name] = _Panel(name, vb, item, label, widget)
+        self.meansub_note = _centred_note(self.panels["meansub"].vb, "")
+        self.meansub_note.setVisible(False)
         self._relayout()
         split.addWidget(self.images)
         self.trace_plot = pg.PlotWidget()
         self.trace_plot.setLabel("bottom", "time", units="s")
         self.trace_plot.setLabel("left", "ROI mean")
         self.trace_plot.addLegend(offset=(5, 5))
+        self.roi_hint = _centred_note(self.trace_plot.getPlotItem().getViewBox(), NO_ROI_HINT)
         split.addWidget(self.trace_plot)
         split.setSizes([620, 260])
         outer.addWidget(split, 1)
@@ -365,6 +384,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
             p.vb.addItem(r)
             items.append(r)
         self._rois[roi_id] = items
+        self.roi_hint.setVisible(False)
         pen_raw = pg.mkPen(color + (150,), width=1, style=QtCore.Qt.PenStyle.DashLine)
         self._roi_curves[roi_id] = (
             self.trace_plot.plot(pen=pen_raw, name=f"ROI {roi_id + 1} raw"),
@@ -394,6 +414,7 @@ class ImagingWindow(QtWidgets.QMainWindow):
             self.trace_plot.removeItem(c)
         for s in self.sources:
             s.traces.remove_roi(roi_id)
+        self.roi_hint.setVisible(not self._rois)
 
     def clear_rois(self) -> None:
         for rid in list(self._rois):
@@ -500,7 +521,18 @@ class ImagingWindow(QtWidgets.QMainWindow):
         f = self._bufs[key]
         if f is None:
             return
-        src.mean.tau = self.tau_box.value()
+        tau = self.tau_box.value()
+        src.mean.tau = tau
+        panel = self.panels["meansub"]
+        n, need = src.mean.warmup()
+        if not need or n < need:  # a baseline of a few frames is mostly noise: its patches are not activity
+            self.meansub_warm = False
+            note = f"warming up: {n} of {need} frames" if need else f"warming up: {n} frame(s)"
+            panel.label.setText(f"{key} - running mean ({tau:g} s): {note}")
+            self.meansub_note.setText(f"{note}\n(the running mean needs {tau:g} s of frames)")
+            self.meansub_note.setVisible(True)
+            panel.item.setVisible(False)
+            return
         mean = self._bufs["mean"] = src.mean.read(self._bufs["mean"])
         if mean is None or mean.shape != f.shape:
             return
@@ -508,8 +540,12 @@ class ImagingWindow(QtWidgets.QMainWindow):
         if ms is None or ms.shape != f.shape:
             ms = self._bufs["meansub"] = np.empty_like(f)
         np.subtract(f, mean, out=ms)
-        self.panels["meansub"].label.setText(f"{key} - running mean ({self.tau_box.value():g} s)")
-        self.panels["meansub"].item.setImage(ms, autoLevels=False, levels=_symmetric(ms))
+        if not self.meansub_warm:
+            self.meansub_warm = True
+            self.meansub_note.setVisible(False)
+            panel.item.setVisible(True)
+        panel.label.setText(f"{key} - running mean ({tau:g} s)")
+        panel.item.setImage(ms, autoLevels=False, levels=_symmetric(ms))
 
     def _fit_if_needed(self, shape) -> None:
         """Show the whole frame on a new frame size or panel size, unless the user zoomed or panned."""

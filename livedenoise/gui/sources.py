@@ -13,6 +13,7 @@ counts it all, and keeps the last frame per stream.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -108,6 +109,11 @@ class RunningMean:
 
     Updated on the source thread for every frame, so the mean-subtracted view is a
     true temporal baseline even though the display conflates. Off until enabled.
+    It starts as the plain average of the frames so far (weight 1/n, never less
+    than the exponential weight), so it never leans on the first frame alone;
+    `warmup()` says how many frames it holds against the number one time
+    constant spans: until then the baseline is still noisy (the viewer says so
+    instead of showing its patches as activity).
     """
 
     def __init__(self, tau: float = 5.0):
@@ -118,11 +124,23 @@ class RunningMean:
         self._tmp: np.ndarray | None = None
         self._t: float | None = None
         self._stream: tuple[int, int] | None = None
+        self._count = 0
+        self._elapsed = 0.0
 
     def set_stream(self, stream: tuple[int, int] | None) -> None:
         with self._lock:
             if stream != self._stream:
                 self._stream, self._mean = stream, None
+
+    def warmup(self) -> tuple[int, int]:
+        """(frames averaged, frames one time constant spans at the rate seen so far: the mean is warm when
+        the first reaches the second). (n, 0) while the rate is not known yet (fewer than 2 frames)."""
+        with self._lock:
+            n = self._count if self._mean is not None else 0
+            if n < 2 or self._elapsed <= 0:
+                return n, 0
+            per_frame = self._elapsed / (n - 1)
+            return n, max(2, int(math.ceil(self.tau / per_frame)) + 1)
 
     def update(self, header: FrameHeader, pixels: np.ndarray) -> None:
         if not self.enabled:
@@ -133,13 +151,18 @@ class RunningMean:
             elif header.stream != self._stream:
                 return
             if self._mean is None or self._mean.shape != pixels.shape:
-                self._mean = pixels.astype(np.float32)
-                self._tmp = np.empty_like(self._mean)
+                if self._mean is None or self._tmp is None or self._mean.shape != pixels.shape:
+                    self._mean = np.empty(pixels.shape, np.float32)
+                    self._tmp = np.empty_like(self._mean)
+                np.copyto(self._mean, pixels, casting="unsafe")
                 self._t = header.t
+                self._count, self._elapsed = 1, 0.0
                 return
             dt = header.t - self._t if self._t is not None and header.t > self._t else 1 / 30
             self._t = header.t
-            a = 1.0 - np.exp(-dt / max(self.tau, 1e-6))
+            self._count += 1
+            self._elapsed += dt
+            a = max(1.0 / self._count, 1.0 - math.exp(-dt / max(self.tau, 1e-6)))
             np.subtract(pixels, self._mean, out=self._tmp, casting="unsafe")
             self._tmp *= a
             self._mean += self._tmp

@@ -60,6 +60,8 @@ class Recording:
     """(samples,) float64 seconds, when the file stores them."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Format-specific details the writers need to write the same format back."""
+    notes: list[str] = field(default_factory=list)
+    """What the reader chose where the input left a choice (a stream picked by its metadata), one line each."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -92,17 +94,35 @@ class Recording:
     def describe(self) -> str:
         s = f" stream {self.stream_name!r}" if self.stream_name else ""
         cut = " (partial: its writer stopped before closing it; read up to the last flush)" if self.meta.get("partial") else ""
+        notes = "".join(f"; {n}" for n in self.notes)
         return (
             f"{self.format} recording {self.path}{s}: {self.n_channels} channels x {self.n_samples} samples "
-            f"at {self.sample_rate:g} Hz ({self.duration:.2f} s){cut}"
+            f"at {self.sample_rate:g} Hz ({self.duration:.2f} s){cut}{notes}"
         )
 
 
 # --------------------------------------------------------------------------- Open Ephys Binary
 
 
+_REC_DIR = re.compile(r"recording\d+")
+_EXP_DIR = re.compile(r"experiment\d+")
+_NODE_DIR = re.compile(r"Record Node \d+")
+
+
+def _natural(q: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", q.as_posix())]
+
+
 def find_oebin(path: str | os.PathLike) -> list[Path]:
-    """All structure.oebin files at or below `path` (a file, a recording folder, a session)."""
+    """The structure.oebin of every recording at `path`, in natural order.
+
+    `path` may be a structure.oebin, a stream's continuous.dat, a recording folder,
+    or a folder of the GUI's layout above it (`experimentN/recordingN`, `Record Node
+    X/experimentN/recordingN`, a session holding Record Nodes): only that layout is
+    searched there, so a folder a tool put inside a session (e.g. `clean/` of
+    `livedenoise simulate --ephys`) is not taken for one of its recordings. A folder
+    with none of that layout is searched at any depth.
+    """
     p = Path(path)
     if p.is_file() and p.name == "structure.oebin":
         return [p]
@@ -110,13 +130,78 @@ def find_oebin(path: str | os.PathLike) -> list[Path]:
         # .../recordingR/continuous/<stream>/continuous.dat
         cand = p.parent.parent.parent / "structure.oebin"
         return [cand] if cand.is_file() else []
-    if p.is_dir():
-        direct = p / "structure.oebin"
-        if direct.is_file():
-            return [direct]
-        found = p.rglob("structure.oebin")
-        return sorted(found, key=lambda q: (len(q.parts), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(q))]))
-    return []
+    if not p.is_dir():
+        return []
+    direct = p / "structure.oebin"
+    if direct.is_file():
+        return [direct]
+    levels = ((_REC_DIR,), (_EXP_DIR, _REC_DIR), (_NODE_DIR, _EXP_DIR, _REC_DIR))
+    found: list[Path] = []
+    for names in levels:
+        dirs = [p]
+        for pattern in names:
+            dirs = [c for d in dirs for c in _subdirs(d) if pattern.fullmatch(c.name)]
+        found += [d / "structure.oebin" for d in dirs if (d / "structure.oebin").is_file()]
+    if not found:
+        found = list(p.rglob("structure.oebin"))
+    return sorted(found, key=lambda q: (len(q.parts), _natural(q)))
+
+
+def _subdirs(d: Path) -> list[Path]:
+    try:
+        return [c for c in d.iterdir() if c.is_dir()]
+    except OSError:
+        return []
+
+
+def _rel(oebin: Path, base: Path) -> str:
+    try:
+        rel = oebin.parent.relative_to(base)
+    except ValueError:
+        rel = oebin.parent
+    return rel.as_posix() if rel.parts else oebin.parent.name
+
+
+def _recording_summary(oebin: Path) -> str:
+    """'ProbeA-AP 64 ch 3.0 s, ...' for a refusal that lists recordings (never raises)."""
+    try:
+        streams = json.loads(oebin.read_text())["continuous"]
+        parts = []
+        for st in streams:
+            n_ch, rate = int(st["num_channels"]), float(st["sample_rate"])
+            dat = oebin.parent / "continuous" / str(st["folder_name"]).strip("/") / "continuous.dat"
+            secs = dat.stat().st_size / (2 * n_ch) / rate if dat.is_file() else 0.0
+            parts.append(f"{_stream_label(st)} {n_ch} ch {secs:.1f} s")
+        return ", ".join(parts) or "no continuous stream"
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return "unreadable structure.oebin"
+
+
+def _choose_recording(oebins: list[Path], recording: str | int | None, path: Path) -> tuple[Path, list[str]]:
+    """The one recording `path` means: (its structure.oebin, notes). Refuses (UserError) when several
+    recordings are there and `recording` does not pick exactly one of them."""
+    base = path if path.is_dir() else path.parent
+    names = [_rel(q, base) for q in oebins]
+    listing = "; ".join(f"'{n}' ({_recording_summary(q)})" for n, q in zip(names, oebins))
+    if recording is None or str(recording).strip() == "":
+        if len(oebins) == 1:
+            return oebins[0], []
+        raise UserError(f"{path} holds {len(oebins)} recordings: {listing}; pick one with --recording N (recordingN) "
+                        "or --recording 'experimentE/recordingN', or give its folder (one run per recording; several runs can "
+                        "write into one output folder, which keeps their names and numbers)")
+    want = str(recording).strip().strip("/")
+    if want.isdigit():
+        want = f"recording{int(want)}"
+    want_parts = Path(want).parts
+    hits = [i for i, q in enumerate(oebins) if q.parent.parts[-len(want_parts):] == want_parts]
+    if len(hits) == 1:
+        return oebins[hits[0]], []
+    if not hits:
+        raise UserError(f"{path}: no recording {recording!r}; the recordings are: {listing} (--recording N or "
+                        "'experimentE/recordingN')")
+    raise UserError(f"{path}: {len(hits)} recordings match {recording!r}: "
+                    f"{'; '.join(repr(names[i]) for i in hits)}; give more of the path, e.g. "
+                    f"--recording '{'/'.join(Path(names[hits[0]]).parts[-2:])}'")
 
 
 def _load_oebin(path: Path) -> dict:
@@ -129,41 +214,120 @@ def _load_oebin(path: Path) -> dict:
     return info
 
 
-def _choose_stream(streams: list[dict], stream: str | int | None, where: Path) -> int:
+def _stream_label(s: dict) -> str:
+    """A stream as the GUI names it: `stream_name` (0.6+), else its folder (0.4/0.5: `Neuropix-PXI-100.0`)."""
+    return str(s.get("stream_name") or str(s.get("folder_name", "")).strip("/") or "?")
+
+
+NEURAL_UNITS = frozenset({"uv", "µv", "μv", "microvolts"})
+"""`units` of a channel that records neural signals (the GUI writes `uV` for probe and headstage channels)."""
+AUX_UNITS = frozenset({"v", "mv", "volts", "millivolts"})
+"""`units` of analog inputs (ADC, NI-DAQ AI, accelerometer AUX): not neural."""
+AUX_NAME = re.compile(r"(ADC|AI|AUX|DI|DO|TTL|SYNC|SY|XA|XD)[ _-]?\d*", re.IGNORECASE)
+"""Channel names of analog or digital inputs (Acquisition Board ADC1, NI-DAQmx AI0, AUX1, sync)."""
+
+
+def stream_kind(s: dict) -> tuple[str, str]:
+    """What a structure.oebin `continuous` entry says its channels are: (`neural` | `auxiliary` | `unknown`, why).
+
+    From the channels' metadata only: `neural` when a channel's `units` is µV;
+    `auxiliary` when every channel's `units` is V or mV, or every channel name is that
+    of an analog/digital input (ADC1, AI0, AUX1, TTL, SYNC...); `unknown` otherwise
+    (no units, probe-like names: it may be neural).
+    """
+    chans = [c for c in (s.get("channels") or []) if isinstance(c, dict)]
+    units = [str(c.get("units", "")).strip().lower() for c in chans]
+    names = [str(c.get("channel_name", "")).strip() for c in chans]
+    if any(u in NEURAL_UNITS for u in units):
+        return "neural", "units uV"
+    if chans and all(u in AUX_UNITS for u in units):
+        return "auxiliary", f"units {chans[0].get('units')}"
+    if chans and all(AUX_NAME.fullmatch(n) for n in names):
+        return "auxiliary", f"channels {names[0]}..{names[-1]}"
+    return "unknown", ""
+
+
+def _stream_entry(i: int, s: dict) -> str:
+    kind, why = stream_kind(s)
+    try:
+        rate = f"{float(s.get('sample_rate')):g} Hz"
+    except (TypeError, ValueError):
+        rate = "? Hz"
+    folder = str(s.get("folder_name", "")).strip("/")
+    what = f", {why}" if why else ""
+    return f"{i} '{_stream_label(s)}' ({folder}: {s.get('num_channels', '?')} ch at {rate}{what})"
+
+
+def _choose_stream(streams: list[dict], stream: str | int | None, where: Path) -> tuple[int, list[str]]:
+    """(index, notes) of the stream to read. Without `stream`: the only stream, or the only one that is not
+    an auxiliary (ADC / NI-DAQ / TTL) stream by its channel metadata (`stream_kind`), said in a note;
+    several that may be neural: UserError listing them and naming --stream."""
     if not streams:
         raise UserError(f"{where}: the recording has no continuous streams")
-    names = [f"{s.get('stream_name', '')} ({s.get('folder_name', '')})" for s in streams]
+    listing = "; ".join(_stream_entry(i, s) for i, s in enumerate(streams))
     if stream is None or stream == "":
-        return 0
-    if isinstance(stream, int) or (isinstance(stream, str) and stream.isdigit()):
+        if len(streams) == 1:
+            return 0, []
+        kinds = [stream_kind(s)[0] for s in streams]
+        maybe = [i for i, k in enumerate(kinds) if k != "auxiliary"]
+        if len(maybe) == 1:
+            i = maybe[0]
+            others = ", ".join(_stream_entry(j, s) for j, s in enumerate(streams) if j != i)
+            return i, [f"stream '{_stream_label(streams[i])}' read: the only one of the recording's {len(streams)} "
+                       f"streams that may hold neural data; not read: {others} (--stream picks another)"]
+        which = f"{len(maybe)} of them may hold neural data" if maybe else "none holds neural data by its metadata"
+        raise UserError(f"{where}: {len(streams)} continuous streams, {which}: {listing}; pick one with "
+                        "--stream NAME or --stream INDEX")
+    if isinstance(stream, int) or (isinstance(stream, str) and stream.strip().isdigit()):
         i = int(stream)
         if 0 <= i < len(streams):
-            return i
+            return i, []
     else:
+        hits = []
         for i, s in enumerate(streams):
             folder = str(s.get("folder_name", "")).rstrip("/")
             if stream in (s.get("stream_name"), folder) or folder.endswith("." + stream):
-                return i
-    raise UserError(f"{where}: no stream {stream!r}; streams are: {'; '.join(names)} (use --stream NAME or index)")
+                hits.append(i)
+        if len(hits) == 1:
+            return hits[0], []
+        if hits:
+            raise UserError(f"{where}: {len(hits)} streams are named {stream!r}: "
+                            f"{'; '.join(_stream_entry(i, streams[i]) for i in hits)}; pick one with --stream INDEX "
+                            "or its folder name")
+    raise UserError(f"{where}: no stream {stream!r}; the streams are: {listing} (--stream NAME or --stream INDEX)")
 
 
-def read_openephys(path: str | os.PathLike, stream: str | int | None = None) -> Recording:
+def read_openephys(path: str | os.PathLike, stream: str | int | None = None,
+                   recording: str | int | None = None) -> Recording:
     """An Open Ephys Binary stream, memory-mapped (samples, channels) int16 with per-channel bit_volts.
 
-    Format: Open Ephys GUI Binary format (structure.oebin; continuous.dat int16
-    sample-interleaved; sample_numbers.npy int64, timestamps.npy float64 s). A recording
-    whose structure.oebin carries `PARTIAL_KEY` is one livedenoise was still writing
-    (a crash left it): it is read up to its last flush (the shortest of the three
-    files) and `meta["partial"]` is True. Errors: UserError (one line) for a missing
-    or unreadable structure.oebin, an unknown stream, or files that disagree.
+    Format: Open Ephys GUI Binary format (open-ephys.github.io/gui-docs, "Binary
+    format"): structure.oebin JSON; continuous.dat int16 little-endian,
+    sample-interleaved; GUI 0.6+: sample_numbers.npy int64 and timestamps.npy float64 s;
+    GUI 0.4/0.5: timestamps.npy int64 *sample numbers* (and synchronized_timestamps.npy
+    float64 s). Sample numbers are returned as stored, never rebased; a stream that
+    stores none is counted from 0 and a note says so (`Recording.notes`).
+
+    `path` holding several recordings (a session with recording1 and recording2, several
+    experiments or Record Nodes): `recording` picks one (`2` = recording2, or
+    `'experiment1/recording2'`, a path suffix); without it, UserError listing them.
+    Several continuous streams: `stream` (name, folder name or 0-based index) picks one;
+    without it, the only stream that is not an auxiliary (ADC / NI-DAQ / TTL) one by its
+    channel metadata (`stream_kind`), with a note; otherwise UserError listing them.
+    A recording whose structure.oebin carries `PARTIAL_KEY` is one livedenoise was still
+    writing (a crash left it): it is read up to its last flush (the shortest of the
+    files) and `meta["partial"]` is True. Errors: UserError (one line) for a missing or
+    unreadable structure.oebin, an ambiguous or unknown recording or stream, or files
+    that disagree.
     """
     oebins = find_oebin(path)
     if not oebins:
         raise UserError(f"{path}: no structure.oebin found (expected an Open Ephys Binary recording folder)")
-    oebin = oebins[0]
+    oebin, notes = _choose_recording(oebins, recording, Path(path))
     info = _load_oebin(oebin)
     streams = info["continuous"]
-    i = _choose_stream(streams, stream, oebin)
+    i, stream_notes = _choose_stream(streams, stream, oebin.parent)
+    notes += stream_notes
     s = streams[i]
     partial = bool(info.get(PARTIAL_KEY))
     try:
@@ -176,7 +340,7 @@ def read_openephys(path: str | os.PathLike, stream: str | int | None = None) -> 
         raise UserError(f"{oebin}: stream {i} has num_channels={n_ch}, sample_rate={rate}; the structure.oebin is damaged")
     dat = folder / "continuous.dat"
     if not dat.is_file():
-        raise UserError(f"{oebin}: stream {s.get('stream_name')!r} has no {dat}")
+        raise UserError(f"{oebin}: stream {_stream_label(s)!r} has no {dat}")
     size = dat.stat().st_size
     if size % (2 * n_ch) and not partial:
         raise UserError(f"{dat}: size {size} bytes is not a whole number of {n_ch}-channel int16 samples")
@@ -184,9 +348,10 @@ def read_openephys(path: str | os.PathLike, stream: str | int | None = None) -> 
     chans = s.get("channels") or [{"channel_name": f"CH{k + 1}", "bit_volts": NP1_BIT_VOLTS} for k in range(n_ch)]
     bit_volts = np.array([float(c.get("bit_volts", 1.0)) for c in chans], dtype=np.float64)
     names = [str(c.get("channel_name", f"CH{k + 1}")) for k, c in enumerate(chans)]
-    sn_path, ts_path = folder / "sample_numbers.npy", folder / "timestamps.npy"
-    sample_numbers = _load_npy(sn_path) if sn_path.is_file() else np.arange(n, dtype=np.int64)
-    timestamps = _load_npy(ts_path) if ts_path.is_file() else None
+    sample_numbers, timestamps, sn_file = _stream_numbers(folder, n)
+    if sn_file is None:
+        notes.append(f"{folder.name} stores no sample numbers: counted from 0")
+    sn_path = folder / (sn_file or "sample_numbers.npy")
     if partial:  # up to the last flush: the .npy headers count what was flushed, the .dat may hold more
         n = min(n, len(sample_numbers), len(timestamps) if timestamps is not None else n)
         sample_numbers = sample_numbers[:n]
@@ -204,10 +369,28 @@ def read_openephys(path: str | os.PathLike, stream: str | int | None = None) -> 
         channel_names=names,
         format="openephys",
         path=oebin.parent,
-        stream_name=str(s.get("stream_name", "")),
+        stream_name=_stream_label(s),
         timestamps=timestamps,
-        meta={"oebin": info, "stream_index": i, "stream_info": s, "partial": partial},
+        meta={"oebin": info, "stream_index": i, "stream_info": s, "partial": partial, "sample_numbers_file": sn_file},
+        notes=notes,
     )
+
+
+def _stream_numbers(folder: Path, n: int) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """(sample numbers, timestamps in s or None, the file the sample numbers come from or None) of a stream folder.
+
+    GUI 0.6+: sample_numbers.npy + timestamps.npy (float s). GUI 0.4/0.5: timestamps.npy holds
+    integer sample numbers (seconds, if any, in synchronized_timestamps.npy). Told apart by what
+    the files hold (an integer timestamps.npy), not by the version string.
+    """
+    sn_path, ts_path = folder / "sample_numbers.npy", folder / "timestamps.npy"
+    sync_path = folder / "synchronized_timestamps.npy"
+    timestamps = _load_npy(ts_path) if ts_path.is_file() else None
+    if sn_path.is_file():
+        return _load_npy(sn_path), timestamps, sn_path.name
+    if timestamps is not None and timestamps.dtype.kind in "iu":
+        return timestamps, (_load_npy(sync_path) if sync_path.is_file() else None), ts_path.name
+    return np.arange(n, dtype=np.int64), timestamps, None
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -579,12 +762,24 @@ def read_spikeglx(path: str | os.PathLike) -> Recording:
 # --------------------------------------------------------------------------- flat .dat
 
 
-def read_dat(path: str | os.PathLike, channels: int, sample_rate: float, bit_volts: float = NP1_BIT_VOLTS) -> Recording:
+def read_dat(path: str | os.PathLike, channels: int | None, sample_rate: float | None,
+             bit_volts: float = NP1_BIT_VOLTS) -> Recording:
+    """A flat int16 file (little-endian, sample-interleaved, no header), memory-mapped (samples, channels).
+
+    The file says nothing about itself, so its channel count and sample rate (Hz) must be
+    given (`--channels`, `--sample-rate`); `bit_volts` µV per stored unit. Sample numbers
+    count from 0. Errors: UserError (one line) when either is missing or impossible, or
+    the size is not a whole number of samples.
+    """
     p = Path(path)
-    if not channels or channels < 1:
-        raise UserError(f"{p}: a flat .dat file needs --channels N (its channel count)")
-    if not sample_rate or sample_rate <= 0:
-        raise UserError(f"{p}: a flat .dat file needs --sample-rate HZ")
+    missing = [flag for flag, v in (("--channels N", channels), ("--sample-rate HZ", sample_rate)) if v is None]
+    if missing:
+        raise UserError(f"{p}: a flat .dat file has no header to say its channel count and sample rate; give "
+                        f"{' and '.join(missing)}")
+    if channels < 1:
+        raise UserError(f"{p}: --channels must be >= 1 (got {channels})")
+    if not (math.isfinite(sample_rate) and sample_rate > 0):
+        raise UserError(f"{p}: --sample-rate must be a finite number of Hz > 0 (got {sample_rate})")
     size = p.stat().st_size
     if size % (2 * channels):
         raise UserError(f"{p}: size {size} bytes is not a whole number of {channels}-channel int16 samples; check --channels")
@@ -622,17 +817,29 @@ def open_recording(
     channels: int | None = None,
     sample_rate: float | None = None,
     bit_volts: float = NP1_BIT_VOLTS,
+    recording: str | int | None = None,
 ) -> Recording:
-    """Open any supported extracellular recording, memory-mapped."""
+    """Open any supported extracellular recording, memory-mapped (`Recording`: (samples, channels) int16).
+
+    Open Ephys Binary (a recording, session, Record Node or experiment folder, a
+    structure.oebin or a stream's continuous.dat; `stream`, `recording` pick one where
+    there are several: `read_openephys`), SpikeGLX (`.bin` + `.meta`: `read_spikeglx`),
+    flat int16 `.dat` (`channels` and `sample_rate` required: `read_dat`). Errors:
+    UserError (one line) for a missing path, an unknown format, or an ambiguous choice.
+    """
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist")
     if p.is_dir() or p.name == "structure.oebin":
-        return read_openephys(p, stream)
+        return read_openephys(p, stream, recording)
+    if p.suffix == ".dat" and p.name == "continuous.dat" and find_oebin(p) and channels is None:
+        return read_openephys(find_oebin(p)[0], stream if stream is not None else p.parent.name, recording)
+    for flag, value in (("--stream", stream), ("--recording", recording)):
+        if value is not None and str(value) != "":
+            raise UserError(f"{p}: {flag} picks within an Open Ephys recording; this is a "
+                            f"{'SpikeGLX' if p.suffix == '.bin' else 'flat'} file (leave {flag} out)")
     if p.suffix == ".bin":
         return read_spikeglx(p)
     if p.suffix == ".dat":
-        if p.name == "continuous.dat" and find_oebin(p) and channels is None:
-            return read_openephys(find_oebin(p)[0], stream if stream is not None else p.parent.name)
-        return read_dat(p, channels or 0, sample_rate or 30000.0, bit_volts)
+        return read_dat(p, channels, sample_rate, bit_volts)
     raise UserError(f"{p}: not an ephys recording (expected an Open Ephys folder, a SpikeGLX .bin or an int16 .dat)")

@@ -10,6 +10,9 @@ Open Ephys output is a session folder a GUI user would recognise:
                                                                .../timestamps.npy
 
 readable by `open_ephys.analysis.Session(OUT)`, SpikeInterface and our readers.
+`writer_like(rec, OUT)` (what `denoise` uses) writes a *copy* of an input recording
+instead (`OpenEphysCopyWriter`): at the input's own place in its session, with its
+events, sync messages, settings, other streams and sample numbers carried over.
 `write(block, sample_numbers)` stores each sample's own number, gaps included
 (default: continuing from the last one); nothing is ever padded. A session that
 already holds a recording of this Record Node gets the next `recordingN` (as the
@@ -27,10 +30,13 @@ reads back (`np.load`, `open_recording`) up to the last flush.
 
 from __future__ import annotations
 
+import filecmp
+import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -313,6 +319,7 @@ class BinaryWriter(EphysWriter):
             self.dat = open(cont / "continuous.dat", "wb")
             self.sn = NpyAppender(cont / "sample_numbers.npy", "<i8")
             self.ts = NpyAppender(cont / "timestamps.npy", "<f8")
+            self._npys = [(self.sn, lambda sn: sn), (self.ts, lambda sn: sn / self.sample_rate)]
             # until close(), the oebin says the recording is still being written (readers: read to the last flush)
             self._write_oebin(complete=False)
             # what the GUI writes beside structure.oebin (some readers, e.g. neo/SpikeInterface, look for it)
@@ -350,9 +357,10 @@ class BinaryWriter(EphysWriter):
         sample_numbers = np.asarray(sample_numbers, np.int64)
         if sample_numbers.shape != (n,):
             raise ValueError(f"{len(sample_numbers)} sample numbers for {n} samples")
+        columns = [values(sample_numbers) for _, values in self._npys]  # before anything is written
         self.dat.write(np.ascontiguousarray(raw, "<i2").tobytes())
-        self.sn.append(sample_numbers)
-        self.ts.append(sample_numbers / self.sample_rate)
+        for (npy, _), col in zip(self._npys, columns):
+            npy.append(col)
         if n:
             self.next_sample = int(sample_numbers[-1]) + 1
         self.n_written += n
@@ -361,9 +369,9 @@ class BinaryWriter(EphysWriter):
     def _sync(self) -> None:
         row = 2 * self.n_channels
         self.dat.flush()
-        n = min(self.dat.tell() // row, self.sn.resync(), self.ts.resync())
-        self.sn.resync(n)
-        self.ts.resync(n)
+        n = min([self.dat.tell() // row] + [npy.resync() for npy, _ in self._npys])
+        for npy, _ in self._npys:
+            npy.resync(n)
         if self.dat.tell() != n * row:
             self.dat.truncate(n * row)
             self.dat.seek(0, os.SEEK_END)
@@ -372,20 +380,206 @@ class BinaryWriter(EphysWriter):
     def _flush(self) -> None:
         # continuous.dat first, then the .npy counts: after a crash the counts never exceed the data
         self.dat.flush()
-        self.sn.flush()
-        self.ts.flush()
+        for npy, _ in self._npys:
+            npy.flush()
 
     def _finish(self) -> None:
         self._flush()
         self._write_oebin(complete=True)
 
     def _release(self) -> None:
-        for f in (getattr(self, "dat", None), getattr(self, "sn", None), getattr(self, "ts", None)):
+        for f in [getattr(self, "dat", None)] + [npy for npy, _ in getattr(self, "_npys", [])]:
             if f is not None:
                 try:
                     f.close()
                 except Exception:
                     pass
+
+
+_RECORDING_LEVELS = (("recording", re.compile(r"recording\d+")), ("experiment", re.compile(r"experiment\d+")),
+                     ("Record Node", re.compile(r"Record Node \d+")))
+PER_SAMPLE_FILES = ("sample_numbers.npy", "timestamps.npy", "synchronized_timestamps.npy")
+"""The .npy files of an Open Ephys stream folder with one value per sample (written along with the samples)."""
+
+
+def session_layout(recording: str | os.PathLike) -> tuple[Path, list[Path]]:
+    """Where a recording folder sits in the GUI's layout: (its path inside the session, settings files to copy).
+
+    The path keeps the names the GUI gave (`Record Node 101/experiment2/recording3`) as far
+    up as they follow the layout; a recording folder not named `recordingN` becomes
+    `Record Node 101/experiment1/recording1`. The settings files are the `settings*.xml`
+    of the levels above it (the Record Node's `settings.xml`, `settings_2.xml`...; the
+    session's, for layouts without Record Nodes).
+    """
+    rec = Path(recording).resolve()
+    if not _RECORDING_LEVELS[0][1].fullmatch(rec.name):
+        return Path("Record Node 101", "experiment1", "recording1"), []
+    parts, here = [rec.name], rec
+    for _, pattern in _RECORDING_LEVELS[1:]:
+        if not pattern.fullmatch(here.parent.name):
+            break
+        here = here.parent
+        parts.insert(0, here.name)
+    root = here.parent
+    settings = []
+    level = rec.parent
+    while True:
+        settings += sorted(q for q in level.glob("settings*.xml") if q.is_file())
+        if level == root:
+            break
+        level = level.parent
+    return Path(*parts), settings
+
+
+class OpenEphysCopyWriter(BinaryWriter):
+    """A complete copy of an Open Ephys Binary recording with one continuous stream rewritten.
+
+    `OUT/<the recording's place in its session>/`, e.g. `OUT/Record Node 101/experiment1/recording2/`:
+    the input's names and numbering are kept. Copied byte for byte: everything in the
+    recording folder (`events/` -- TTL, messages --, `sync_messages.txt`, the other
+    continuous streams, spikes) and the `settings*.xml` above it (`session_layout`).
+    The stream's folder keeps its name; its `continuous.dat` holds what `write()` gets,
+    and its per-sample files are those of the input's layout (GUI 0.6+:
+    `sample_numbers.npy` + `timestamps.npy` s; 0.4/0.5: `timestamps.npy` int64 sample
+    numbers, `synchronized_timestamps.npy` s): sample numbers as written (they must be the
+    input's, in order; never rebased), seconds copied from the input at the same samples.
+    `structure.oebin` is the input's plus a `livedenoise` entry saying what was done.
+
+    Errors: UserError when OUT already holds this recording, holds a different
+    settings file where one is copied, or is a file (nothing is ever overwritten).
+    """
+
+    def __init__(self, rec: Recording, out: str | os.PathLike, description: str = "",
+                 flush_every_s: float | None = FLUSH_EVERY_S):
+        self.session = Path(out)
+        if self.session.exists() and not self.session.is_dir():
+            raise UserError(f"{self.session} is a file; an Open Ephys recording is written into a folder")
+        src = Path(rec.path)
+        s = dict(rec.meta.get("stream_info") or {})
+        info = json.loads(json.dumps(rec.meta.get("oebin") or {}))  # a deep copy
+        info.pop(PARTIAL_KEY, None)
+        self.folder_name = str(s.get("folder_name", "")).strip("/")
+        if not self.folder_name or not (src / "continuous" / self.folder_name).is_dir():
+            raise UserError(f"{src}: the stream to copy has no folder under continuous/")
+        rel, settings = session_layout(src)
+        self.path = self.session / rel
+        """The final recording folder (where structure.oebin is once closed)."""
+        if self.path.exists():
+            raise UserError(f"{self.path} already exists; choose a new folder for the denoised recording "
+                            "(nothing is overwritten)")
+        root = src.resolve()
+        for _ in rel.parts:
+            root = root.parent
+        copies = []
+        for f in settings:
+            dst = self.session / f.relative_to(root)
+            if dst.exists():
+                if dst.is_file() and filecmp.cmp(f, dst, shallow=False):
+                    continue  # the same session's settings, from the copy of another of its recordings
+                raise UserError(f"{dst} exists and differs from the input's {f.name}; choose a new folder for the "
+                                "denoised recording")
+            copies.append((f, f.relative_to(root)))
+        self.bit_volts = _check_bit_volts(rec.bit_volts)
+        self.n_channels = len(self.bit_volts)
+        self.sample_rate = float(rec.sample_rate)
+        self.channel_names = list(rec.channel_names)
+        self.stream_name = rec.stream_name
+        self.flush_every_s = flush_every_s
+        self.next_sample = int(rec.sample_numbers[0]) if rec.n_samples else 0
+        self.n_written = 0
+        self._src_numbers = np.asarray(rec.sample_numbers)
+        self._pos: int | None = None  # input position of the next sample written
+        info["livedenoise"] = {"version": __version__, "stream": self.folder_name + "/", "description": description,
+                               "source": str(src)}
+        self.info = info
+        self._out = atomic.Output(self.session, folder=True, owner=self, progress=self._progress)
+        self._out.prepare()
+        base = self._out.partial
+        self._dir = base / rel
+        src_stream = src / "continuous" / self.folder_name
+        cont = self._dir / "continuous" / self.folder_name
+        self._npys = []
+        try:
+            for f, r in copies:
+                (base / r).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, base / r)
+            shutil.copytree(src, self._dir, ignore=self._ignore(src, src_stream), symlinks=True,
+                            dirs_exist_ok=True)
+            cont.mkdir(parents=True, exist_ok=True)
+            self.dat = open(cont / "continuous.dat", "wb")
+            for name in PER_SAMPLE_FILES:
+                if (src_stream / name).is_file():
+                    self._npys.append(self._per_sample(src_stream / name, cont / name, rec))
+            self._write_oebin(complete=False)
+        except OSError as exc:
+            self._release()
+            self._out.interrupted(False)
+            raise UserError(f"cannot write the recording in {self.session}: {exc.strerror or exc}") from None
+        self._closed = False
+        self._last_flush = time.monotonic()
+
+    @staticmethod
+    def _ignore(src: Path, src_stream: Path):
+        """copytree: everything but structure.oebin (rewritten) and the stream's data and per-sample files."""
+        def ignore(folder: str, names: list[str]) -> set[str]:
+            here = Path(folder)
+            if here == src:
+                return {n for n in names if n == "structure.oebin" or n.startswith(".structure.oebin")}
+            if here == src_stream:
+                return {n for n in names if n == "continuous.dat" or n in PER_SAMPLE_FILES}
+            return set()
+        return ignore
+
+    def _per_sample(self, src: Path, dst: Path, rec: Recording):
+        """(appender, values for the written sample numbers) for one per-sample file of the input's stream."""
+        try:
+            arr = np.load(src, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:
+            raise UserError(f"{src}: not a readable .npy file ({exc})") from None
+        npy = NpyAppender(dst, arr.dtype.str)
+        if src.name == "sample_numbers.npy" or (src.name == "timestamps.npy" and arr.dtype.kind in "iu"):
+            return npy, lambda sn: sn  # what the sample numbers are (GUI 0.4/0.5: timestamps.npy)
+
+        def seconds(sn, arr=arr):
+            a = self._locate(sn)
+            got = np.asarray(arr[a:a + len(sn)])
+            if len(got) < len(sn):  # the input's file is shorter (a partial input): its rate from here on
+                got = np.concatenate([got, sn[len(got):] / self.sample_rate])
+            return got
+        return npy, seconds
+
+    def _locate(self, sn: np.ndarray) -> int:
+        """Input position of the block with sample numbers `sn` (the next one, or found once)."""
+        src = self._src_numbers
+        n = len(sn)
+        if not n:
+            return self._pos or 0
+        pos = self.n_written if self._pos is None else self._pos
+        if not np.array_equal(src[pos:pos + n], sn):
+            hits = np.flatnonzero(np.asarray(src) == sn[0])
+            pos = next((int(h) for h in hits if np.array_equal(src[h:h + n], sn)), None)
+            if pos is None:
+                raise ValueError(f"{self.path}: sample numbers {sn[0]}..{sn[-1]} are not the input's; a copy keeps "
+                                 "the input's samples in order")
+        return pos
+
+    def write_raw(self, raw: np.ndarray, sample_numbers: np.ndarray | None = None) -> None:
+        """Append (samples, channels) int16; `sample_numbers` (default: the input's next ones) must be the input's."""
+        n = raw.shape[0]
+        if sample_numbers is None:
+            a = self.n_written if self._pos is None else self._pos
+            sample_numbers = np.asarray(self._src_numbers[a:a + n], np.int64)
+        sample_numbers = np.asarray(sample_numbers, np.int64)
+        pos = self._locate(sample_numbers) if n else None
+        super().write_raw(raw, sample_numbers)
+        if pos is not None:
+            self._pos = pos + n
+
+    def _write_oebin(self, complete: bool) -> None:
+        info = dict(self.info)
+        if not complete:
+            info[PARTIAL_KEY] = True
+        atomic.write_text_atomic(self._dir / "structure.oebin", json.dumps(info, indent=2))
 
 
 class DatWriter(EphysWriter):
@@ -424,7 +618,7 @@ class DatWriter(EphysWriter):
         """Hook: companions written at open."""
 
     def write(self, uv: np.ndarray, sample_numbers: np.ndarray | None = None) -> None:
-        self.write_raw(quantise(uv, self.bit_volts))
+        self.write_raw(quantise(uv, self.bit_volts), sample_numbers)
 
     def write_raw(self, raw: np.ndarray, sample_numbers: np.ndarray | None = None) -> None:
         if self._closed:
@@ -462,11 +656,16 @@ META_TILDE = ("imroTbl", "snsChanMap", "snsGeomMap", "snsShankMap", "muxTbl")
 
 
 class SpikeGLXWriter(DatWriter):
-    """A SpikeGLX `.bin` with a copy of the source `.meta` (fileSizeBytes and fileTimeSecs of this file).
+    """A SpikeGLX `.bin` with a copy of the source `.meta`, changed only where this file differs.
 
     Format: SpikeGLX binary (int16 little-endian, sample-interleaved, channel order of
-    the `.meta`) and its `key=value` metadata (SpikeGLX Metadata_30). The partial
-    `.meta` is rewritten at every flush, so a partial pair reads back up to it.
+    the `.meta`) and its `key=value` metadata (SpikeGLX Metadata_30). Given the source
+    `.meta` text (`meta_text`, as `writer_like` does), every line is kept as it is --
+    order, `~` keys, line ends -- except `fileSizeBytes` and `fileTimeSecs` (when the
+    sample count differs), `firstSample` (when the first sample written is another),
+    `fileSHA1` (the SHA-1 of the new `.bin`, uppercase hex as SpikeGLX writes it), and a
+    `livedenoiseNote` line added with `note`. Without it the `meta` dict is written.
+    The partial `.meta` is rewritten at every flush, so a partial pair reads back up to it.
     Errors: UserError when `path` does not end in .bin.
     """
 
@@ -474,30 +673,75 @@ class SpikeGLXWriter(DatWriter):
     companions = (".meta",)
 
     def __init__(self, path: str | os.PathLike, bit_volts: Sequence[float], meta: dict[str, str], sample_rate: float,
-                 pass_through: Sequence[int] = (), flush_every_s: float | None = FLUSH_EVERY_S):
+                 pass_through: Sequence[int] = (), flush_every_s: float | None = FLUSH_EVERY_S,
+                 meta_text: str | None = None, note: str = ""):
         if Path(path).suffix != ".bin":
             raise UserError(f"SpikeGLX output {path} must end in .bin (its .meta is written beside it)")
         self.meta = dict(meta)
+        self.meta_text = meta_text
+        self.note = " ".join(note.split())
         self.sample_rate = float(sample_rate)
         if not math.isfinite(self.sample_rate) or self.sample_rate <= 0:
             raise UserError(f"writer: sample rate must be finite and > 0 (got {sample_rate})")
+        self._sha1 = hashlib.sha1()
+        self._hashed = 0
+        self._first_sample: int | None = None
         super().__init__(path, bit_volts, flush_every_s=flush_every_s)
 
     def _opened(self) -> None:
         self._write_meta()
 
-    def _write_meta(self, complete: bool = False) -> None:
-        meta = dict(self.meta)
-        meta.pop(GLX_PARTIAL_KEY, None)
-        if not complete:  # readers: read up to fileSizeBytes, the last flush
-            meta[GLX_PARTIAL_KEY] = "true"
+    def write_raw(self, raw: np.ndarray, sample_numbers: np.ndarray | None = None) -> None:
+        if self._first_sample is None and sample_numbers is not None and len(sample_numbers):
+            self._first_sample = int(sample_numbers[0])
+        raw = np.ascontiguousarray(raw, "<i2")
+        super().write_raw(raw, sample_numbers)
+        self._sha1.update(raw.tobytes())
+        self._hashed += raw.nbytes
+
+    def _changes(self, complete: bool) -> dict[str, str | None]:
+        """key -> new value (None: remove) of what this file changes in the source's `.meta`."""
         n_ch = len(self.bit_volts)
-        meta["nSavedChans"] = str(n_ch)
-        meta["fileSizeBytes"] = str(self.n_written * n_ch * 2)
-        meta["fileTimeSecs"] = f"{self.n_written / self.sample_rate:.6f}"
-        meta.pop("fileSHA1", None)  # the data changed: the source's checksum no longer applies
-        lines = [f"{'~' if k in META_TILDE else ''}{k}={v}" for k, v in meta.items()]
-        atomic.write_text_atomic(self._out.partial.with_suffix(".meta"), "\n".join(lines) + "\n")
+        size = self.n_written * n_ch * 2
+        ch: dict[str, str | None] = {GLX_PARTIAL_KEY: None if complete else "true"}
+        if str(self.meta.get("nSavedChans", "")).strip() != str(n_ch):
+            ch["nSavedChans"] = str(n_ch)
+        if str(self.meta.get("fileSizeBytes", "")).strip() != str(size):
+            ch["fileSizeBytes"] = str(size)
+            ch["fileTimeSecs"] = f"{self.n_written / self.sample_rate:.6f}"
+        if self._first_sample is not None and str(self.meta.get("firstSample", "0")).strip() != str(self._first_sample):
+            ch["firstSample"] = str(self._first_sample)
+        # the data changed: the source's checksum no longer applies; the new file's, once complete
+        ch["fileSHA1"] = self._sha1.hexdigest().upper() if complete and self._hashed == size else None
+        if self.note:
+            ch["livedenoiseNote"] = self.note
+        return ch
+
+    def _write_meta(self, complete: bool = False) -> None:
+        changes = self._changes(complete)
+        if self.meta_text is not None:
+            nl = "\r\n" if "\r\n" in self.meta_text else "\n"
+            lines, done = [], set()
+            for line in self.meta_text.splitlines():
+                key = line.split("=", 1)[0].strip().lstrip("~") if "=" in line else None
+                if key in changes:
+                    done.add(key)
+                    if changes[key] is not None:
+                        lines.append(f"{line.split('=', 1)[0]}={changes[key]}")
+                    continue
+                lines.append(line)
+            lines += [f"{k}={v}" for k, v in changes.items() if k not in done and v is not None]
+            data = (nl.join(lines) + nl).encode("latin-1", errors="replace")
+        else:
+            meta = dict(self.meta)
+            for k, v in changes.items():
+                if v is None:
+                    meta.pop(k, None)
+                else:
+                    meta[k] = v
+            text = "\n".join(f"{'~' if k in META_TILDE else ''}{k}={v}" for k, v in meta.items()) + "\n"
+            data = text.encode("utf-8")
+        _write_bytes_atomic(self._out.partial.with_suffix(".meta"), data)
 
     def _flush(self) -> None:
         super()._flush()
@@ -508,11 +752,24 @@ class SpikeGLXWriter(DatWriter):
         self._write_meta(complete=True)
 
 
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace a small file in one rename (as `atomic.write_text_atomic`, for bytes kept as they are)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def writer_like(rec: Recording, out: str | os.PathLike, description: str = "") -> EphysWriter:
     """A writer producing the same format as `rec` at `out` (nothing is created before `out` is checked).
 
-    Errors: UserError when `out` is (or would overwrite) the input, or does not suit the format
-    (SpikeGLX: `.bin`; flat: `.dat`; Open Ephys: a folder not inside the input recording).
+    Open Ephys: `OpenEphysCopyWriter`, a complete copy of the recording (events, sync
+    messages, settings, other streams, sample numbers) with `rec`'s stream rewritten, at
+    the recording's own place (`OUT/Record Node 101/experiment1/recordingN/`). SpikeGLX:
+    `SpikeGLXWriter` with the source `.meta` kept line for line but for what changes.
+    Flat: `DatWriter`. Errors: UserError when `out` is (or would overwrite) the input,
+    or does not suit the format (SpikeGLX: `.bin`; flat: `.dat`; Open Ephys: a folder
+    neither inside nor holding the input recording, not already holding that recording).
     """
     out = Path(out)
     src = Path(rec.path)
@@ -521,22 +778,22 @@ def writer_like(rec: Recording, out: str | os.PathLike, description: str = "") -
     if rec.format == "openephys":
         if _inside(src, out):
             raise UserError(f"output {out} holds the input recording; choose a new folder for the denoised recording")
-        s = rec.meta.get("stream_info", {})
-        return BinaryWriter(
-            out,
-            rec.sample_rate,
-            rec.bit_volts,
-            rec.channel_names,
-            stream_name=str(s.get("stream_name", rec.stream_name or "stream")),
-            source_processor_name=str(s.get("source_processor_name", "livedenoise")),
-            source_processor_id=int(s.get("source_processor_id", 100)),
-            first_sample=int(rec.sample_numbers[0]) if rec.n_samples else 0,
-            description=description,
-        )
+        if _inside(out, src):
+            raise UserError(f"output {out} is inside the input recording {src}; choose a folder outside it")
+        return OpenEphysCopyWriter(rec, out, description=description)
+    for p in (out, out.with_suffix(".meta")) if rec.format == "spikeglx" else (out,):
+        if p.is_dir():
+            raise UserError(f"output {p} is a folder; give a file name ({out.suffix or '.dat'}) for the denoised recording")
     if rec.format == "spikeglx":
         if out.suffix != ".bin":
             raise UserError(f"output {out}: a SpikeGLX input is written as a .bin (its .meta beside it)")
-        return SpikeGLXWriter(out, rec.bit_volts, rec.meta.get("meta", {}), rec.sample_rate)
+        meta_path = src.with_suffix(".meta")
+        try:
+            text = meta_path.read_bytes().decode("latin-1")  # byte for byte back (the writer encodes latin-1)
+        except OSError as exc:
+            raise UserError(f"{meta_path}: cannot read ({exc.strerror or exc})") from None
+        return SpikeGLXWriter(out, rec.bit_volts, rec.meta.get("meta", {}), rec.sample_rate, meta_text=text,
+                              note=description)
     if out.suffix != ".dat":
         raise UserError(f"output {out}: a .dat input is written as a .dat file")
     return DatWriter(out, rec.bit_volts)
@@ -580,5 +837,5 @@ def write_openephys(
     return w.path
 
 
-__all__ = ["BinaryWriter", "DatWriter", "SpikeGLXWriter", "writer_like", "write_openephys", "quantise", "NpyAppender",
-           "FLUSH_EVERY_S"]
+__all__ = ["BinaryWriter", "OpenEphysCopyWriter", "session_layout", "DatWriter", "SpikeGLXWriter", "writer_like",
+           "write_openephys", "quantise", "NpyAppender", "FLUSH_EVERY_S"]

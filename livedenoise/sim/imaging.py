@@ -22,7 +22,10 @@ resting movie (no calcium events, no neuropil fluctuation); at 1 photon the raw
 frames are very noisy (a pixel's SNR is about 1).
 
 `clean` is the expected value of `noisy`, in the same ADU (gain * expected
-photons + offset), so metrics compare them directly.
+photons + offset), so metrics compare them directly. It is rounded to a grid of
+`CLEAN_STEP` = 1/256 ADU (at most 0.002 ADU off, a 500th of the noisy movie's
+own rounding step): the truth file then stores it losslessly in a third of the
+space (gzip), and the file and the in-memory movie are the same numbers.
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from livedenoise.errors import UserError
 
 CHUNK = 64  # frames generated at a time (fixed: results do not depend on memory)
+CLEAN_STEP = 1.0 / 256
+"""The clean movie's grid in ADU (a power of two: exact in float32; lets the truth file compress)."""
+TRUTH_CHUNK_BYTES = 1 << 20
+"""About this many bytes of the clean movie per compressed HDF5 chunk (whole frames; h5py's default cache)."""
 
 
 @dataclass
@@ -225,8 +232,12 @@ def _neuropil(rng: np.random.Generator, cfg: SimConfig, dff: np.ndarray, k: int 
 # --------------------------------------------------------------------------- main
 
 
-def simulate_movie(cfg: SimConfig | None = None, **overrides) -> Simulation:
-    """Generate a noisy movie and its ground truth; deterministic for a given config."""
+def simulate_movie(cfg: SimConfig | None = None, on_frames: Callable[[int], None] | None = None,
+                   **overrides) -> Simulation:
+    """Generate a noisy movie and its ground truth; deterministic for a given config.
+
+    `on_frames(n)` is called after each chunk of n frames (progress).
+    """
     cfg = cfg or SimConfig()
     if overrides:
         cfg = SimConfig.from_dict({**cfg.to_dict(), **overrides})
@@ -251,6 +262,7 @@ def simulate_movie(cfg: SimConfig | None = None, **overrides) -> Simulation:
     clean = np.empty((t, h, w), np.float32)
     gain, offset = np.float32(cfg.gain), np.float32(cfg.offset)
     lo, hi = np.iinfo(np.int16).min, np.iinfo(np.int16).max
+    grid = np.float32(1.0 / CLEAN_STEP)
     for a in range(0, t, CHUNK):
         b = min(t, a + CHUNK)
         lam = np.broadcast_to(rest_s, (b - a, h * w)).copy()
@@ -265,7 +277,14 @@ def simulate_movie(cfg: SimConfig | None = None, **overrides) -> Simulation:
         np.rint(adu, out=adu)
         np.clip(adu, lo, hi, out=adu)
         noisy[a:b] = adu.reshape(b - a, h, w)
-        clean[a:b] = (lam * gain + offset).reshape(b - a, h, w)
+        lam *= gain
+        lam += offset
+        lam *= grid
+        np.rint(lam, out=lam)
+        lam /= grid
+        clean[a:b] = lam.reshape(b - a, h, w)
+        if on_frames is not None:
+            on_frames(b - a)
 
     peak = np.asarray(fp_s.max(axis=1).todense()).reshape(-1) if n else np.zeros(0, np.float32)
     traces = (gain * peak[:, None] * (1.0 + dff) * drift[None, :]).astype(np.float32)
@@ -283,56 +302,150 @@ def truth_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + ".truth.h5")
 
 
-def save_simulation(sim: Simulation, path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the noisy movie to `path` (.tif/.tiff, .h5/.hdf5, .npy) and the truth beside it."""
-    import h5py
-
-    from livedenoise.io.writers import open_writer
-
+def check_movie_path(path: str | os.PathLike) -> Path:
+    """The path `save_simulation` can write a movie to; UserError (one line) otherwise."""
     path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in (".tif", ".tiff", ".h5", ".hdf5", ".npy"):
+    if path.suffix.lower() not in (".tif", ".tiff", ".h5", ".hdf5", ".npy"):
         raise UserError(f"simulate: cannot write {path.name}; use a .tif, .h5 or .npy file name")
     if path.name.endswith(".truth.h5"):
         raise UserError(f"simulate: {path.name} is the name of a ground-truth file; pick another output name")
     if not path.parent.exists():
         raise UserError(f"simulate: folder {path.parent} does not exist")
+    return path
+
+
+def _truth_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    per_frame = int(np.prod(shape[1:])) * 4
+    return (max(1, min(shape[0], CHUNK, TRUTH_CHUNK_BYTES // max(per_frame, 1))), *shape[1:])
+
+
+def save_simulation(sim: Simulation, path: str | os.PathLike,
+                    on_frames: Callable[[int], None] | None = None) -> tuple[Path, Path]:
+    """Write the noisy movie to `path` (.tif/.tiff, .h5/.hdf5, .npy) and the truth beside it.
+
+    The truth's clean movie is stored gzip-compressed (with the shuffle filter),
+    in chunks of whole frames; `load_truth` reads it back on demand. The movie
+    and the truth are written together, a few frames at a time: `on_frames(n)`
+    is called after each n frames of both (progress).
+    """
+    import h5py
+
+    from livedenoise.io.writers import open_writer
+
+    path = check_movie_path(path)
+    ext = path.suffix.lower()
     assert sim.noisy is not None
     attrs = {"source": "livedenoise simulate", "config": json.dumps(sim.config.to_dict(), sort_keys=True),
              "frame_rate": float(sim.config.frame_rate)}
-    if ext == ".npy":
-        tmp = path.with_name(path.name + ".partial.npy")
-        np.save(tmp, sim.noisy)
-        os.replace(tmp, path)
-    else:
-        with open_writer(path, sim.noisy.shape[0], sim.noisy.shape[1:], np.int16, attrs=attrs) as wr:
-            for a in range(0, sim.noisy.shape[0], 256):
-                wr.write(sim.noisy[a:a + 256])
-
+    t = sim.noisy.shape[0]
     tpath = truth_path(path)
     tmp = tpath.with_name(tpath.name + ".partial")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["config"] = json.dumps(sim.config.to_dict(), sort_keys=True)
-        f.attrs["movie"] = path.name
-        f.attrs["default_dataset"] = "clean"  # open_movie(truth file) gives the clean movie
-        f.attrs["units"] = "clean and traces in ADU (clean = gain * expected photons + offset; traces exclude the offset)"
-        f.create_dataset("clean", data=sim.clean)  # contiguous: memory-mapped by load_truth
-        f.create_dataset("masks", data=sim.masks, compression="gzip", shuffle=True)
-        f.create_dataset("traces", data=sim.traces)
-        if sim.dff is not None:
-            f.create_dataset("dff", data=sim.dff)
-        counts = np.array([len(s) for s in sim.spikes], np.int64)
-        f.create_dataset("spike_frames", data=np.concatenate(sim.spikes) if sim.spikes else np.zeros(0, np.int64))
-        f.create_dataset("spike_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-    os.replace(tmp, tpath)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["config"] = json.dumps(sim.config.to_dict(), sort_keys=True)
+            f.attrs["movie"] = path.name
+            f.attrs["default_dataset"] = "clean"  # open_movie(truth file) gives the clean movie
+            f.attrs["units"] = ("clean and traces in ADU (clean = gain * expected photons + offset, on a grid of "
+                                f"{CLEAN_STEP:g} ADU; traces exclude the offset)")
+            chunks = _truth_chunks(sim.clean.shape)
+            clean = f.create_dataset("clean", shape=sim.clean.shape, dtype=np.float32, chunks=chunks,
+                                     compression="gzip", compression_opts=1, shuffle=True)
+            f.create_dataset("masks", data=sim.masks, compression="gzip", shuffle=True)
+            f.create_dataset("traces", data=sim.traces)
+            if sim.dff is not None:
+                f.create_dataset("dff", data=sim.dff)
+            counts = np.array([len(s) for s in sim.spikes], np.int64)
+            f.create_dataset("spike_frames", data=np.concatenate(sim.spikes) if sim.spikes else np.zeros(0, np.int64))
+            f.create_dataset("spike_offsets", data=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+            step = CHUNK
+            if ext == ".npy":
+                mtmp = path.with_name(path.name + ".partial.npy")
+                np.save(mtmp, sim.noisy)
+                for a in range(0, t, step):
+                    clean[a:a + step] = sim.clean[a:a + step]
+                    if on_frames is not None:
+                        on_frames(min(t, a + step) - a)
+                os.replace(mtmp, path)
+            else:
+                with open_writer(path, t, sim.noisy.shape[1:], np.int16, attrs=attrs) as wr:
+                    for a in range(0, t, step):
+                        wr.write(sim.noisy[a:a + step])
+                        clean[a:a + step] = sim.clean[a:a + step]
+                        if on_frames is not None:
+                            on_frames(min(t, a + step) - a)
+        os.replace(tmp, tpath)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path, tpath
+
+
+class TruthFrames:
+    """The clean movie of a truth file, read on demand: (T, H, W) float32, like a read-only array.
+
+    `shape`, `dtype`, `len()`, indexing (`x[a:b]`, `x[i]`, `x[[i, j]]`), `read(a, b)`
+    and `np.asarray(x)` (loads it all). The file is opened on first use and
+    closed with `close()` or when the object goes.
+    """
+
+    def __init__(self, path: str | os.PathLike, name: str = "clean"):
+        import h5py
+
+        self.path, self.name = Path(path), name
+        with h5py.File(self.path, "r") as f:
+            ds = f[name]
+            self.shape, self.dtype = tuple(ds.shape), ds.dtype
+        self.ndim = len(self.shape)
+        self._file = None
+
+    def _ds(self):
+        if self._file is None:
+            import h5py
+
+            self._file = h5py.File(self.path, "r")
+        return self._file[self.name]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self._ds()[start:stop]
+
+    def __getitem__(self, key):
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, (list, np.ndarray)):  # h5py wants increasing unique indices: read those, reorder
+            idx = np.asarray(first)
+            idx = np.flatnonzero(idx) if idx.dtype == bool else np.where(idx < 0, idx + self.shape[0], idx)
+            uniq, inv = np.unique(idx, return_inverse=True)
+            data = self._ds()[uniq] if uniq.size else np.empty((0, *self.shape[1:]), self.dtype)
+            return data[inv.reshape(idx.shape)][(slice(None), *rest)]
+        return self._ds()[key]
+
+    def __array__(self, dtype=None, copy=None):
+        data = self._ds()[()]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 -- interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"TruthFrames({str(self.path)!r}, shape={self.shape})"
 
 
 def load_truth(path: str | os.PathLike) -> Simulation:
     """Ground truth saved by `save_simulation`, from the movie's path or the truth file's.
 
-    `clean` is a read-only memory map of the truth file (nothing large is loaded);
-    `noisy` is None (open the movie with `open_movie`).
+    `clean` is read on demand (nothing large is loaded): a `TruthFrames` for the
+    compressed clean movie `save_simulation` writes, a read-only memory map for
+    an older, uncompressed truth file. `noisy` is None (open the movie with `open_movie`).
     """
     import h5py
 
@@ -343,9 +456,8 @@ def load_truth(path: str | os.PathLike) -> Simulation:
         with h5py.File(tpath, "r") as f:
             cfg = SimConfig.from_dict(json.loads(f.attrs["config"]))
             ds = f["clean"]
-            off = ds.id.get_offset()
+            off = ds.id.get_offset() if ds.chunks is None else None
             shape, dtype = ds.shape, ds.dtype
-            clean = ds[()] if off is None else None
             masks = f["masks"][()]
             traces = f["traces"][()]
             dff = f["dff"][()] if "dff" in f else None
@@ -356,7 +468,9 @@ def load_truth(path: str | os.PathLike) -> Simulation:
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{tpath} is not a readable ground-truth file (truncated or corrupt?): {first[:160]}") from None
-    if clean is None:
+    if off is not None:
         clean = np.memmap(tpath, dtype=dtype, mode="r", offset=off, shape=shape)
+    else:
+        clean = TruthFrames(tpath)
     spikes = [frames[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
     return Simulation(cfg, None, clean, masks.astype(bool), traces, spikes, dff)

@@ -108,8 +108,10 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
     output. `norm` (models/norm.py): "card" (the model card's statistics),
     "data" (the movie's own: `sample_frames_norm` of the whole movie, or with
     `renorm=N` of its first N frames, exactly as `serve --renorm N`), or a
-    (mean, std) pair. Errors: UserError for a movie the model cannot take
-    (`check_movie_fits`) or batch < 1.
+    (mean, std) pair. `progress`: True (a `livedenoise.progress.Progress` on
+    stderr), False, or an object whose `update(n)` is called after every batch
+    (not every written chunk). Errors: UserError for a movie the model cannot
+    take (`check_movie_fits`) or batch < 1.
     """
     card = engine.card
     check_movie_fits(movie, card)
@@ -130,18 +132,18 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
     out = np.empty((chunk, h, w), dtype)
     filled = 0
 
-    bar = None
-    if progress:
+    bar = own_bar = None
+    if hasattr(progress, "update"):
+        bar = progress
+    elif progress:
         from livedenoise.progress import Progress
 
-        bar = Progress(t_total, "frame", "denoise", leave=False)
+        bar = own_bar = Progress(t_total, "frame", "denoise", leave=False)
 
     def flush() -> None:
         nonlocal filled
         if filled:
             writer.write(out[:filled])
-            if bar is not None:
-                bar.update(filled)
             filled = 0
 
     def drain() -> None:
@@ -153,6 +155,8 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
                 _to_dtype(res.frames[k:k + m], dtype, out=out[filled:filled + m])
                 filled += m
                 k += m
+                if bar is not None:  # every batch, not every written chunk: a slow model still shows progress
+                    bar.update(m)
                 if filled == chunk:
                     flush()
 
@@ -166,8 +170,8 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
         drain()
         flush()
     finally:
-        if bar is not None:
-            bar.close()
+        if own_bar is not None:
+            own_bar.close()
     if pipe.next_out != t_total or pipe.stats.overflow:  # the ring is sized so that this cannot happen
         raise RuntimeError(f"internal error: {pipe.next_out} of {t_total} frames output, {pipe.stats.overflow} overflowed")
     seconds = time.perf_counter() - started

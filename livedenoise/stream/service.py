@@ -119,6 +119,8 @@ class ServeConfig:
             raise UserError(f"--renorm must be >= 0 frames, got {self.renorm}")
         if self.renorm > self.ring:
             raise UserError(f"--renorm {self.renorm} needs a ring of at least that many frames; raise --ring to {self.renorm}")
+        if not self.drain_timeout >= 0:
+            raise UserError(f"--drain-timeout must be >= 0 s, got {self.drain_timeout}")
         if self.stats_interval <= 0:
             raise UserError("the stats interval must be > 0 s")
         if self.duration is not None and self.duration <= 0:
@@ -172,6 +174,9 @@ class Service:
         if self.innovation is not None:
             log.info("%s (%s)", self.innovation.describe(), origin)
         self.stop = stop_event or threading.Event()
+        self._give_up = threading.Event()
+        self.announce_give_up = False
+        """Whether the draining line says "Ctrl-C again to give them up" (the CLI wires a second signal)."""
         self.on_stats = on_stats
         self.stats = ServiceStats()
         self.fatal: str | None = None
@@ -302,29 +307,78 @@ class Service:
                         type(exc).__name__, exc,
                         "; this acquisition is only recorded from now on" if acq.failed else "; retrying")
 
+    def queued(self) -> tuple[int, int]:
+        """(queued, lost) over all streams: outputs ready to compute but not yet sent whose frames are still in
+        the ring, and those whose frames the ring already overwrote (they will count as `overflow`)."""
+        queued = lost = 0
+        with self.table.cond:
+            for a in self.table.pending():
+                if a.failed:
+                    continue
+                p = a.pipeline
+                hi, lo = p.ready_hi(), p.next_out
+                if hi < lo:
+                    continue
+                oldest = max(lo, min(hi + 1, p.ring.oldest))
+                lost += oldest - lo
+                queued += hi - oldest + 1
+        return queued, lost
+
+    def give_up_drain(self) -> None:
+        """End the drain now (e.g. a second Ctrl-C): what is still queued is given up and counted."""
+        self._give_up.set()
+
     def _shutdown(self) -> dict:
         self._recv_stop.set()
         self.receiver.join(5)
         self.table.close_all()
-        deadline = time.monotonic() + self.cfg.drain_timeout
-        while time.monotonic() < deadline:
+        queued, lost = self.queued()
+        timeout = self.cfg.drain_timeout
+        if queued:
+            log.info("stopping: draining %d queued frame(s) (at most %g s%s)", queued, timeout,
+                     "; Ctrl-C again to give them up" if self.announce_give_up else "")
+        else:
+            log.info("stopping: nothing queued")
+        now = time.monotonic()
+        deadline, next_note = now + timeout, now + 5.0
+        why = f"at the drain timeout ({timeout:g} s)"
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if self._give_up.is_set():
+                why = "on a second Ctrl-C / signal"
+                break
+            if now >= next_note:  # a long drain is not silent
+                next_note = now + 5.0
+                log.info("draining: %d frame(s) left, %.0f s to the drain timeout", self.queued()[0], deadline - now)
             try:
                 if not self._step():
                     break
             except Exception as exc:  # noqa: BLE001
                 self.engine_health.record(exc, "drain: ")
                 log.error("engine loop: unexpected error while draining: %s: %s", type(exc).__name__, exc)
+                why = "after an error while draining"
                 break
+        given_up, lost = self.queued()
+        self.stats.overflow += lost  # overwritten before their turn: never collected now, so counted here
+        if given_up:
+            log.warning("gave up %d queued frame(s) %s: they were received%s but not denoised",
+                        given_up, why, " and recorded raw" if self.recorder is not None else "")
         try:
             self._forward_controls()
         except Exception as exc:  # noqa: BLE001
             self.engine_health.record(exc, "drain: ")
         if self.recorder is not None:
+            mb = float(getattr(self.stats, "record_queue_mb", 0.0) or 0.0)
+            if mb >= 16:
+                log.info("stopping: writing %.0f MB still queued for the recording", mb)
             self.recorder.close()
         if self.engine_health.state != "failed":
             self.engine_health.state = "stopped"
         final = self.stats.snapshot(final=True)
         final.update(self._identity())
+        final["drain_given_up"] = given_up
         if self.recorder is not None:
             final["recorded"] = [str(p) for p in self.recorder.paths]
         try:

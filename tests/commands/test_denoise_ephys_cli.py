@@ -5,7 +5,12 @@
 - a malformed .meta or a bad output name is one line, exit 2, and no output file at all;
 - Ctrl-C once output has started leaves nothing under the final name; what was written is kept, readable,
   under the partial name the message gives. The test waits for conditions (files growing, the process
-  ending), never for a time.
+  ending), never for a time;
+- ambiguous input is refused in one line that names the choices and the flag, never guessed: two streams that
+  may be neural, a session with two recordings, a flat .dat without its sample rate, a model trained at
+  another sample rate; an NI-DAQ stream listed first is not taken for the probe;
+- the Open Ephys output is a complete copy (events, sync messages, settings, other streams, sample numbers),
+  readable by open-ephys-python-tools.
 """
 
 import os
@@ -20,6 +25,7 @@ import torch
 
 from livedenoise.io.readers_ephys import open_recording
 from livedenoise.io.writers_ephys import write_openephys
+from tests.io.oe_layouts import NIDAQ, PROBE_AP, PROBE_LFP, gui06_recording, tree
 
 LF_IMRO = "(0,384)" + "".join(f"({c} 0 0 500 {250 if c % 2 else 125} 1)" for c in range(384))
 
@@ -199,3 +205,120 @@ def test_ctrl_c_open_ephys_leaves_no_final_folder_and_a_readable_partial(model, 
     assert 0 < rec.n_samples < n
     np.testing.assert_array_equal(rec.sample_numbers, np.arange(rec.n_samples) + 500)
     np.testing.assert_array_equal(np.load(next(partial.rglob("sample_numbers.npy"))), rec.sample_numbers)
+
+
+# ----------------------------------------------------------------------------- ambiguous input is refused
+
+
+@pytest.fixture(scope="module")
+def model_30k(tmp_path_factory):
+    """An 8-channel-agnostic block model whose card says it was trained at 30 kHz."""
+    from livedenoise.models.checkpoint import save_checkpoint
+    from livedenoise.models.nets import block_ephys
+    from livedenoise.models.registry import build_network
+
+    d = tmp_path_factory.mktemp("model30k")
+    torch.manual_seed(1)
+    card = block_ephys.make_card(4, 5, 2, 1, "fast", norm_std=60.0, training={"sample_rate": 30000.0})
+    save_checkpoint(d / "m.pt", card, build_network(card).state_dict())
+    return d / "m.pt"
+
+
+def test_ni_daq_stream_listed_first_is_not_denoised_and_the_copy_is_complete(model_30k, tmp_path):
+    from open_ephys.analysis import Session
+
+    src_rec = gui06_recording(tmp_path / "in", streams=(NIDAQ, PROBE_AP))
+    before = tree(tmp_path / "in")
+    r = cli("denoise", tmp_path / "in", tmp_path / "out", "--model", model_30k, "-q")
+    assert r.returncode == 0, r.stderr
+    assert "stream 'ProbeA-AP' read: the only one" in r.stdout and "PXIe-6341" in r.stdout  # said, not silent
+    assert tree(tmp_path / "in") == before
+    out_rec = tmp_path / "out" / src_rec.relative_to(tmp_path / "in")
+    src, out = tree(src_rec), tree(out_rec)
+    assert sorted(out) == sorted(src)
+    changed = sorted(k for k in src if out[k] != src[k])
+    assert changed == ["continuous/Neuropix-PXI-100.ProbeA-AP/continuous.dat", "structure.oebin"]
+    a = Session(str(tmp_path / "in")).recordnodes[0].recordings[0]
+    b = Session(str(tmp_path / "out")).recordnodes[0].recordings[0]
+    assert a.events.equals(b.events) and a.messages.equals(b.messages)
+    np.testing.assert_array_equal(b.continuous[0].samples, a.continuous[0].samples)  # the NI-DAQ TTL untouched
+    np.testing.assert_array_equal(b.continuous[1].sample_numbers, a.continuous[1].sample_numbers)
+    assert np.abs(b.continuous[1].samples.astype(float) - a.continuous[1].samples).mean() > 1  # the probe denoised
+
+
+def test_two_neural_streams_are_refused_and_stream_picks_one(model_30k, tmp_path):
+    gui06_recording(tmp_path / "in", streams=(PROBE_AP, {**PROBE_LFP, "rate": 30000.0}))
+    r = cli("denoise", tmp_path / "in", tmp_path / "out", "--model", model_30k)
+    one_line_error(r, "0 'ProbeA-AP'", "1 'ProbeA-LFP'", "8 ch at 30000 Hz", "--stream")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial*"))
+    r = cli("denoise", tmp_path / "in", tmp_path / "out", "--model", model_30k, "--stream", "ProbeA-LFP", "-q")
+    assert r.returncode == 0, r.stderr
+    assert open_recording(tmp_path / "out", stream=1).read_raw().tolist() != \
+        open_recording(tmp_path / "in", stream=1).read_raw().tolist()
+    assert open_recording(tmp_path / "out", stream=0).read_raw().tolist() == \
+        open_recording(tmp_path / "in", stream=0).read_raw().tolist()
+
+
+def test_a_session_with_two_recordings_is_refused_and_recording_picks_one(model_30k, tmp_path):
+    for k in (1, 2):
+        gui06_recording(tmp_path / "in", streams=(PROBE_AP,), recording=k, first=1000 * k)
+    r = cli("denoise", tmp_path / "in", tmp_path / "out", "--model", model_30k)
+    one_line_error(r, "2 recordings", "experiment1/recording1", "experiment1/recording2", "--recording")
+    assert not (tmp_path / "out").exists()
+    r = cli("train", tmp_path / "in", "--out", tmp_path / "m.pt", "--steps", "1")
+    assert r.returncode == 2 and "--recording" in r.stderr and not (tmp_path / "m.pt").exists()
+    for k in (2, 1):  # each in turn, into one output: names and numbers kept
+        r = cli("denoise", tmp_path / "in", tmp_path / "out", "--model", model_30k, "--recording", k, "-q")
+        assert r.returncode == 0, r.stderr
+        assert f"recording{k}" in r.stdout
+    for k in (1, 2):
+        den = open_recording(tmp_path / "out", recording=k)
+        assert den.path.name == f"recording{k}" and den.sample_numbers[0] == 1000 * k
+
+
+def test_flat_dat_without_sample_rate_is_refused(model_30k, tmp_path):
+    raw = (np.random.default_rng(4).standard_normal((3000, 4)) * 40).astype("<i2")
+    raw.tofile(tmp_path / "raw.dat")
+    r = cli("denoise", tmp_path / "raw.dat", tmp_path / "den.dat", "--model", model_30k, "--channels", 4)
+    one_line_error(r, "raw.dat", "--sample-rate HZ")
+    assert not (tmp_path / "den.dat").exists()
+    r = cli("train", tmp_path / "raw.dat", "--out", tmp_path / "m.pt", "--channels", 4, "--steps", "1")
+    assert r.returncode == 2 and "--sample-rate" in r.stderr and not (tmp_path / "m.pt").exists()
+    r = cli("denoise", tmp_path / "raw.dat", tmp_path / "den.dat", "--model", model_30k, "--channels", 4,
+            "--sample-rate", 30000, "-q")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "den.dat").stat().st_size == raw.nbytes
+
+
+def test_a_model_trained_at_another_sample_rate_is_refused_unless_forced(model_30k, tmp_path):
+    raw = (np.random.default_rng(5).standard_normal((3000, 4)) * 40).astype("<i2")
+    raw.tofile(tmp_path / "raw.dat")
+    args = ["denoise", tmp_path / "raw.dat", tmp_path / "den.dat", "--model", model_30k, "--channels", 4,
+            "--sample-rate", 15000]
+    one_line_error(cli(*args), "trained at 30000 Hz", "is at 15000 Hz", "--force-rate")
+    assert not (tmp_path / "den.dat").exists()
+    r = cli(*args, "--force-rate", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stdout and "trained at 30000 Hz" in r.stdout and (tmp_path / "den.dat").exists()
+    # within 1 %: SpikeGLX's calibrated rates (30000.07 Hz) are the same rate
+    r = cli("denoise", tmp_path / "raw.dat", tmp_path / "den2.dat", "--model", model_30k, "--channels", 4,
+            "--sample-rate", 30000.07, "-q")
+    assert r.returncode == 0 and "warning" not in r.stdout, r.stderr
+
+
+def test_a_sync_only_spikeglx_file_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from livedenoise.io.writers_ephys import SpikeGLXWriter  # noqa: F401  (the format's own writer exists)
+
+    bin_path = tmp_path / "run_g0_t0.nidq.bin"
+    np.zeros((3000, 1), "<i2").tofile(bin_path)
+    bin_path.with_suffix(".meta").write_text(
+        "typeThis=nidq\nnSavedChans=1\nniSampRate=30000\nsnsMnMaXaDw=0,0,0,1\nsnsSaveChanSubset=all\n"
+        "niAiRangeMax=5\nniAiRangeMin=-5\nniMNGain=200\nniMAGain=1\nfileSizeBytes=6000\n")
+    r = subprocess.run([sys.executable, "-m", "livedenoise", "denoise", str(bin_path), str(tmp_path / "out.bin"),
+                        "--model", "nonexistent.pt"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "nothing to denoise" in r.stderr, r.stderr
+    assert not list(tmp_path.glob("out*"))

@@ -144,3 +144,51 @@ def test_sigterm_drains_flushes_and_prints_final_stats(tmp_path, model):
     assert final["final"] and final["frames_in"] == 12
     assert len(read_recording(tmp_path / "rec" / "raw_c1_p1_a001.h5")["frames"]) == 12
     assert len(read_recording(tmp_path / "rec" / "denoised_c1_p1_a001.h5")["frames"]) == final["frames_out"] == 12
+
+
+def test_sigint_with_frames_queued_says_draining_at_once_then_what_it_gave_up(tmp_path, model):
+    """Ctrl-C while the engine is behind: a `draining N queued frame(s)` line first, then the frames given up at
+    the drain timeout (0 s here, so whatever is queued is given up), then the final line. Frames are kept queued
+    by replaying in a loop far faster than the engine runs; the test waits for `queue N > 0` in the stats."""
+    import re
+
+    i, o = endpoints()
+    np.save(tmp_path / "movie.npy", np.random.default_rng(0).normal(100, 10, (200, 128, 128)).astype(np.int16))
+    serve = subprocess.Popen([sys.executable, "-m", "livedenoise", *map(str, (
+                              "serve", "--model", model, "--input", i, "--output", o, "--max-batch", 1,
+                              "--rcvhwm", 1000, "--stats-interval", 0.2, "--drain-timeout", 0))],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    replay = None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(serve.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        replay = subprocess.Popen([sys.executable, "-m", "livedenoise", *map(str, (
+                                   "replay", tmp_path / "movie.npy", "--endpoint", i, "--fps", 2000, "--loop",
+                                   "--wait", 120))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        queued = lambda: [int(m.group(1)) for x in list(lines) if (m := re.search(r"\| queue (\d+)", x))]  # noqa: E731
+        while not any(q > 0 for q in queued()) and time.monotonic() < deadline and serve.poll() is None:
+            time.sleep(0.05)
+        assert any(q > 0 for q in queued()), "".join(lines)[-3000:]
+        serve.send_signal(signal.SIGINT)
+        serve.wait(120)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        if replay is not None:
+            replay.kill()
+            replay.wait(30)
+    reader.join(10)
+    out = "".join(lines)
+    assert serve.returncode == 0, out[-3000:]
+    draining = [k for k, x in enumerate(lines) if "stopping: draining" in x]
+    gave_up = [k for k, x in enumerate(lines) if "gave up" in x and "at the drain timeout (0 s)" in x]
+    final = [k for k, x in enumerate(lines) if x.startswith("final: ")]
+    assert draining and gave_up and final, out[-3000:]
+    assert draining[0] < gave_up[0] < final[0]
+    n_queued = int(re.search(r"draining (\d+) queued frame\(s\) \(at most 0 s; Ctrl-C again", lines[draining[0]]).group(1))
+    n_given = int(re.search(r"gave up (\d+) queued frame", lines[gave_up[0]]).group(1))
+    assert n_queued > 0 and n_given == n_queued
+    assert f"gave up {n_given} queued frame(s) when stopping" in lines[final[0]]

@@ -19,6 +19,11 @@ def test_simulate_writes_movie_and_truth(tmp_path):
     info = json.loads(r.stdout)
     assert info["frames"] == 60 and info["height"] == 32 and info["width"] == 40 and info["neurons"] == 4
     assert abs(info["mean_photons"] - 2.0) < 0.3
+    assert 0 < info["truth_mb"] and 0 < info["movie_mb"]
+    # progress off a terminal: plain lines (one per phase at the end, one every 5 s before), never \r redraws
+    assert "\r" not in r.stderr
+    assert "simulate: generating: 60/60 frames (100%)" in r.stderr
+    assert "simulate: writing a.tif and its ground truth: 60/60 frames (100%)" in r.stderr
     with open_movie(tmp_path / "a.tif") as m:
         assert m.shape == (60, 32, 40) and m.dtype == np.int16
     truth = load_truth(tmp_path / "a.tif")

@@ -297,3 +297,61 @@ def test_auto_contrast_ignores_nan_and_inf():
     lo, hi = contrast_levels([masked, masked])
     assert np.isfinite([lo, hi]).all() and 60 < lo < 100 < hi < 140
     assert contrast_levels([np.full((8, 8), np.nan, np.float32)]) == (0.0, 1.0)
+
+
+def test_empty_trace_plot_says_how_to_add_an_roi(qapp, publishers):
+    win, pr, pd = _window(qapp, publishers)
+    try:
+        assert win.roi_hint.isVisible() and "no ROI" in win.roi_hint.toPlainText()
+        assert "--roi X,Y,W,H" in win.roi_hint.toPlainText()  # the view command's own syntax
+        rid = win.add_roi(*ROI)
+        assert not win.roi_hint.isVisible()
+        win.remove_roi(rid)
+        assert win.roi_hint.isVisible()
+        # and it is drawn: the empty plot is not blank where the hint sits
+        from livedenoise.gui.imaging import qimage_array
+
+        img = qimage_array(win.trace_plot.grab().toImage())
+        h, w = img.shape[:2]
+        assert img[h // 3: 2 * h // 3, w // 4: 3 * w // 4].std() > 5
+    finally:
+        win.close()
+
+
+def test_mean_subtracted_panel_waits_for_its_running_mean(qapp, publishers):
+    """In the first frames the running mean is mostly noise, so mean-subtracted patches would read as activity:
+    the panel says "warming up: n of M frames" (M: frames in one time constant) and shows no image until then."""
+    win, pr, pd = _window(qapp, publishers)
+    try:
+        win.tau_box.setValue(0.5)  # at 30 Hz: 15 frame intervals, so 16 frames
+        rng = np.random.default_rng(0)
+        for k in range(5):
+            pd.send(frame(k, rng.normal(100, 30, (H, W)).astype(np.float32), dtype="float32"))
+        assert _settle(qapp, win, lambda: win.den.status().frames == 5)
+        label = win.panels["meansub"].label.text
+        assert "warming up: 5 of 16 frames" in label, label
+        assert "warming up: 5 of 16 frames" in win.meansub_note.toPlainText()
+        assert not win.meansub_warm and not win.panels["meansub"].item.isVisible() and win.meansub_note.isVisible()
+        for k in range(5, 20):
+            pd.send(frame(k, rng.normal(100, 30, (H, W)).astype(np.float32), dtype="float32"))
+        assert _settle(qapp, win, lambda: win.den.status().frames == 20)
+        assert win.meansub_warm and win.panels["meansub"].item.isVisible() and not win.meansub_note.isVisible()
+        assert "warming" not in win.panels["meansub"].label.text
+        # the baseline is the plain average of those frames, not a first frame that fades slowly
+        n, need = win.den.mean.warmup()
+        assert n == 20 and need == 16
+    finally:
+        win.close()
+
+
+def test_running_mean_is_the_plain_average_until_a_time_constant_has_passed():
+    from livedenoise.gui.sources import RunningMean
+    from livedenoise.stream.protocols.frames import FrameHeader
+
+    m = RunningMean(tau=10.0)
+    m.enabled = True
+    for k, v in enumerate((0.0, 10.0, 20.0, 30.0)):
+        m.update(FrameHeader(frame=k, t=k / 30, shape=(2, 2), dtype="float32", channel=1, plane=1),
+                 np.full((2, 2), v, np.float32))
+    np.testing.assert_allclose(m.read(), 15.0)
+    assert m.warmup() == (4, 301)

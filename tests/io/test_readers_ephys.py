@@ -61,7 +61,9 @@ def _two_stream_session(tmp_path):
 
 def test_stream_choice(tmp_path):
     rec_dir = _two_stream_session(tmp_path)
-    assert open_recording(rec_dir).n_channels == 4
+    with pytest.raises(UserError, match="2 of them may hold neural data.*ProbeA-AP.*ProbeA-LFP.*--stream"):
+        open_recording(rec_dir)  # two probe streams (units uV): no guess
+    assert open_recording(rec_dir, stream="ProbeA-AP").n_channels == 4
     assert open_recording(rec_dir, stream="ProbeA-LFP").n_channels == 2
     assert open_recording(rec_dir, stream=1).n_channels == 2
     with pytest.raises(UserError, match="ProbeA-AP"):
@@ -114,8 +116,8 @@ def test_flat_dat_needs_channels_and_checks_size(tmp_path):
     np.arange(60, dtype=np.int16).tofile(p)
     rec = open_recording(p, channels=6, sample_rate=20000)
     assert rec.shape == (10, 6) and rec.sample_rate == 20000 and rec.bit_volts[0] == 0.195
-    with pytest.raises(UserError, match="channels"):
-        open_recording(p, channels=7)
+    with pytest.raises(UserError, match="whole number of 7-channel"):
+        open_recording(p, channels=7, sample_rate=20000)
     with pytest.raises(UserError, match="does not exist"):
         open_recording(tmp_path / "missing.dat", channels=4)
 
@@ -148,3 +150,15 @@ def test_sample_numbers_with_a_gap_are_written_and_read_as_given(tmp_path):
     np.testing.assert_allclose(rec.read(), uv, atol=0.195 / 2 + 1e-5)
     cont = Session(str(tmp_path)).recordnodes[0].recordings[0].continuous[0]
     assert np.array_equal(cont.sample_numbers, sn) and cont.samples.shape == (2000, 4)
+
+
+def test_flat_dat_without_its_sample_rate_is_refused(tmp_path):
+    """The file has no header: a rate is never assumed (it used to be 30 kHz)."""
+    p = tmp_path / "raw.dat"
+    np.arange(60, dtype=np.int16).tofile(p)
+    with pytest.raises(UserError, match=r"raw.dat: a flat .dat file has no header.*give --sample-rate HZ$"):
+        open_recording(p, channels=6)
+    with pytest.raises(UserError, match="give --channels N and --sample-rate HZ"):
+        open_recording(p)
+    with pytest.raises(UserError, match="--recording picks within an Open Ephys recording"):
+        open_recording(p, channels=6, sample_rate=20000, recording=2)

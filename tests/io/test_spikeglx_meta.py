@@ -159,3 +159,39 @@ def test_unreadable_meta_files(tmp_path):
     meta.unlink()
     with pytest.raises(UserError, match="needs its .meta"):
         open_recording(path)
+
+
+def test_written_meta_keeps_every_line_but_what_changes(tmp_path):
+    """The denoised file's .meta is the source's byte for byte -- order, `~` keys, CRLF line ends, a Latin-1
+    note -- except the checksum of the new .bin and one added line saying what was done."""
+    import hashlib
+
+    from livedenoise.io.writers_ephys import writer_like
+
+    src = tmp_path / "run_g0_t0.imec0.ap.bin"
+    n = 50
+    data = (np.arange(n * 5).reshape(n, 5) % 97 - 48).astype("<i2")
+    data.tofile(src)
+    imro = "(0,4)" + "".join(f"({c} 0 0 500 250 1)" for c in range(4))
+    lines = ["acqApLfSy=4,4,1", "appVersion=20230815", "fileCreateTime=2024-01-02T03:04:05",
+             f"fileSHA1={hashlib.sha1(data.tobytes()).hexdigest().upper()}", f"fileSizeBytes={data.nbytes}",
+             f"fileTimeSecs={n / 30000:.6f}", "firstSample=12345", "imAiRangeMax=0.6", "imMaxInt=512",
+             "imSampRate=30000", "imDatPrb_type=0", "nSavedChans=5", "snsApLfSy=4,0,1", "snsSaveChanSubset=0:3,768",
+             "typeThis=imec", "userNotes=souris n\xb03", f"~imroTbl={imro}", "~muxTbl=(32,12)(0 1 24 25)",
+             "~snsChanMap=(4,0,1)(AP0;0:0)(AP1;1:1)(AP2;2:2)(AP3;3:3)(SY0;768:768)", "~snsGeomMap=(NP1000,1,0,70)"]
+    text = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+    src.with_suffix(".meta").write_bytes(text)
+    rec = open_recording(src)
+    out = tmp_path / "den_g0_t0.imec0.ap.bin"
+    w = writer_like(rec, out, description="denoised by livedenoise test-model")
+    with w:
+        for a in range(0, n, 20):
+            w.write_raw(-rec.read_raw(a, a + 20), rec.sample_numbers[a:a + 20])
+    assert src.with_suffix(".meta").read_bytes() == text  # the input is never modified
+    written = out.with_suffix(".meta").read_bytes().split(b"\r\n")
+    sha1 = hashlib.sha1(out.read_bytes()).hexdigest().upper()
+    expected = [(f"fileSHA1={sha1}" if line.startswith("fileSHA1=") else line).encode("latin-1") for line in lines]
+    assert written == expected + [b"livedenoiseNote=denoised by livedenoise test-model", b""]
+    back = open_recording(out)
+    assert back.sample_numbers[0] == 12345 and back.channel_names == rec.channel_names
+    np.testing.assert_array_equal(back.read_raw(), -data)

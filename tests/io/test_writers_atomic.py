@@ -4,6 +4,7 @@ when complete, what was written kept (and readable) under the partial name after
 Real files and real processes: the crash test SIGKILLs a child that is writing and reads what it left.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -78,7 +79,10 @@ def test_final_name_only_when_complete(kind, tmp_path):
         assert "livedenoise partial" not in json.loads((rec.path / "structure.oebin").read_text())
     if kind == "spikeglx":
         text = (tmp_path / "den.imec0.ap.meta").read_text()
-        assert "fileSizeBytes=24000" in text and "livedenoisePartial" not in text and "fileSHA1" not in text
+        assert "fileSizeBytes=24000" in text and "livedenoisePartial" not in text
+        # the source's checksum (ABC) is replaced by the new file's, as SpikeGLX writes it
+        sha1 = hashlib.sha1((tmp_path / "den.imec0.ap.bin").read_bytes()).hexdigest().upper()
+        assert f"fileSHA1={sha1}\n" in text and "ABC" not in text
 
 
 @pytest.mark.parametrize("kind", ["openephys", "spikeglx", "dat"])

@@ -6,7 +6,8 @@ import pytest
 from livedenoise.errors import UserError
 from livedenoise.sim.metrics import roi_traces
 from livedenoise.io.readers import open_movie
-from livedenoise.sim.imaging import SimConfig, load_truth, save_simulation, simulate_movie, truth_path
+from livedenoise.sim.imaging import (CLEAN_STEP, SimConfig, TruthFrames, load_truth, save_simulation, simulate_movie,
+                                     truth_path)
 
 SMALL = dict(frames=300, height=48, width=56)
 
@@ -94,8 +95,16 @@ def test_save_and_load_round_trip(tmp_path, ext):
         np.testing.assert_array_equal(m.read(0, len(m)), sim.noisy)
     for p in (movie_path, tpath):
         truth = load_truth(p)
-        assert isinstance(truth.clean, np.memmap)
+        assert isinstance(truth.clean, TruthFrames)  # read on demand, not loaded
+        assert truth.clean.shape == sim.clean.shape and truth.clean.dtype == np.float32 and len(truth.clean) == 40
         np.testing.assert_array_equal(truth.clean, sim.clean)
+        np.testing.assert_array_equal(truth.clean[5:9], sim.clean[5:9])
+        np.testing.assert_array_equal(truth.clean[7], sim.clean[7])
+        np.testing.assert_array_equal(truth.clean.read(30, 40), sim.clean[30:40])
+        idx = np.array([9, 2, 2, -1])  # any order, repeats, negative: like numpy
+        np.testing.assert_array_equal(truth.clean[idx], sim.clean[idx])
+        np.testing.assert_array_equal(truth.clean[idx, 3:5], sim.clean[idx, 3:5])
+        truth.clean.close()
         np.testing.assert_array_equal(truth.masks, sim.masks)
         np.testing.assert_array_equal(truth.traces, sim.traces)
         assert len(truth.spikes) == len(sim.spikes)
@@ -104,6 +113,40 @@ def test_save_and_load_round_trip(tmp_path, ext):
         assert truth.config == sim.config
     with open_movie(tpath) as m:  # the truth file opens as the clean movie
         np.testing.assert_array_equal(m.read(0, len(m)), sim.clean)
+
+
+def test_truth_file_is_compressed_and_clean_sits_on_its_grid(tmp_path):
+    """The clean movie is rounded to CLEAN_STEP ADU, so the truth file stores it losslessly in far less space
+    than float32 (measured at 2000x256x256 in docs/benchmarks.md)."""
+    import h5py
+
+    sim = simulate_movie(SimConfig(seed=1, frames=64, height=64, width=64))
+    assert np.array_equal(np.rint(sim.clean / CLEAN_STEP) * CLEAN_STEP, sim.clean)
+    _, tpath = save_simulation(sim, tmp_path / "s.tif")
+    with h5py.File(tpath, "r") as f:
+        assert f["clean"].compression == "gzip" and f["clean"].chunks[1:] == (64, 64)
+    assert tpath.stat().st_size < 0.5 * sim.clean.nbytes
+
+
+def test_old_uncompressed_truth_files_are_still_memory_mapped(tmp_path):
+    import h5py
+
+    sim = simulate_movie(SimConfig(seed=2, frames=20, height=16, width=16))
+    movie, tpath = save_simulation(sim, tmp_path / "s.tif")
+    with h5py.File(tpath, "a") as f:  # rewrite clean as the earlier versions did: contiguous, uncompressed
+        del f["clean"]
+        f.create_dataset("clean", data=sim.clean)
+    truth = load_truth(movie)
+    assert isinstance(truth.clean, np.memmap)
+    np.testing.assert_array_equal(truth.clean, sim.clean)
+
+
+def test_progress_callbacks_count_every_frame(tmp_path):
+    seen = {"sim": [], "save": []}
+    sim = simulate_movie(SimConfig(seed=2, frames=150, height=16, width=16), on_frames=seen["sim"].append)
+    save_simulation(sim, tmp_path / "s.h5", on_frames=seen["save"].append)
+    assert sum(seen["sim"]) == 150 and len(seen["sim"]) > 1
+    assert sum(seen["save"]) == 150 and len(seen["save"]) > 1
 
 
 def test_load_truth_missing(tmp_path):

@@ -47,6 +47,8 @@ def test_train_saves_a_card_and_denoise_writes_the_same_format(arch, kw, sim, tm
     card2, net = load_model(model)
     assert card2.arch == arch and card2.modality == "ephys" and card2.norm_std > 0
     assert card2.training["steps_done"] == 12 and np.isfinite(hist["loss"]).all()
+    # what the data were: a model is checked against the sample rate it was trained at (`denoise` refuses others)
+    assert card2.training["sample_rate"] == 30000.0 and card2.training["stream"] == "ProbeA-AP"
     rep = denoise_recording(d, model, tmp_path / "out", progress=False)
     out = open_recording(tmp_path / "out")
     src = open_recording(d)
@@ -64,8 +66,9 @@ def test_spikeglx_and_dat_inputs_are_written_back_in_their_format(tmp_path):
     save_checkpoint(tmp_path / "m.pt", card, build_network(card).state_dict())
     raw = (np.random.default_rng(0).standard_normal((500, 6)) * 100).astype(np.int16)
     raw.tofile(tmp_path / "x.dat")
-    denoise_recording(tmp_path / "x.dat", tmp_path / "m.pt", tmp_path / "y.dat", channels=6, progress=False)
-    assert open_recording(tmp_path / "y.dat", channels=6).shape == (500, 6)
+    denoise_recording(tmp_path / "x.dat", tmp_path / "m.pt", tmp_path / "y.dat", channels=6, sample_rate=30000,
+                      progress=False)
+    assert open_recording(tmp_path / "y.dat", channels=6, sample_rate=30000).shape == (500, 6)
     meta = ("imAiRangeMax=0.6\nimMaxInt=512\nimSampRate=30000\nnSavedChans=6\nsnsApLfSy=5,0,1\n"
             "~imroTbl=(0,5)" + "".join(f"({k} 0 0 500 250 1)" for k in range(5)) + "\n")
     (tmp_path / "a.ap.meta").write_text(meta)
@@ -122,12 +125,12 @@ def test_simulate_train_denoise_from_the_command_line(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["samples"] == 9000
     assert open_recording(tmp_path / "den").shape == (9000, 16)
-    # a flat .dat needs --channels
+    # a flat .dat needs --channels and --sample-rate (it has no header to say them)
     raw = (np.random.default_rng(0).standard_normal((2000, 16)) * 50).astype(np.int16)
     raw.tofile(tmp_path / "raw.dat")
     assert main(["denoise", str(tmp_path / "raw.dat"), str(tmp_path / "out.dat"), "--model", str(tmp_path / "m.pt"),
-                 "--channels", "16", "--json"]) == 0
-    assert open_recording(tmp_path / "out.dat", channels=16).shape == (2000, 16)
+                 "--channels", "16", "--sample-rate", "30000", "--json"]) == 0
+    assert open_recording(tmp_path / "out.dat", channels=16, sample_rate=30000).shape == (2000, 16)
 
 
 def test_ephys_train_arch_defaults_and_the_length_rule(tmp_path, capsys):
