@@ -33,7 +33,6 @@ raw (`passthrough`, counted in `too_short`, one log warning per segment).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -319,8 +318,8 @@ def denoise_recording(
     eng = engine or open_ephys_engine(model, backend)
     stop = rec.n_samples if stop is None else min(stop, rec.n_samples)
     check_length(eng.card, stop - start, str(rec.path))
-    # SpikeGLX sync (and other non-neural) channels are copied, never denoised
-    neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
+    # non-neural channels the reader names (SpikeGLX sync, ...) are copied, never denoised
+    neural = rec.meta.get("neural_channels")
     chans = np.asarray(neural, np.int64) if neural is not None and len(neural) < rec.n_channels else None
     pipe = SamplePipeline(eng, rec.n_channels if chans is None else len(chans))
     card = eng.card
@@ -339,20 +338,30 @@ def denoise_recording(
         w.write(data, y.sample_numbers)
         done += len(y)
 
+    bar = None
+    if progress:
+        from livedenoise.progress import Progress
+
+        bar = Progress(stop - start, "sample", "denoise", leave=False)
     t0 = time.perf_counter()
     try:
         for a in range(start, stop, chunk):
             b = min(stop, a + chunk)
             x = rec.read(a, b)
+            before = done
             write(pipe.push(x if chans is None else x[:, chans], sn[a - start:b - start]))
-            if progress and sys.stderr.isatty():
-                print(f"\rdenoised {done}/{stop - start} samples", end="", file=sys.stderr)
+            if bar is not None:
+                bar.update(done - before)
         write(pipe.finish())
-    finally:
+    except BaseException:
+        w.abort()  # the final name is never given to an incomplete output
+        raise
+    else:
         w.close()
+    finally:
+        if bar is not None:
+            bar.close()
     wall = time.perf_counter() - t0
-    if progress and sys.stderr.isatty():
-        print(file=sys.stderr)
     return {
         "samples": done,
         "channels": rec.n_channels,

@@ -211,3 +211,26 @@ def test_train_and_denoise_refuse_the_same_too_short_recording(engines, arch, tm
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and f"needs at least {need}" in lines[0], r.stderr
     assert not (tmp_path / "d.dat").exists()
+
+
+def test_a_failure_mid_recording_leaves_no_output_under_the_final_name(engines, tmp_path):
+    path, eng = engines["block-ephys"]
+    write_openephys(tmp_path / "rec", np.rint(data(5000, seed=9) / 0.195) * 0.195, 30000.0, 0.195)
+    rec = open_recording(tmp_path / "rec")
+
+    class FailsLater(type(eng)):  # the real engine, made to fail on its third batch (a disk or GPU fault)
+        calls = 0
+
+        def run(self, x, out=None):
+            FailsLater.calls += 1
+            if FailsLater.calls == 3:
+                raise RuntimeError("engine fault")
+            return super().run(x, out)
+
+    failing = FailsLater.__new__(FailsLater)
+    failing.__dict__.update(eng.__dict__)
+    with pytest.raises(RuntimeError, match="engine fault"):
+        denoise_recording(rec, path, tmp_path / "den", engine=failing, chunk=500, progress=False)
+    assert not (tmp_path / "den").exists(), "an incomplete output never takes the final name"
+    partial = [p for p in tmp_path.iterdir() if p.name.startswith("den") and "partial" in p.name]
+    assert partial, "what was written is kept under the partial name"

@@ -70,12 +70,14 @@ def json_object(raw: bytes | memoryview, what: str = "header",
     n = len(raw)
     if n > max_bytes:
         raise ProtocolError(f"{what} is {n} bytes (at most {max_bytes})")
-    arr = np.frombuffer(raw, np.uint8)
-    if n and int(np.cumsum(_OPEN[arr], dtype=np.int32).max()) > max_depth:
-        raise ProtocolError(f"{what} is nested deeper than {max_depth} levels")
+    raw = bytes(raw)
+    # the nesting scan runs only when there are enough opening brackets to exceed the limit
+    if raw.count(b"{") + raw.count(b"[") > max_depth:
+        arr = np.frombuffer(raw, np.uint8)
+        if int(np.cumsum(_OPEN[arr], dtype=np.int32).max()) > max_depth:
+            raise ProtocolError(f"{what} is nested deeper than {max_depth} levels")
     try:
-        obj = json.loads(bytes(raw).decode("utf-8"), parse_int=_parse_int,
-                         parse_float=_parse_float, parse_constant=_parse_constant)
+        obj = _DECODER.decode(raw.decode("utf-8"))
     except ProtocolError as exc:
         raise ProtocolError(f"{what}: {exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -84,6 +86,9 @@ def json_object(raw: bytes | memoryview, what: str = "header",
         raise ProtocolError(f"{what} JSON is not an object")
     return obj
 
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+"""One decoder for every message (building one per call costs more than the parse)."""
 
 _MISSING = object()
 
@@ -132,6 +137,28 @@ def str_field(d: dict, key: str, max_len: int = 256, default: Any = _MISSING, wh
     if len(v) > max_len:
         raise ProtocolError(f"{what} {key!r} is {len(v)} characters (at most {max_len})")
     return v
+
+
+def only_protocol_errors(decode):
+    """Wrap a message decoder so that nothing but `ProtocolError` ever leaves it (the last net at the edge).
+
+    MemoryError / RecursionError become "too large or too deep", any other exception
+    "undecodable message (...)": a decoder bug costs one message, never the receiving thread.
+    """
+    import functools
+
+    @functools.wraps(decode)
+    def guarded(parts):
+        try:
+            return decode(parts)
+        except ProtocolError:
+            raise
+        except (MemoryError, RecursionError) as exc:
+            raise ProtocolError(f"message too large or too deep to decode ({type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 -- the point: nothing but ProtocolError leaves the edge
+            raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+    return guarded
 
 
 def _short(v: Any) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.stream.protocols.edge import (
-    ProtocolError, float_field, int_field, json_object, str_field,
+    ProtocolError, float_field, int_field, json_object, only_protocol_errors, str_field,
 )
 
 __all__ = [
@@ -135,14 +135,7 @@ def decode(parts: list[bytes]) -> FrameMessage | ControlMessage:
     Raises `ProtocolError` (with the reason) for anything that breaks the
     protocol, and never any other exception.
     """
-    try:
-        return _decode(parts)
-    except ProtocolError:
-        raise
-    except (MemoryError, RecursionError) as exc:
-        raise ProtocolError(f"message too large or too deep to decode ({type(exc).__name__})") from None
-    except Exception as exc:  # noqa: BLE001 -- a last net: nothing but ProtocolError leaves the edge
-        raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:80]})") from None
+    return _guarded_decode(parts)
 
 
 def _bytes(part) -> bytes | memoryview:
@@ -266,3 +259,6 @@ def check_start(meta: dict) -> dict:
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 40 else s[:37] + "..."
+
+
+_guarded_decode = only_protocol_errors(_decode)

@@ -35,6 +35,9 @@ its reason, and goes on); nothing else escapes `decode`, whatever the bytes:
 | EVENT | `content` or `spike` object; payload <= 1 MiB and = `data_size` when given; a TTL payload is 10 bytes |
 | heartbeat request | one frame, JSON object <= 4 KiB, `type` "heartbeat", `uuid` and `application` strings <= 256 |
 | heartbeat reply | one frame, exactly `heartbeat received` |
+
+Frames larger than `MAX_FRAME_BYTES` (64 MiB; heartbeat sockets: 1 MiB) never arrive: ZeroMQ drops the
+sending peer's connection instead (it reconnects).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.stream.protocols.edge import ProtocolError, float_field, int_field, json_object, str_field
+from livedenoise.stream.protocols.edge import (
+    ProtocolError, float_field, int_field, json_object, only_protocol_errors, str_field,
+)
 
 DEFAULT_DATA_PORT = 5556
 DEFAULT_OUTPUT_PORT = 5560
@@ -73,9 +78,13 @@ MAX_NAME = 256
 MAX_EVENT_BYTES = 1 << 20
 MAX_HEARTBEAT_BYTES = 4096
 _MIN, _MAX = np.minimum.reduce, np.maximum.reduce
-MAX_FRAME_BYTES = max(4 * MAX_NUM_SAMPLES, MAX_EVENT_BYTES) + (1 << 16)
-"""Largest frame the receiving sockets accept (ZMQ_MAXMSGSIZE: a larger one drops that peer's connection,
-which reconnects; it is never allocated): the largest payload plus a margin."""
+MAX_FRAME_BYTES = 64 << 20
+"""Largest frame the receiving SUB socket accepts (ZMQ_MAXMSGSIZE; a larger one makes ZeroMQ drop that peer's
+connection, which reconnects, and is never counted): far above any valid message, so that every oversized but
+deliverable message is received and counted as malformed, yet bounded."""
+MAX_HEARTBEAT_FRAME = 1 << 20
+"""The same for the heartbeat sockets (a request or reply over MAX_HEARTBEAT_BYTES is still received and
+counted as malformed)."""
 
 
 @dataclass
@@ -198,14 +207,7 @@ def decode(parts: list[bytes]) -> DataMessage | EventMessage:
     outside the format and the limits in the module docstring, and never any
     other exception, whatever the bytes.
     """
-    try:
-        return _decode(parts)
-    except ProtocolError:
-        raise
-    except (MemoryError, RecursionError) as exc:
-        raise ProtocolError(f"message too large or too deep to decode ({type(exc).__name__})") from None
-    except Exception as exc:  # noqa: BLE001 -- a last net: nothing but ProtocolError leaves the edge
-        raise ProtocolError(f"undecodable message ({type(exc).__name__}: {str(exc)[:80]})") from None
+    return _guarded_decode(parts)
 
 
 # fast paths for the common, valid case; anything else goes to edge.py, which decides and says why
@@ -271,7 +273,7 @@ def _decode(parts) -> DataMessage | EventMessage:
         if not (np.isfinite(_MIN(samples)) and np.isfinite(_MAX(samples))):
             raise ProtocolError("payload holds NaN or infinite samples")
         return DataMessage(message_num=mnum, stream=stream, channel_num=ch, channel_name=name, num_samples=n,
-                           sample_num=sample_num, sample_rate=rate, timestamp=ts, samples=samples)
+                           sample_num=sample_num, sample_rate=rate, timestamp=float(ts), samples=samples)
     # EVENT: TTL (content) or spike
     if len(payload) > MAX_EVENT_BYTES:
         raise ProtocolError(f"event payload is {len(payload)} bytes (at most {MAX_EVENT_BYTES})")
@@ -333,3 +335,6 @@ def check_heartbeat_reply(parts: list[bytes]) -> None:
         raise ProtocolError("heartbeat reply is not bytes") from None
     if len(_part(parts[0])) != len(HEARTBEAT_REPLY) or body != HEARTBEAT_REPLY:
         raise ProtocolError(f"heartbeat reply is {body[:32]!r}, not {HEARTBEAT_REPLY!r}")
+
+
+_guarded_decode = only_protocol_errors(_decode)

@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 
@@ -293,8 +294,19 @@ class EphysSocketServer:
             if not c.send(pkt):
                 self.dropped_packets += 1
 
-    def close(self) -> None:
+    def close(self, flush_s: float = 2.0) -> None:
+        """Stop serving; each client first gets what is queued for it (up to `flush_s` s in all)."""
         self._stop.set()
         self.thread.join(2.0)
         self._close_listener()
+        with self.lock:
+            clients = list(self.clients)
+        end = time.monotonic() + flush_s
+        for c in clients:
+            try:
+                c.q.put(None, timeout=max(0.0, end - time.monotonic()))  # after the packets already queued
+            except queue.Full:
+                pass
+        for c in clients:
+            c.join(max(0.0, end - time.monotonic()))
         self.reset_connections()

@@ -20,7 +20,7 @@ import zmq
 
 from livedenoise.stream.health import SupervisedThread, ThreadHealth
 from livedenoise.stream.protocols.zmq_interface import (
-    BAD_JSON_REPLY, HEARTBEAT_REPLY, MAX_HEARTBEAT_BYTES, DataEncoder, ProtocolError, decode_heartbeat, reason_key,
+    BAD_JSON_REPLY, HEARTBEAT_REPLY, MAX_HEARTBEAT_FRAME, DataEncoder, ProtocolError, decode_heartbeat, reason_key,
 )
 
 log = logging.getLogger("livedenoise.stream.openephys")
@@ -61,7 +61,7 @@ class HeartbeatResponder:
         sock = self.ctx.socket(zmq.REP)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_HEARTBEAT_BYTES)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_HEARTBEAT_FRAME)
             sock.bind(self.endpoint)
         except Exception:
             sock.close(linger=0)

@@ -64,6 +64,7 @@ from livedenoise.stream.health import SupervisedThread, ThreadHealth
 from livedenoise.stream.protocols.zmq_interface import (
     MAX_CHANNELS,
     MAX_FRAME_BYTES,
+    MAX_HEARTBEAT_FRAME,
     DataMessage,
     EventMessage,
     ProtocolError,
@@ -501,9 +502,21 @@ class Heartbeat:
         s = self.ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
-        s.setsockopt(zmq.MAXMSGSIZE, 4096)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_HEARTBEAT_FRAME)
         s.connect(self.endpoint)
         return s
+
+    def _read_waiting(self, sock: zmq.Socket, seconds: float) -> None:
+        """Handle the messages already waiting on `sock`, for at most `seconds`."""
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self.last_message = time.monotonic()
+            self._flushed = False
+            self._handle(parts)
 
     def _body(self) -> None:
         sock = self._socket()
@@ -679,6 +692,18 @@ class OpenEphysReceiver:
             self.health.record(exc, "message: ")
             log.exception("unexpected error on one message (counted; reception goes on)")
 
+    def _read_waiting(self, sock: zmq.Socket, seconds: float) -> None:
+        """Handle the messages already waiting on `sock`, for at most `seconds`."""
+        t_end = time.monotonic() + seconds
+        while time.monotonic() < t_end:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self.last_message = time.monotonic()
+            self._flushed = False
+            self._handle(parts)
+
     def _body(self) -> None:
         sock = self._socket()
         self.ready.set()
@@ -692,25 +717,10 @@ class OpenEphysReceiver:
                         self.out.put("idle")
                         self._flushed = True
                     continue
-                t_end = time.monotonic() + 0.1
-                while time.monotonic() < t_end:
-                    try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    self.last_message = time.monotonic()
-                    self._flushed = False
-                    self._handle(parts)
+                self._read_waiting(sock, 0.1)
             # the end of the stream: what is already on the socket is read (up to 2 s of it), then what is
             # pending goes out (missing channels filled)
-            t_end = time.monotonic() + 2.0
-            while time.monotonic() < t_end:
-                try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                except zmq.Again:
-                    break
-                self.last_message = time.monotonic()
-                self._handle(parts)
+            self._read_waiting(sock, 2.0)
             self._put(self.asm.flush())
             self.done.set()
         finally:

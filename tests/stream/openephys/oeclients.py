@@ -13,14 +13,14 @@ from livedenoise.stream.sinks.ephys_socket import read_packet
 class SocketClient(threading.Thread):
     """Reads Ephys Socket packets as the GUI does; asserts the header never changes."""
 
-    def __init__(self, port, stop_after=None):
+    def __init__(self, port, stop_after=None, timeout=10.0):
         super().__init__(daemon=True)
-        self.port, self.stop_after = port, stop_after
+        self.port, self.stop_after, self.timeout = port, stop_after, timeout
         self.blocks, self.headers = [], set()
         self.n = 0
 
     def run(self):
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
         try:
             while self.stop_after is None or self.n < self.stop_after:
                 head, data = read_packet(s)

@@ -56,6 +56,8 @@ HOSTILE = {
     "sample_num 2**63": lambda: [DATA, _raw_header("sample_num", str(2**63)), b"\0" * (4 * N)],
     "channel_num 2**64": lambda: [DATA, _raw_header("channel_num", str(2**64)), b"\0" * (4 * N)],
     "NaN samples": lambda: [DATA, _raw_header("sample_num", "500"), np.full(N, np.nan, "<f4").tobytes()],
+    "3 MiB payload": lambda: [DATA, _raw_header("sample_num", "500"), b"\0" * (3 << 20)],
+    "num_samples 10**9": lambda: [DATA, _raw_header("num_samples", str(10**9)), b"\0" * (4 * N)],
 }
 
 
@@ -252,7 +254,7 @@ def test_a_thread_that_fails_is_restarted_and_it_shows_in_the_stats(rig):
 
     assert wait_for(listening, 30)  # the GUI can connect again, on the same port
     assert wait_for(lambda: sc.socket.n_clients == 0, 30)  # a client that hung up is let go at once
-    client = SocketClient(port)
+    client = SocketClient(port, timeout=300)
     client.start()
     assert wait_for(lambda: sc.socket.n_clients == 1, 30)
     acq = Acquisition(plugin, C)

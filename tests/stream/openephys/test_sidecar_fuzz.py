@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from livedenoise.stream.protocols.zmq_interface import (
-    BAD_JSON_REPLY, DATA, EVENT, HEARTBEAT_REPLY, DataEncoder, encode_data, encode_ttl, heartbeat,
+    BAD_JSON_REPLY, DATA, EVENT, HEARTBEAT_REPLY, encode_data, encode_ttl, heartbeat,
 )
 from oeclients import SocketClient
 from oerig import Acquisition, Plugin, check_all_recorded, start_sidecar, wait_for
@@ -225,6 +225,8 @@ def test_fuzz_heartbeat_replies_never_disturb_reception(tiny_models, ports, tmp_
 
 
 def _fuzz_request(rng):
+    if rng.random() < 0.01:
+        return [b'{"type": "heartbeat", "uuid": "' + b"u" * 200_000 + b'"}'], False  # larger than its limit
     k = int(rng.integers(0, 8))
     if k <= 2:
         return [heartbeat(f"uuid-{int(rng.integers(0, 10**9))}", "fuzz")], True
@@ -267,7 +269,7 @@ def test_fuzz_ephys_socket_clients_never_disturb_the_gui(tiny_models, ports, tmp
     sc = start_sidecar(tiny_models["block-ephys"], data_port, plugin, socket_port=0, socket_samples=N,
                        idle_flush_s=30)
     port = sc.socket.port
-    good = SocketClient(port)  # the GUI
+    good = SocketClient(port, timeout=300)  # the GUI (patient: no packet flows for a while)
     good.start()
     assert wait_for(lambda: sc.socket.n_clients == 1, 30)
     rng = np.random.default_rng(3)
@@ -291,7 +293,7 @@ def test_fuzz_ephys_socket_clients_never_disturb_the_gui(tiny_models, ports, tmp
                     c.sendall(rng.bytes(int(rng.integers(1, 3000))))
                 if i % 6 == 0:
                     acq.block(i // 6 * N, N)
-                    wait_for(lambda: sc.socket.packets >= i // 6, 30)
+                    wait_for(lambda: sc.socket.packets >= i // 6 - 1, 30)
         assert wait_for(lambda: sc.socket.n_clients == 1, 60)
         flooders = []
         for _ in range(3):  # more than the protocol allows: disconnected
@@ -303,7 +305,7 @@ def test_fuzz_ephys_socket_clients_never_disturb_the_gui(tiny_models, ports, tmp
             flooders.append(c)
         assert wait_for(lambda: sc.socket.counters()["socket_bad_clients"] == 3, 60)
         crowd = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
-        assert wait_for(lambda: sc.socket.counters()["socket_refused"] >= 5, 60), sc.snapshot()  # 16 at a time
+        assert wait_for(lambda: sc.socket.counters()["socket_refused"] >= 5, 60)  # 16 at a time
         for c in crowd + flooders:
             c.close()
         assert wait_for(lambda: sc.socket.n_clients == 1, 60)  # only the GUI is left
