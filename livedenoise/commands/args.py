@@ -10,6 +10,7 @@ import argparse
 
 from livedenoise.errors import UserError
 from livedenoise.io.readers_ephys import open_recording
+from livedenoise.models.card import RATE_TOLERANCE, rate_mismatch
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -80,10 +81,6 @@ def add_reading_arguments(parser) -> None:
                             f"{100 * RATE_TOLERANCE:g}%% from the rate it was trained at (refused without it)")
 
 
-RATE_TOLERANCE = 0.01
-"""Relative difference between a recording's sample rate and a model's training rate that is refused."""
-
-
 def open_from_args(path, args):
     """`open_recording` with the flags of `add_reading_arguments` (refusals: UserError, one line)."""
     return open_recording(path, stream=getattr(args, "stream", None), channels=getattr(args, "channels", None),
@@ -92,26 +89,19 @@ def open_from_args(path, args):
 
 
 def check_model_rate(card, rec, model, force: bool = False) -> list[str]:
-    """Refuse an ephys model on a recording at another sample rate than the one it was trained at.
+    """Refuse an ephys model on a recording at another sample rate than the one it was trained at
+    (`models.card.rate_mismatch`, the rule the live sidecar applies too).
 
-    `card.training["sample_rate"]` (Hz, written by `train`) against `rec.sample_rate`:
-    a relative difference above `RATE_TOLERANCE` raises UserError naming both rates and
-    --force-rate, or with `force` returns a warning line. Returns the lines to print
-    (a note when the card does not record its rate). The model's window counts samples,
-    so at another rate it spans another time and the spikes it learnt have another width.
+    Raises UserError naming both rates and --force-rate, or with `force` returns a warning
+    line. Returns the lines to print (a note when the card does not record its rate).
     """
-    trained = (getattr(card, "training", None) or {}).get("sample_rate")
-    try:
-        trained = float(trained) if trained is not None else None
-    except (TypeError, ValueError):
-        trained = None
-    if trained is None or not trained > 0:
+    if not (card.training or {}).get("sample_rate"):
         return [f"note: {model} does not record the sample rate it was trained at; the recording is at "
                 f"{rec.sample_rate:g} Hz"]
-    if abs(rec.sample_rate - trained) <= RATE_TOLERANCE * trained:
+    why = rate_mismatch(card, rec.sample_rate)
+    if why is None:
         return []
-    what = (f"{model} was trained at {trained:g} Hz but {rec.path} is at {rec.sample_rate:g} Hz (the model's window "
-            f"counts samples: here it spans {trained / rec.sample_rate:.3g}x the time it was trained on)")
+    what = f"{model}: {why} ({rec.path})"
     if not force:
         check = " (or check --sample-rate)" if rec.format == "dat" else ""
         raise UserError(f"{what}; train a model on data at {rec.sample_rate:g} Hz{check}, or add --force-rate to run "

@@ -64,6 +64,9 @@ def register(subparsers) -> None:
                    help="seconds without data after which the last `lag` samples are flushed (end of acquisition)")
     p.add_argument("--max-backlog", type=float, default=10.0, metavar="S",
                    help="when the engine falls more than S seconds of data behind, skip the oldest (counted as overflow)")
+    p.add_argument("--force-rate", action="store_true",
+                   help="denoise a stream whose sample rate differs by more than 1%% from the model's training rate "
+                        "(without it such a stream stops the sidecar with exit status 2)")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no periodic stats lines")
     p.set_defaults(func=run)
@@ -108,7 +111,7 @@ def make_sidecar(args):
         zmq_stream_name=args.zmq_stream_name, record=args.record, record_bit_volts=args.record_bit_volts,
         stats_every=args.stats_every, stats_file=args.stats_file, duration=args.duration,
         stop_after_idle=args.stop_after_idle, idle_flush_s=args.idle_flush, max_backlog_s=args.max_backlog,
-        quiet=args.quiet,
+        quiet=args.quiet, force_rate=args.force_rate,
     )
     try:
         return Sidecar(cfg)
@@ -151,6 +154,9 @@ def serve(sc, args) -> int:
             signal.signal(s, h)
     if args.json:
         print(json.dumps(stats), flush=True)
+    if sc.refused:
+        print(f"livedenoise sidecar: error: {sc.refused}", file=sys.stderr, flush=True)
+        return 2
     if sc.fatal:
         print(f"livedenoise sidecar: fatal: {sc.fatal}", file=sys.stderr, flush=True)
         return 1

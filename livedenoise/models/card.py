@@ -107,3 +107,25 @@ class ModelCard:
             return f"{head} (samples) layout={self.layout}"
         shape = "any size" if self.frame_shape is None else "x".join(map(str, self.frame_shape))
         return f"{head} frames={shape}"
+
+
+RATE_TOLERANCE = 0.01
+"""Relative difference between the data's sample rate and an ephys model's training rate that is refused."""
+
+
+def rate_mismatch(card: ModelCard, rate: float) -> str | None:
+    """Why an ephys model should not run on data at `rate` Hz, or None (same rate within RATE_TOLERANCE,
+    or a card that does not record its training rate: `card.training["sample_rate"]`, Hz, written by `train`).
+
+    The model's window counts samples, so at another rate it spans another time and the spikes
+    it learnt have another width. The one rule for `denoise` and the live sidecar.
+    """
+    trained = (card.training or {}).get("sample_rate")
+    try:
+        trained = float(trained) if trained is not None else None
+    except (TypeError, ValueError):
+        trained = None
+    if trained is None or not trained > 0 or not rate > 0 or abs(rate - trained) <= RATE_TOLERANCE * trained:
+        return None
+    return (f"the model was trained at {trained:g} Hz but the data are at {rate:g} Hz (its window counts samples: "
+            f"here it spans {trained / rate:.3g}x the time it was trained on)")

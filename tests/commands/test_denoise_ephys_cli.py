@@ -295,7 +295,7 @@ def test_a_model_trained_at_another_sample_rate_is_refused_unless_forced(model_3
     raw.tofile(tmp_path / "raw.dat")
     args = ["denoise", tmp_path / "raw.dat", tmp_path / "den.dat", "--model", model_30k, "--channels", 4,
             "--sample-rate", 15000]
-    one_line_error(cli(*args), "trained at 30000 Hz", "is at 15000 Hz", "--force-rate")
+    one_line_error(cli(*args), "trained at 30000 Hz", "the data are at 15000 Hz", "--force-rate")
     assert not (tmp_path / "den.dat").exists()
     r = cli(*args, "--force-rate", "-q")
     assert r.returncode == 0, r.stderr

@@ -92,3 +92,39 @@ def test_sidecar_help_and_errors(setup, capsys, tmp_path):
     assert main(["sidecar", "openephys", "--model", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["replay", "openephys", str(tmp_path / "nothing-here")]) == 2
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_model_trained_at_another_rate_is_refused_live_as_offline(setup, tmp_path, force):
+    from livedenoise.io.readers_ephys import open_recording
+    from livedenoise.models.checkpoint import load_model, save_checkpoint
+
+    d = setup
+    card, net = load_model(d / "m.pt")
+    card.training = {**(card.training or {}), "sample_rate": 20000.0}  # the recording is at 30 kHz
+    save_checkpoint(tmp_path / "m20k.pt", card, net.state_dict())
+    data = _free_pair()
+    side = subprocess.Popen(
+        [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(tmp_path / "m20k.pt"), "--input",
+         f"tcp://127.0.0.1:{data}", "--socket-port", "-1", "--zmq-output", "off", "--duration", "60",
+         "--stop-after-idle", "1.5", "--stats-every", "0", "--record", str(tmp_path / "live"), "--quiet",
+         *(["--force-rate"] if force else [])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        rp = subprocess.run(
+            [sys.executable, "-m", "livedenoise", "replay", "openephys", str(d / "rec"), "--port", str(data),
+             "--speed", "2", "--wait", "30", "--block", "500"], capture_output=True, text=True, env=_env(), timeout=120)
+        assert rp.returncode == 0, rp.stderr
+        _, stderr = side.communicate(timeout=120)
+    finally:
+        side.kill()
+    if force:
+        assert side.returncode == 0, stderr
+        assert open_recording(tmp_path / "live" / "denoised").shape[0] > 0
+        assert "--force-rate" in stderr
+    else:
+        assert side.returncode == 2, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("livedenoise sidecar: error: ") and "20000 Hz" in last and "--force-rate" in last
+        assert not (tmp_path / "live" / "denoised").exists()
+    assert open_recording(tmp_path / "live" / "raw").shape[0] > 0  # the raw data are recorded either way

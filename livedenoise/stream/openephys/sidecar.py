@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from livedenoise.models.card import rate_mismatch
 from livedenoise.stream import gaps
 from livedenoise.stream.ephys import SamplePipeline, Samples, open_ephys_engine, ring_capacity
 from livedenoise.stream.health import SupervisedThread, ThreadHealth
@@ -98,6 +99,9 @@ class SidecarConfig:
     duration: float | None = None
     stop_after_idle: float | None = None
     """Stop once data has come and then stopped for this many seconds (scripted runs)."""
+    force_rate: bool = False
+    """Denoise even when the stream's sample rate is not the one the model was trained at
+    (`models.card.rate_mismatch`); without it such a stream stops the sidecar (`refused`)."""
     heartbeat_s: float = 2.0
     idle_flush_s: float = 0.5
     max_block: int = 4096
@@ -174,6 +178,9 @@ class Sidecar:
         self.abort_event = threading.Event()
         """Set to stop without processing what is queued (a second Ctrl-C, the engine thread failing)."""
         self.fatal: str | None = None
+        self.refused: str | None = None
+        """One line when the stream cannot be denoised with this model (its sample rate): the sidecar stops,
+        the command exits 2."""
         self.q: queue.Queue = queue.Queue()
         self.max_gap = int(cfg.max_gap) if cfg.max_gap else ring_capacity(self.card, cfg.max_block)
         self.receiver = OpenEphysReceiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels,
@@ -389,10 +396,12 @@ class Sidecar:
         if run:
             self._process(run)
 
-    def _skip(self, block: Block) -> None:
-        """Overflow: the block is recorded raw (never lost) but not denoised; the pipeline sees a gap after it."""
+    def _skip(self, block: Block, count: bool = True) -> None:
+        """Overflow: the block is recorded raw (never lost) but not denoised; the pipeline sees a gap after it.
+        `count`: add it to `overflow` (not when the stream was refused)."""
         n = block.data.shape[1]
-        self.stats.overflow += n
+        if count:
+            self.stats.overflow += n
         if self.pipe is not None and self.pipe.C != block.data.shape[0]:
             self._end_segment()
         self._record_raw([block], block.data.T, block.sample_numbers)
@@ -419,6 +428,17 @@ class Sidecar:
                 self.zout.configure(first.stream, self.names, first.sample_rate)
             log.info("stream %r: %d channels at %g Hz from sample %d; model %s, lag %d samples",
                      first.stream, C, first.sample_rate, first.sample_num, self.card.arch, self.card.lag)
+            why = rate_mismatch(self.card, first.sample_rate)
+            if why is not None and self.cfg.force_rate:
+                log.warning("%s (--force-rate)", why)
+            elif why is not None and self.refused is None:
+                self.refused = (f"stream {first.stream!r}: {why}; train a model on data at {first.sample_rate:g} Hz, "
+                                "or start the sidecar with --force-rate to run it anyway")
+                self._on_fatal(self.refused)
+        if self.refused is not None:  # nothing is denoised with the wrong model; the raw data are still recorded
+            for b in blocks:
+                self._skip(b, count=False)
+            return
         raw = np.concatenate([b.data for b in blocks], axis=1).T if len(blocks) > 1 else first.data.T  # (samples, C)
         sn = np.concatenate([b.sample_numbers for b in blocks]) if len(blocks) > 1 else first.sample_numbers
         self._record_raw(blocks, raw, sn)
@@ -528,6 +548,8 @@ class Sidecar:
         self._rec_root = root
         self.rec_raw = BinaryWriter(root / "raw", first.sample_rate, bv, names, source_processor_name="ZMQ_Interface",
                                     description="raw input recorded by the livedenoise sidecar" + note, **kw)
+        if self.refused is not None:  # nothing will be denoised: no denoised recording
+            return
         try:
             self.rec_den = BinaryWriter(root / "denoised", first.sample_rate, bv, names,
                                         source_processor_name="livedenoise",
