@@ -15,6 +15,9 @@ name        network                                window (default)
 override the window.) A checkpoint is exported once to ONNX at
 ``--frame-shape`` for the onnxruntime / TensorRT backends.
 
+torch runs fp32 on the CPU; on CUDA it runs each of ``--precisions`` (fp32,
+fp16), and with ``--cuda-graph`` each again replaying CUDA graphs.
+
 For each backend x precision x batch: ``--warmup`` untimed calls, then timed
 calls until ``--repeats`` calls or ``--budget`` seconds (at least one call).
 frames/s = batch x calls / total time; latency p50/p99 per call in ms.
@@ -53,7 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--frame-shape", nargs=2, type=int, metavar=("H", "W"), default=None, help="frame size (default: the model's, else 512 512)")
     p.add_argument("--batch", nargs="+", type=int, default=[1, 4, 16], help="batch sizes (default 1 4 16)")
     p.add_argument("--backends", nargs="+", choices=ALL_BACKENDS, default=None, help="backends to try (default: all available)")
-    p.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "int8"), default=["fp32", "fp16"], help="TensorRT precisions (default fp32 fp16; int8 calibrates on a simulated movie)")
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "int8"), default=["fp32", "fp16"], help="TensorRT and torch-on-CUDA precisions (default fp32 fp16; int8, TensorRT only, calibrates on a simulated movie)")
+    p.add_argument("--cuda-graph", action="store_true", help="torch on CUDA: also time each precision replaying CUDA graphs")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per configuration (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--budget", type=float, default=30.0, metavar="S", help="stop timing a configuration after S seconds (default 30)")
@@ -142,6 +146,7 @@ def _machine(threads: int) -> dict:
 
         info["torch"] = torch.__version__
         info["onnxruntime"] = ort.__version__
+        info["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         pass
     try:
@@ -154,7 +159,14 @@ def _machine(threads: int) -> dict:
     return info
 
 
-def _configs(model: Path, backends, precisions) -> list[tuple[str, str]]:
+def _torch_on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _configs(model: Path, backends, precisions, cuda_graph: bool = False) -> list[tuple[str, str]]:
+    """(backend, precision) pairs; torch's precision may end in "+graph" (replayed CUDA graphs)."""
     suffix = model.suffix.lower()
     out = []
     for b in backends:
@@ -163,6 +175,13 @@ def _configs(model: Path, backends, precisions) -> list[tuple[str, str]]:
                 out.append((b, "engine"))
             else:
                 out += [(b, p) for p in precisions]
+        elif b == "torch":
+            ps = [p for p in precisions if p != "int8"] or ["fp32"]
+            if _torch_on_cuda():
+                out += [(b, p) for p in ps]
+                out += [(b, f"{p}+graph") for p in ps] if cuda_graph else []
+            else:
+                out.append((b, "fp32"))
         else:
             out.append((b, "fp32"))
     return out
@@ -249,7 +268,11 @@ def _run(args: argparse.Namespace, threads: int) -> int:
         if not args.json:  # progress on stderr, headed like the table that follows on stdout
             print(f"measuring {card.summary()} at {fs[0]}x{fs[1]} (progress; the table follows):", file=sys.stderr)
             print(f"  {'backend':<16} {'prec':<5} {'batch':<9} {'frames/s':>9}", file=sys.stderr, flush=True)
-        for backend, precision in _configs(model, runnable, args.precisions):
+        if "torch" in runnable and not _torch_on_cuda() and (args.cuda_graph or set(args.precisions) - {"fp32"}):
+            what = [p for p in ("fp16", "int8") if p in args.precisions] + (["CUDA graphs"] if args.cuda_graph else [])
+            skipped.append({"backend": "torch " + " ".join(what),
+                            "reason": "torch runs fp32 on the CPU; fp16 and CUDA graphs need a CUDA GPU"})
+        for backend, precision in _configs(model, runnable, args.precisions, args.cuda_graph):
             try:
                 engine = _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max(args.batch))
             except UserError as exc:
@@ -261,11 +284,16 @@ def _run(args: argparse.Namespace, threads: int) -> int:
                     if getattr(engine, "max_batch", b) < b:
                         skipped.append({"backend": f"{backend} {precision} batch {b}", "reason": f"engine max batch {engine.max_batch}"})
                         continue
-                    r = time_engine(engine, sample, b, args.repeats, args.warmup, args.budget)
-                    r.update(backend=backend, precision=getattr(engine, "precision", precision), device=device)
+                    try:
+                        r = time_engine(engine, sample, b, args.repeats, args.warmup, args.budget)
+                    except UserError as exc:  # e.g. a CUDA graph that cannot be captured
+                        skipped.append({"backend": f"{backend} {precision} batch {b}", "reason": str(exc)})
+                        continue
+                    r.update(backend=backend, precision=getattr(engine, "precision", precision), device=device,
+                             cuda_graph=bool(getattr(engine, "cuda_graph", False)))
                     results.append(r)
                     if not args.json:
-                        print(f"  {backend:<16} {r['precision']:<5} batch {b:<3} {r['frames_per_s']:9.2f} frames/s", file=sys.stderr, flush=True)
+                        print(f"  {backend:<16} {_prec(r):<5} batch {b:<3} {r['frames_per_s']:9.2f} frames/s", file=sys.stderr, flush=True)
             finally:
                 engine.close()
 
@@ -292,6 +320,10 @@ def _command(args) -> str:
     parts += ["--batch", *map(str, args.batch)]
     if args.backends:
         parts += ["--backends", *args.backends]
+    if list(args.precisions) != ["fp32", "fp16"]:
+        parts += ["--precisions", *args.precisions]
+    if args.cuda_graph:
+        parts.append("--cuda-graph")
     parts += ["--repeats", str(args.repeats), "--budget", f"{args.budget:g}"]
     if args.threads:
         parts += ["--threads", str(args.threads)]
@@ -319,7 +351,8 @@ def _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max_batc
         torch.set_num_threads(threads)
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         _, net = load_model(model)
-        return TorchEngine(card, net, dev, reason="bench")
+        prec, graph = precision.split("+")[0], precision.endswith("+graph")
+        return TorchEngine(card, net, dev, reason="bench", precision=prec, cuda_graph=graph)
     if backend in ("onnxruntime", "onnxruntime-cuda"):
         provider = "CPUExecutionProvider" if backend == "onnxruntime" else "CUDAExecutionProvider"
         return OnnxRuntimeEngine(onnx_path, provider, threads, reason="bench")
@@ -337,14 +370,19 @@ def _open(backend, precision, model, onnx_path, card, threads, tmp, fs, max_batc
     return TensorRTEngine(path, reason="bench")
 
 
+def _prec(r: dict) -> str:
+    return r["precision"] + ("+graph" if r.get("cuda_graph") else "")
+
+
 def format_table(report: dict) -> str:
     fs = "x".join(map(str, report["frame_shape"]))
     lines = [f"bench engine: {report['model']} ({report['card']}) at {fs}"]
     m = report["machine"]
-    lines.append(f"machine: {m.get('cpu')} ({m.get('cpu_threads')} threads), GPU: {m.get('gpu') or 'none'}")
+    gpu = m.get("gpu") or m.get("cuda_device") or "none"
+    lines.append(f"machine: {m.get('cpu')} ({m.get('cpu_threads')} threads), GPU: {gpu}")
     cols = ("backend", "precision", "device", "batch", "calls", "frames/s", "p50 ms", "p99 ms")
     rows = [
-        (r["backend"], r["precision"], r["device"], str(r["batch"]), str(r["calls"]), f"{r['frames_per_s']:.2f}", f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p99']:.1f}")
+        (r["backend"], _prec(r), r["device"], str(r["batch"]), str(r["calls"]), f"{r['frames_per_s']:.2f}", f"{r['latency_ms_p50']:.1f}", f"{r['latency_ms_p99']:.1f}")
         for r in report["results"]
     ]
     widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
