@@ -115,6 +115,9 @@ def add_norm_arguments(parser, live: bool) -> None:
     g.add_argument("--norm", choices=("data", "card"), default="data",
                    help="data: the frames' own mean/std, so a model serves other sessions, brighter or dimmer; "
                         "card: the model's (those of its training movies)")
+    g.add_argument("--renorm-rate", type=float, default=RENORM_RATE, metavar="R",
+                   help="with --renorm N: every N frames the statistics move this fraction of the way to those of "
+                        "the last N frames (0: keep the first N frames')")
     if live:
         g.add_argument("--renorm", type=int, default=30, metavar="N",
                        help="with --norm data: estimate mean/std on the first N frames of each acquisition "
@@ -125,10 +128,19 @@ def add_norm_arguments(parser, live: bool) -> None:
                             "--renorm N` does (default 0: on up to 256 frames spread over the whole movie)")
 
 
+RENORM_RATE = 0.1
+"""`--renorm-rate`: each N frames, the statistics move 10% towards those of the last N frames (time constant
+about 10 N frames: slow drifts such as bleaching are followed, a calcium transient is not)."""
+
+
 def renorm_frames(args) -> int:
     """The live service's `renorm` for the --norm / --renorm flags (0: the card's statistics)."""
     if args.renorm < 0:
         from livedenoise.errors import UserError
 
         raise UserError(f"--renorm must be >= 0 frames (got {args.renorm})")
+    if not 0.0 <= args.renorm_rate <= 1.0:
+        from livedenoise.errors import UserError
+
+        raise UserError(f"--renorm-rate must be in 0..1 (got {args.renorm_rate})")
     return 0 if args.norm == "card" else int(args.renorm)

@@ -125,6 +125,8 @@ def _run(args) -> str:
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1 (got {args.batch})")
     _set_threads(args)
+    if not 0.0 <= args.renorm_rate <= 1.0:
+        raise UserError(f"--renorm-rate must be in 0..1 (got {args.renorm_rate})")
     stats = denoise_file(
         args.input,
         args.output,
@@ -141,6 +143,7 @@ def _run(args) -> str:
         axes=args.axes,
         norm=args.norm,
         renorm=args.renorm,
+        renorm_rate=args.renorm_rate,
         threads=args.threads,
     )
     quality = _quality(args) if args.report else None
@@ -182,7 +185,7 @@ def _quality(args, max_frames: int = 300, side: int = 128) -> dict:
         h, w = raw.shape[1:]
         y, x = (h - min(h, side)) // 2, (w - min(w, side)) // 2
         raw = np.ascontiguousarray(raw[:, y:y + min(h, side), x:x + min(w, side)])
-    pred = denoise_array(engine, raw, norm=args.norm, renorm=args.renorm)
+    pred = denoise_array(engine, raw, norm=args.norm, renorm=args.renorm, renorm_rate=args.renorm_rate)
     try:
         return quality_report(raw, pred, max(0, -min(engine.card.offsets)), engine.card.lag)
     except ValueError as exc:

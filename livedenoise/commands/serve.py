@@ -84,7 +84,7 @@ def run(args) -> int:
     cfg = ServeConfig(
         model=args.model, backend=args.backend, input=args.input, output=args.output, record=args.record,
         record_format=args.record_format, ring=args.ring, max_batch=args.max_batch, policy=args.policy,
-        renorm=renorm_frames(args), stats_interval=args.stats_interval, rcvhwm=args.rcvhwm, duration=args.duration,
+        renorm=renorm_frames(args), renorm_rate=args.renorm_rate, stats_interval=args.stats_interval, rcvhwm=args.rcvhwm, duration=args.duration,
         view=args.view, innovation=args.innovation, innovation_k=args.innovation_k,
         max_streams=args.max_streams, record_max_open=args.record_max_open, drain_timeout=args.drain_timeout,
     )

@@ -96,7 +96,8 @@ def _to_dtype(pred: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) 
 
 def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, progress: bool = True,
                   chunk: int = DEFAULT_CHUNK, innovation: InnovationStep | None = None,
-                  counters: np.ndarray | None = None, step: int = 1, norm="card", renorm: int = 0) -> DenoiseStats:
+                  counters: np.ndarray | None = None, step: int = 1, norm="card", renorm: int = 0,
+                  renorm_rate: float = 0.0) -> DenoiseStats:
     """Denoise every frame of `movie` ((T, H, W) reader) with `engine`, appending the results to `writer`.
 
     The frames go through the same `FramePipeline` as a live stream: pushed
@@ -107,7 +108,8 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
     exactly as the live service does (stream/gaps.py). Every frame gets an
     output. `norm` (models/norm.py): "card" (the model card's statistics),
     "data" (the movie's own: `sample_frames_norm` of the whole movie, or with
-    `renorm=N` of its first N frames, exactly as `serve --renorm N`), or a
+    `renorm=N` of its first N frames and, with `renorm_rate`, their slow update
+    every N frames, exactly as `serve --renorm N --renorm-rate R`), or a
     (mean, std) pair. `progress`: True (a `livedenoise.progress.Progress` on
     stderr), False, or an object whose `update(n)` is called after every batch
     (not every written chunk). Errors: UserError for a movie the model cannot
@@ -126,9 +128,9 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
     spec = card.window
     margin = 2 * (spec.lag - min(0, min(spec.offsets)) + batch + min_frames(card)) + 8
     stats_given, first_n, mode = _norm_plan(movie, card, norm, renorm)
-    pipe = FramePipeline(engine, (h, w), movie.dtype, capacity=max(min(t_total, chunk), first_n) + margin,
+    pipe = FramePipeline(engine, (h, w), movie.dtype, capacity=max(min(t_total, chunk), first_n) + 2 * first_n + margin,
                          max_batch=batch, innovation=innovation, step=step, name=movie.path.name,
-                         norm=stats_given, renorm=first_n)
+                         norm=stats_given, renorm=first_n, renorm_rate=renorm_rate if first_n else 0.0)
     out = np.empty((chunk, h, w), dtype)
     filled = 0
 
@@ -274,6 +276,7 @@ def denoise_file(
     norm="data",
     renorm: int = 0,
     threads: int | None = None,
+    renorm_rate: float = 0.0,
 ) -> DenoiseStats:
     """Open `src`, denoise it with `model`, write `dst` (TIFF or HDF5). The input is never written.
 
@@ -305,4 +308,5 @@ def denoise_file(
         counters = movie.counters()
         with open_writer(dst, len(movie), movie.shape[1:], dtype, attrs=attrs) as writer:
             return denoise_movie(movie, engine, writer, batch=batch, out_dtype=out_dtype, progress=progress, chunk=chunk,
-                                 innovation=inno, counters=counters, step=movie.frame_step, norm=norm, renorm=renorm)
+                                 innovation=inno, counters=counters, step=movie.frame_step, norm=norm, renorm=renorm,
+                                 renorm_rate=renorm_rate)

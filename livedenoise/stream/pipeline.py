@@ -134,6 +134,8 @@ class Batch:
         b, c = self.max_batch, self.n_inputs
         self.windows = np.zeros((b, c, *shape), np.float32)
         self.current = np.zeros((b, *shape), np.float32)
+        self.norm_mean = np.zeros(b, np.float32)
+        self.norm_std = np.ones(b, np.float32)
         self.mask = np.zeros((b, *shape), bool)
         self.fmask = np.zeros(shape, bool)
         self.den = np.zeros((b, *shape), np.float32)
@@ -183,7 +185,11 @@ class FramePipeline:
     `capacity`: frames the ring holds (>= the window's span + 2 and >= renorm);
     `max_batch`: most outputs per job; `innovation`: an `InnovationStep` or None;
     `renorm`: 0 for the card's normalisation, else the number of first frames to
-    estimate it on; `norm`: (mean, std) to use instead of either; `step`: counter increment between consecutive frames;
+    estimate it on; `renorm_rate`: with renorm, the slow update: the statistics
+    of outputs in block j = t // renorm (j >= 2) are (1 - rate) * those of
+    block j - 1 + rate * those of frames (j-1)*renorm .. j*renorm - 1, so they
+    depend on the output's index only (live equals offline); 0 keeps the first
+    N frames' statistics; `norm`: (mean, std) to use instead of either; `step`: counter increment between consecutive frames;
     `name`: for log messages; `stats`: the object whose counters are added to
     (`PipelineCounts` by default, or any object with its attributes); `batch`: a shared `Batch` (one is made otherwise);
     `warn`: called as `warn(fmt, *args)` for the too-short warning (default: the module logger's warning; the
@@ -193,7 +199,8 @@ class FramePipeline:
 
     def __init__(self, engine, frame_shape: tuple[int, int], dtype, *, capacity: int, max_batch: int = 8,
                  innovation=None, renorm: int = 0, step: int = 1, name: str = "stream", stats=None,
-                 batch: Batch | None = None, warn=None, norm: tuple[float, float] | None = None):
+                 batch: Batch | None = None, warn=None, norm: tuple[float, float] | None = None,
+                 renorm_rate: float = 0.0):
         self.engine = engine
         self._warn = warn if warn is not None else log.warning
         self.card = engine.card
@@ -213,6 +220,11 @@ class FramePipeline:
         self.max_batch = int(max_batch)
         self.innovation = innovation
         self.renorm = int(renorm)
+        if not 0.0 <= renorm_rate <= 1.0:
+            raise ValueError(f"renorm_rate must be in 0..1, got {renorm_rate}")
+        self.renorm_rate = float(renorm_rate) if renorm else 0.0
+        self._norm_block = -1
+        """The block j (outputs j*renorm .. (j+1)*renorm - 1) whose statistics mean/std hold (slow update)."""
         self.step = max(1, int(step))
         self.name = name
         self.stats = stats if stats is not None else PipelineCounts()
@@ -355,6 +367,22 @@ class FramePipeline:
         log.info("%s: normalisation from its first %d frames: mean %.4g std %.4g", self.name,
                  max(0, n - ring.oldest), self.mean, self.std)
 
+    def _slow_norm(self, t: int) -> tuple[float, float]:
+        """(mean, std) for output index t under the slow update (see `renorm_rate`)."""
+        j = t // self.renorm
+        if self._norm_block < 0:
+            self._norm_block = 1  # blocks 0 and 1: the first N frames' statistics (from _ensure_norm)
+        while self._norm_block < j:
+            k = self._norm_block + 1  # the next block: blend in frames (k-1)*N .. k*N - 1
+            a, b = (k - 1) * self.renorm, k * self.renorm
+            if a >= self.ring.oldest and b <= self.ring.end:
+                m, s = estimate_norm(self.ring.item(i) for i in range(a, b))
+                r = self.renorm_rate
+                self.mean = (1.0 - r) * self.mean + r * m
+                self.std = (1.0 - r) * self.std + r * s
+            self._norm_block = k
+        return self.mean, self.std
+
     def _prune(self) -> None:
         floor = min(self.next_out, self.ring.oldest)
         while len(self._starts) > 1 and self._starts[1] <= floor:
@@ -407,6 +435,9 @@ class FramePipeline:
             else:
                 b.passthrough[n] = False
                 b.row[n] = rows
+                if self.renorm_rate:
+                    mean, std = self._slow_norm(t)
+                b.norm_mean[rows], b.norm_std[rows] = mean, std
                 w = b.windows[rows]
                 for c in range(len(idx)):
                     normalise(data[idx[c] % cap], mean, std, out=w[c])
@@ -442,7 +473,12 @@ class FramePipeline:
             ms = (time.perf_counter() - t0) * 1000
             if pred.size != rows * h * w:
                 raise RuntimeError(f"engine returned {pred.shape}, expected {(rows, h, w)}")
-            den = denormalise(pred.reshape(rows, h, w), self.mean, self.std, out=b.den[:rows])
+            den = b.den[:rows]
+            if self.renorm_rate:  # each row with the statistics of its own block
+                np.multiply(pred.reshape(rows, h, w), b.norm_std[:rows, None, None], out=den)
+                den += b.norm_mean[:rows, None, None]
+            else:
+                denormalise(pred.reshape(rows, h, w), self.mean, self.std, out=den)
             bad = 0
             if self._float:
                 cur, mask = b.current[:rows], b.mask[:rows]

@@ -88,6 +88,8 @@ class ServeConfig:
     max_batch: int = 8
     policy: str = "all"
     renorm: int = 0
+    renorm_rate: float = 0.0
+    """With renorm: the slow update of the statistics every `renorm` frames (stream/pipeline.py)."""
     stats_interval: float = 1.0
     rcvhwm: int = 100_000
     sndhwm: int = 1000
@@ -220,6 +222,7 @@ class Service:
         """A new acquisition's pipeline (called by the receiver thread); all share the engine loop's batch buffers."""
         return FramePipeline(self.engine, shape, dtype, capacity=self.cfg.ring, max_batch=self.cfg.max_batch,
                              innovation=self.innovation, renorm=self.cfg.renorm, step=step, name=name,
+                             renorm_rate=self.cfg.renorm_rate if self.cfg.renorm else 0.0,
                              stats=self.stats, batch=self._batch, warn=self._warn_short)
 
     def _on_fatal(self, line: str) -> None:

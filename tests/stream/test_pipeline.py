@@ -303,3 +303,40 @@ def test_explicit_normalisation_replaces_the_cards(engines):
     close(out, same)
     with pytest.raises(ValueError, match="std > 0"):
         FramePipeline(engine, frames.shape[1:], frames.dtype, capacity=30, norm=(0.0, 0.0))
+
+
+def test_slow_renormalisation_follows_a_drift_and_depends_on_the_index_only(engines):
+    engine = engines[("interp2d", 3, 1)]
+    rng = np.random.default_rng(5)
+    t = 60
+    drift = np.linspace(1.0, 3.0, t)[:, None, None]  # slow bleaching in reverse: the movie gets 3x brighter
+    frames = (100 * drift + 10 * rng.standard_normal((t, 16, 24))).astype(np.float32)
+
+    def run(chunks, max_batch):
+        pipe = FramePipeline(engine, frames.shape[1:], frames.dtype, capacity=64, max_batch=max_batch, renorm=10,
+                             renorm_rate=0.5)
+        out, a = np.zeros_like(frames), 0
+        for n in chunks:
+            for f in frames[a:a + n]:
+                pipe.push(f)
+            a += n
+            for res in pipe.drain():
+                out[res.index] = res.frames
+        pipe.finish()
+        for res in pipe.drain():
+            out[res.index] = res.frames
+        return out, pipe
+
+    whole, pipe = run([t], 8)
+    pieces, _ = run([7, 3, 11, 1, 20, 18], 3)  # other chunks and batches: the same frames (index-only rule)
+    close(pieces, whole)
+    first_only = estimate_norm(frames[:10])
+    assert pipe.mean > first_only[0] * 1.5, "the statistics followed the drift"
+    # block 2 (outputs 20..29) uses 0.5 * first + 0.5 * frames 10..19
+    m1 = estimate_norm(frames[10:20])[0]
+    assert pipe._norm_block == (t - 1) // 10
+    expected = first_only[0]
+    for k in range(2, pipe._norm_block + 1):
+        expected = 0.5 * expected + 0.5 * estimate_norm(frames[(k - 1) * 10:k * 10])[0]
+    assert pipe.mean == pytest.approx(expected, rel=1e-6)
+    assert m1 > first_only[0]

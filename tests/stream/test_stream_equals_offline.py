@@ -274,3 +274,31 @@ def test_a_six_frame_acquisition_follows_the_one_length_rule(tmp_path, cfg_facto
     assert len([r for r in caplog.records if "minimum of 8 frames" in r.getMessage()]) == 1
     with pytest.raises(UserError, match="has 6 frames but this cad3d model needs at least 8"):
         denoise_array(eng, six)
+
+
+def test_slow_renormalisation_live_equals_offline(tmp_path, movie, cfg_factory):
+    movie_path, mov = movie
+    model = make_checkpoint(tmp_path / "m.pt", pre=3, post=1, seed=3)
+    cfg = cfg_factory(model=str(model), renorm=10, renorm_rate=0.5, max_batch=4)
+    svc = RunningService(cfg)
+    col = Collector(cfg.output)
+    try:
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
+        replay_movie(movie_path, cfg.input, fps=100, wait_s=20)
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=60)
+        svc.stop()
+    finally:
+        col.close()
+    frames = col.frames()
+    assert len(frames) == 40
+    out = tmp_path / "slow.h5"
+    denoise_file(movie_path, out, model, out_dtype="float32", progress=False, norm="data", renorm=10, renorm_rate=0.5,
+                 batch=5)
+    with h5py.File(out, "r") as f:
+        offline = np.asarray(f["data"])
+    np.testing.assert_allclose(np.stack([fr.pixels for fr in frames]), offline, rtol=1e-5, atol=1e-3)
+    # and it is not the first-10-frames normalisation (the movie drifts by +30 over its 40 frames)
+    first_only = tmp_path / "first.h5"
+    denoise_file(movie_path, first_only, model, out_dtype="float32", progress=False, norm="data", renorm=10, batch=5)
+    with h5py.File(first_only, "r") as f:
+        assert not np.allclose(np.asarray(f["data"])[30:], offline[30:], atol=1e-2)
