@@ -59,12 +59,12 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.io.atomic import PARTIAL, partial_path
 from livedenoise.stream.health import SupervisedThread, ThreadHealth
 
 log = logging.getLogger("livedenoise.stream")
 
 FORMATS = ("h5", "tiff")
-PARTIAL = ".partial"
 MAX_STREAM_ERROR_ENTRIES = 64
 """`record_stream_errors` keeps at most this many file stems (the rest under "(other)")."""
 WARN_EVERY_S = 5.0
@@ -93,7 +93,8 @@ def file_stem(kind: str, channel: int, plane: int, acq: int, part: int = 1) -> s
 
 def file_name(kind: str, channel: int, plane: int, acq: int, fmt: str, part: int = 1, partial: bool = False) -> str:
     """The file's name: `raw_c1_p1_a001.h5`; `partial` gives the name while it is written (`.partial.h5`)."""
-    return file_stem(kind, channel, plane, acq, part) + (PARTIAL if partial else "") + ("." + _ext(fmt))
+    name = file_stem(kind, channel, plane, acq, part) + "." + _ext(fmt)
+    return partial_path(name).name if partial else name  # the one partial-name rule (io/atomic.py)
 
 
 def _ext(fmt: str) -> str:
