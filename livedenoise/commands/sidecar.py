@@ -64,6 +64,9 @@ def register(subparsers) -> None:
                    help="seconds without data after which the last `lag` samples are flushed (end of acquisition)")
     p.add_argument("--max-backlog", type=float, default=10.0, metavar="S",
                    help="when the engine falls more than S seconds of data behind, skip the oldest (counted as overflow)")
+    p.add_argument("--max-queue-mb", type=float, default=1024.0, metavar="MB",
+                   help="the most received data waiting for the engine thread; beyond it blocks are lost "
+                        "(counted as lost_samples; only when the engine thread cannot even record)")
     p.add_argument("--force-rate", action="store_true",
                    help="denoise a stream whose sample rate differs by more than 1%% from the model's training rate "
                         "(without it such a stream stops the sidecar with exit status 2)")
@@ -102,6 +105,8 @@ def make_sidecar(args):
         h.setFormatter(logging.Formatter("livedenoise sidecar: %(message)s"))
         stream_logger.addHandler(h)
         stream_logger.setLevel(logging.WARNING)
+    if not args.max_queue_mb > 0:
+        raise UserError(f"--max-queue-mb must be > 0 (got {args.max_queue_mb}); the default is 1024")
     cfg = SidecarConfig(
         model=args.model, input=args.input, stream=args.stream, channels=args.channels, backend=args.backend,
         device=args.device, threads=args.threads, batch=args.batch, socket_port=args.socket_port,
@@ -111,6 +116,7 @@ def make_sidecar(args):
         zmq_stream_name=args.zmq_stream_name, record=args.record, record_bit_volts=args.record_bit_volts,
         stats_every=args.stats_every, stats_file=args.stats_file, duration=args.duration,
         stop_after_idle=args.stop_after_idle, idle_flush_s=args.idle_flush, max_backlog_s=args.max_backlog,
+        max_queue_mb=args.max_queue_mb,
         quiet=args.quiet, force_rate=args.force_rate,
     )
     try:

@@ -32,7 +32,10 @@ reads what is already queued on its socket, hands over what the assembler
 holds (missing channels filled and flagged), and only then does the engine
 thread finish: everything received is processed (or, when the engine is more
 than `max_backlog_s` behind, skipped as `overflow`: recorded raw, not
-denoised) and recorded before `run()` returns. `--stop-after-idle S` counts
+denoised) and recorded before `run()` returns. The hand-over from the
+receiver to the engine thread holds at most `max_queue_mb` (stream/handover.py):
+if the engine thread stalls altogether, further blocks are lost and counted
+(`lost_samples`) rather than growing memory without bound. `--stop-after-idle S` counts
 from the last message *received*, not processed.
 
 Output latency: a sample leaves once `lag` later samples exist, i.e. at most
@@ -59,6 +62,7 @@ import zmq
 from livedenoise.models.card import rate_mismatch
 from livedenoise.stream import gaps
 from livedenoise.stream.ephys import SamplePipeline, Samples, open_ephys_engine, ring_capacity
+from livedenoise.stream.handover import BoundedHandover
 from livedenoise.stream.health import SupervisedThread, ThreadHealth
 from livedenoise.stream.sources.openephys import Block, Gap, OpenEphysReceiver, Restart
 
@@ -111,6 +115,9 @@ class SidecarConfig:
     max_backlog_s: float = 10.0
     """When more than this much data waits (the engine is too slow), the oldest is skipped (`overflow`:
     recorded raw, not denoised)."""
+    max_queue_mb: float = 1024.0
+    """The most received data (MB) waiting for the engine thread; beyond it received blocks are lost,
+    counted as `lost_samples` (the engine thread cannot even record: `stream.handover`)."""
     max_gap: int | None = None
     """Largest forward sample_num jump that is a gap (same recording); a larger one is a new acquisition.
     None: the pipeline ring's capacity (`stream.ephys.ring_capacity`, ~1.1 s at 30 kHz with the defaults)."""
@@ -140,6 +147,13 @@ class SidecarStats:
         self.filled_blocks = 0
         self.output_errors = 0
         """Failed writes to the Ephys Socket or ZMQ output (the other outputs went on)."""
+
+
+def _weigh(item) -> tuple[int, int]:
+    """A queued item's payload (bytes, samples): blocks weigh their data; gaps, restarts and "idle" nothing."""
+    if isinstance(item, Block):
+        return item.data.nbytes, item.data.shape[1]
+    return 0, 0
 
 
 class _Skipped:
@@ -181,7 +195,7 @@ class Sidecar:
         self.refused: str | None = None
         """One line when the stream cannot be denoised with this model (its sample rate): the sidecar stops,
         the command exits 2."""
-        self.q: queue.Queue = queue.Queue()
+        self.q = BoundedHandover(int(cfg.max_queue_mb * 2**20), _weigh)
         self.max_gap = int(cfg.max_gap) if cfg.max_gap else ring_capacity(self.card, cfg.max_block)
         self.receiver = OpenEphysReceiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels,
                                           heartbeat_s=cfg.heartbeat_s, idle_flush_s=cfg.idle_flush_s, ctx=self.ctx,
@@ -625,7 +639,8 @@ class Sidecar:
             "processed_samples": st.processed_samples,
             "output_samples": st.output_samples,
             "failed_samples": st.failed_samples,
-            "unprocessed_samples": max(0, c.get("samples_in", 0) - st.processed_samples - st.overflow - st.failed_samples),
+            "unprocessed_samples": max(0, c.get("samples_in", 0) - st.processed_samples - st.overflow - st.failed_samples
+                                          - self.q.lost_samples),
             "batches": st.batches,
             "engine_errors": st.engine_errors,
             "record_errors": st.record_errors,
@@ -640,6 +655,8 @@ class Sidecar:
             "realtime_factor": round((st.processed_samples / rate) / st.busy_s, 3) if st.busy_s > 0 else None,
             "stream_factor": round((st.processed_samples / rate) / wall, 3) if wall > 0 else None,
             "queue": self.q.qsize(),
+            "queue_mb": round(self.q.bytes / 2**20, 3),
+            "lost_samples": self.q.lost_samples,
             "socket_clients": self.socket.n_clients if self.socket is not None else 0,
             "socket_packets": self.socket.packets if self.socket is not None else 0,
             "socket_dropped_packets": self.socket.dropped_packets if self.socket is not None else 0,
@@ -686,6 +703,8 @@ def stats_line(s: dict) -> str:
     )
     if s.get("unprocessed_samples"):
         line += f" | unprocessed {s['unprocessed_samples']}"
+    if s.get("lost_samples"):
+        line += f" | LOST {s['lost_samples']} samples (engine thread stalled, hand-over full)"
     if s.get("record_errors") or s.get("record_dropped"):
         line += f" | RECORDING: {s['record_errors']} errors, {s['record_dropped']} samples not recorded"
     bad = {k: v for k, v in (s.get("threads") or {}).items() if v.get("state") not in ("running", "stopped", "starting")

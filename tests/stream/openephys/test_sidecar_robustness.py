@@ -165,3 +165,38 @@ def test_an_engine_too_slow_for_the_stream_skips_old_data_instead_of_growing_mem
     assert stats["overflow"] > 0 and stats["samples_in"] == 40 * N
     assert stats["output_samples"] + stats["overflow"] == 40 * N
     assert stats["engine_errors"] == 0
+
+
+def test_a_stalled_engine_thread_bounds_the_queue_in_bytes_and_counts_the_lost_blocks(tiny_models, ports, tmp_path):
+    """Engine thread not running yet (a stalled disk or engine call): the hand-over holds at most max_queue_mb;
+    the rest is counted as lost_samples (not silently grown in memory); what was queued is recorded once the
+    engine runs."""
+    from oerig import Acquisition, Plugin, check_all_recorded, wait_for
+
+    data_port, _ = ports
+    plugin = Plugin(data_port)
+    n, per_block = 1000, C * 1000 * 4  # float32 (C, n) blocks
+    cfg = SidecarConfig(model=str(tiny_models["block-ephys"]), backend="torch", input=f"tcp://127.0.0.1:{data_port}",
+                        socket_port=None, zmq_output=None, stats_every=0, quiet=True, idle_flush_s=60.0,
+                        channels=C, record=str(tmp_path / "rec"), max_queue_mb=3.5 * per_block / 2**20)
+    sc = Sidecar(cfg)
+    try:
+        sc.receiver.start()  # only the receiver: the engine thread is not running
+        assert plugin.rep.first.wait(30)
+        time.sleep(0.3)
+        acq = Acquisition(plugin, C)
+        for b in range(10):
+            acq.block(b * n, n)
+        assert wait_for(lambda: sc.receiver.counters()["blocks_in"] == 10)
+        assert sc.q.bytes <= 3.5 * per_block
+        assert (sc.q.qsize(), sc.q.lost_samples) == (3, 7 * n)
+        stats = sc.snapshot()
+        assert stats["lost_samples"] == 7 * n and stats["queue"] == 3
+        sc.start()  # the engine thread runs now: what was queued is processed and recorded
+        assert wait_for(lambda: sc.snapshot()["processed_samples"] + sc.snapshot()["overflow"] >= 3 * n)
+        final = sc.stop()
+    finally:
+        plugin.close()
+    assert final["lost_samples"] == 7 * n and final["samples_in"] == 10 * n
+    assert final["unprocessed_samples"] == 0
+    check_all_recorded(tmp_path / "rec", {s: x for s, x in acq.sent.items() if s < 3 * n})
