@@ -187,9 +187,15 @@ def _quality(args, max_frames: int = 300, side: int = 128) -> dict:
         raw = np.ascontiguousarray(raw[:, y:y + min(h, side), x:x + min(w, side)])
     pred = denoise_array(engine, raw, norm=args.norm, renorm=args.renorm, renorm_rate=args.renorm_rate)
     try:
-        return quality_report(raw, pred, max(0, -min(engine.card.offsets)), engine.card.lag)
+        report = quality_report(raw, pred, max(0, -min(engine.card.offsets)), engine.card.lag)
     except ValueError as exc:
         return {"skipped": str(exc)}
+    if args.innovation or args.innovation_k is not None:
+        from livedenoise.models.innovation import config_for, noise_passed
+
+        cfg, origin = config_for(engine.card, args.innovation_k)
+        report["innovation"] = {**cfg.to_dict(), "origin": origin, "noise_passed": noise_passed(raw, cfg)}
+    return report
 
 
 def _set_threads(args) -> None:

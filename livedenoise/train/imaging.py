@@ -276,10 +276,11 @@ def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device
 
     The frames are denoised exactly as `livedenoise denoise` would (same windows and
     edges); `raw`/`pred` (T, H, W) given by the caller are used instead. Returns the
-    card entry ({sigma_xy, k, loss_prediction, loss_best, frames, crop}) or None when
+    card entry ({sigma_xy, k, loss_prediction, loss_best, frames, crop, noise_passed: the fraction of
+    the noise variance the step lets through, `models.innovation.noise_passed`}) or None when
     the step does not apply to this model or does not lower the loss.
     """
-    from livedenoise.models.innovation import applies_to, tune
+    from livedenoise.models.innovation import applies_to, noise_passed, tune
 
     if raw is None:
         if len(src) < registry.min_frames(card):  # the one length rule
@@ -294,7 +295,8 @@ def tune_innovation(net, card: ModelCard, src: MovieSource, device: torch.device
     if cfg is None:
         return None
     return {**cfg.to_dict(), "loss_prediction": report["loss_prediction"], "loss_best": report["loss_best"],
-            "frames": len(raw), "crop": list(raw.shape[1:])}
+            "frames": len(raw), "crop": list(raw.shape[1:]),
+            "noise_passed": noise_passed(raw, cfg) if len(raw) >= 3 else None}
 
 
 def _select_and_report(net, card: ModelCard, candidates: dict[str, dict], src: MovieSource, held_out: bool,

@@ -204,6 +204,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  classic filter  {err(loss['classic'])}   [{cdesc}]",
         f"  previous frame  {err(loss['previous_frame'])}",
     ]
+    inn = report.get("innovation")
+    if inn:
+        lines.append(f"  innovation step (sigma_xy {inn['sigma_xy']:g}, k {inn['k']:g}; {inn['origin']}): brings "
+                     f"onsets back to their frame and passes {100 * inn['noise_passed']:.2f}% of this movie's noise "
+                     f"variance into the output (it reads frame t, so the losses above do not score it)")
     lines += [f"warning: {w}" for w in report["warnings"]]
     return lines
 

@@ -6,7 +6,8 @@ from scipy.ndimage import gaussian_filter
 
 from livedenoise.errors import UserError
 from livedenoise.models.card import ModelCard
-from livedenoise.models.innovation import InnovationConfig, InnovationStep, applies_to, config_for, noise_radius, tune
+from livedenoise.models.innovation import (InnovationConfig, InnovationStep, applies_to, config_for, noise_passed,
+                                          noise_radius, tune)
 from livedenoise.sim.imaging import simulate_movie
 from livedenoise.models.window import WindowSpec
 
@@ -142,3 +143,22 @@ def test_bad_settings_are_one_line_errors(bad):
     with pytest.raises(UserError) as exc:
         _card([-2, -1], innovation=bad)
     assert "\n" not in str(exc.value) and "innovation" in str(exc.value)
+
+
+def test_noise_passed_is_the_variance_the_step_lets_through_from_the_movies_own_noise():
+    rng = np.random.default_rng(3)
+    static = 200.0 + 100.0 * _blob()[None]  # a bright soma that never changes: no onset, nothing to pass
+    noise = rng.normal(0, 5.0, (202, 64, 64)).astype(np.float32)
+    movie = (static + noise).astype(np.float32)
+    assert noise_passed(np.repeat(static, 10, axis=0), InnovationConfig(1.5, 0.0)) == 0.0  # no noise, nothing passed
+    # k = 0 shrinks nothing: white noise passes sum(w^2) of the step's smoothing kernel (centre tap left out)
+    delta = np.zeros((1, 64, 64), np.float32)
+    delta[0, 32, 32] = 1.0
+    kernel = InnovationStep(InnovationConfig(1.5, 0.0)).apply(np.zeros_like(delta), delta)
+    want = float(np.sum(kernel ** 2))
+    assert 0.01 < want < 0.1
+    got = noise_passed(movie, InnovationConfig(1.5, 0.0))
+    assert got == pytest.approx(want, rel=0.15)
+    # the static soma does not count (second temporal differences), and shrinkage passes less
+    assert noise_passed(noise, InnovationConfig(1.5, 0.0)) == pytest.approx(got, rel=1e-3)
+    assert noise_passed(movie, InnovationConfig(1.5, 4.0)) < 0.2 * got

@@ -83,3 +83,32 @@ def test_train_selects_by_held_out_loss_and_reports(tmp_path):
     assert q["held_out"] and q["frames"] >= 50
     assert set(q["loss"]) == {"model", "classic", "previous_frame", "noise_floor"}
     assert "classic filter" in r.stderr and "previous frame" in r.stderr
+
+
+def test_denoise_report_with_the_innovation_step_says_what_noise_it_passes(tmp_path):
+    """`denoise --report --innovation`: the step reads frame t, so the losses cannot score it; the report gives its
+    trade instead: the fraction of the movie's noise variance it lets through (models.innovation.noise_passed)."""
+    from livedenoise.models.checkpoint import read_checkpoint, save_checkpoint
+    from livedenoise.models.innovation import InnovationConfig, noise_passed
+    from tests.export.checkpoints import make_checkpoint
+
+    rng = np.random.default_rng(8)
+    movie = rng.poisson(moving_blob(n=60, h=32, w=32) / 5).astype(np.uint16)
+    np.save(tmp_path / "m.npy", movie)
+    make_checkpoint(tmp_path / "m.pt", pre=4, post=1, mean=float(movie.mean()), std=float(movie.std()))
+    card, state = read_checkpoint(tmp_path / "m.pt")
+    card.innovation = {"sigma_xy": 1.5, "k": 2.0, "exclude": 0}
+    save_checkpoint(tmp_path / "m.pt", card, state)
+    base = [sys.executable, "-m", "livedenoise", "denoise", str(tmp_path / "m.npy"), str(tmp_path / "o.tif"),
+            "--model", str(tmp_path / "m.pt"), "--report", "--json", "--quiet"]
+    plain = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr
+    assert "innovation" not in json.loads(plain.stdout)["quality"]
+    r = subprocess.run(base + ["--innovation"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    inn = json.loads(r.stdout)["quality"]["innovation"]
+    assert (inn["sigma_xy"], inn["k"]) == (1.5, 2.0)
+    assert inn["noise_passed"] == pytest.approx(noise_passed(movie.astype(np.float32), InnovationConfig(1.5, 2.0, 0)),
+                                                rel=1e-5)
+    human = subprocess.run(base[:-2] + ["--innovation"], capture_output=True, text=True, timeout=600)
+    assert "of this movie's noise variance" in human.stdout + human.stderr
