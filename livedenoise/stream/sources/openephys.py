@@ -506,18 +506,6 @@ class Heartbeat:
         s.connect(self.endpoint)
         return s
 
-    def _read_waiting(self, sock: zmq.Socket, seconds: float) -> None:
-        """Handle the messages already waiting on `sock`, for at most `seconds`."""
-        t_end = time.monotonic() + seconds
-        while time.monotonic() < t_end:
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            self.last_message = time.monotonic()
-            self._flushed = False
-            self._handle(parts)
-
     def _body(self) -> None:
         sock = self._socket()
         try:
