@@ -1,0 +1,77 @@
+"""Models trained by other tools, brought into livedenoise (`livedenoise import`).
+
+One module per tool: `deepinterpolation` (Keras .h5, read with h5py through
+`keras_h5`) and `deepcad` (DeepCAD-RT PyTorch .pth). Each maps the weights onto
+the architecture here that computes the same function (`interp2d` preset
+`di`, `interp-ephys-di`, `cad3d`), and writes a model card whose `origin`
+says where the weights came from. `import_model` picks the tool from the
+file's content (HDF5 or a PyTorch file), never from its name alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from livedenoise.errors import UserError
+
+TOOLS = ("deepinterpolation", "deepcad")
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def describe_file(path) -> dict:
+    """{"file": name, "bytes": size, "sha256": hex} of an imported file."""
+    path = Path(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def detect_tool(path) -> str:
+    """`deepinterpolation` for an HDF5 file, `deepcad` for a PyTorch file; UserError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == HDF5_MAGIC:
+        return "deepinterpolation"
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save: a zip archive, or a legacy pickle
+        return "deepcad"
+    raise UserError(f"{path}: neither a Keras .h5 (DeepInterpolation) nor a PyTorch .pth (DeepCAD-RT) file")
+
+
+def import_model(path, tool: str | None = None, **options):
+    """An `Imported` (card, state dict, notes) from another tool's model file.
+
+    `tool`: one of TOOLS, or None to decide from the content. `options`: the
+    tool's import options (pre, post, omission, norm_mean, norm_std; ephys
+    n_channels; DeepCAD-RT para_path).
+    """
+    tool = tool or detect_tool(path)
+    if tool == "deepinterpolation":
+        from livedenoise.export.foreign.deepinterpolation import import_h5
+
+        options.pop("para_path", None)
+        return import_h5(path, **options)
+    if tool == "deepcad":
+        from livedenoise.export.foreign.deepcad import import_pth
+
+        if options.pop("n_channels", None) is not None:
+            raise UserError("--channels applies to DeepInterpolation's Neuropixels models only")
+        _refuse_livedenoise(path)
+        return import_pth(path, **options)
+    raise UserError(f"unknown tool {tool!r}; choose one of {', '.join(TOOLS)}")
+
+
+def _refuse_livedenoise(path) -> None:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - read_state_dict reports unreadable files with their reason
+        return
+    if isinstance(obj, dict) and obj.get("format") == "livedenoise-checkpoint":
+        raise UserError(f"{path} is already a livedenoise checkpoint: use it directly (train --init, denoise, export)")
