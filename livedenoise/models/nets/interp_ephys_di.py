@@ -65,6 +65,10 @@ ARCH = Arch(
 )
 
 
+WINDOW_INPUT = "convs.0.conv.weight"
+"""The weight whose input channels are the window's offsets (models/retarget.py)."""
+
+
 def window(pre: int, post: int, omission: int) -> WindowSpec:
     return WindowSpec.interp(pre, post, omission)
 
