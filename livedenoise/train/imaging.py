@@ -412,7 +412,8 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
         init_info = str(cfg.init)
         if how != "same window":
             init_info = f"{cfg.init} (window {init_card.offsets} -> {card.offsets}: {how})"
-            log(f"--init: {how}")
+            if log is not None:
+                log(f"--init: {how}")
     net.to(device).train()
 
     rng = np.random.default_rng([cfg.seed, dist.rank])
