@@ -10,23 +10,13 @@ file's content (HDF5 or a PyTorch file), never from its name alone.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from livedenoise.errors import UserError
+from livedenoise.export.foreign.common import Imported, describe_file  # noqa: F401  (the package's public names)
 
 TOOLS = ("deepinterpolation", "deepcad")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-
-
-def describe_file(path) -> dict:
-    """{"file": name, "bytes": size, "sha256": hex} of an imported file."""
-    path = Path(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def detect_tool(path) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from livedenoise.errors import UserError
-from livedenoise.export.foreign.deepinterpolation import Imported
+from livedenoise.export.foreign.common import Imported, describe_file
 from livedenoise.models import registry
 
 PARA_KEYS = ("patch_x", "patch_y", "patch_t", "overlap_factor", "scale_factor", "fmap", "gap_x", "gap_y", "gap_t")
@@ -124,8 +124,6 @@ def read_para(path: Path | None, pth: Path) -> tuple[dict, str | None]:
 def import_pth(path, *, pre: int | None = None, post: int | None = None, omission: int | None = None,
                para_path=None, norm_mean: float | None = None, norm_std: float | None = None) -> Imported:
     """A DeepCAD-RT .pth as a cad3d card + state dict. UserError for anything not importable."""
-    from livedenoise.export.foreign import describe_file
-
     path = Path(path)
     state = read_state_dict(path)
     f_maps = f_maps_of(state, path)

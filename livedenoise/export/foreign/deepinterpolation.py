@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from livedenoise.errors import UserError
+from livedenoise.export.foreign.common import Imported, describe_file
 from livedenoise.export.foreign.keras_h5 import KerasLayer, KerasModel, read_keras_h5
 from livedenoise.models import registry
-from livedenoise.models.card import ModelCard
 
 WIDTHS = [64, 128, 256, 512, 1024]
 
@@ -60,29 +60,25 @@ class Family:
     ups: tuple
     window: tuple[int, int, int]
     """Published (pre, post, omission)."""
+    conv_keys: tuple[str, ...]
+    """State-dict prefixes of the architecture's convolutions in DeepInterpolation's layer order."""
 
 
 FAMILIES = {
     "unet_single_1024": Family(
         "unet_single_1024", "interp2d", "di", "2p",
         ((3, 3),) * 5, ((3, 3),) * 4, ((2, 2),) * 4, ((2, 2),) * 4, (30, 30, 0),
+        tuple(f"encoders.{i}.0" for i in range(4)) + ("bottleneck.0",) + tuple(f"decoders.{i}.0" for i in range(4))
+        + ("head",),
     ),
     "unet_single_ephys_1024": Family(
         "unet_single_ephys_1024", "interp-ephys-di", "di", "ephys",
         ((2, 2),) + ((3, 1),) * 4, ((3, 1),) * 3 + ((2, 2),), ((2, 2),) + ((2, 1),) * 3, ((2, 1),) * 3 + ((2, 2),),
-        (30, 30, 1),
+        (30, 30, 1), tuple(f"convs.{i}.conv" for i in range(9)) + ("head",),
     ),
 }
 EPHYS_CHANNELS = 384
 """DeepInterpolation's EphysGenerator reads 384 channels (nb_probes) on a (384, 2) checkerboard."""
-
-
-@dataclass
-class Imported:
-    card: ModelCard
-    state_dict: dict
-    notes: list[str]
-    """Lines for the user: what was assumed from the tool's conventions and how to change it."""
 
 
 def _conv_layers(model: KerasModel) -> list[KerasLayer]:
@@ -208,15 +204,6 @@ def _torch_conv(kernel: np.ndarray, bias: np.ndarray) -> tuple[torch.Tensor, tor
     return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))), torch.from_numpy(bias.copy())
 
 
-def _target_keys(fam: Family, net: torch.nn.Module) -> list[str]:
-    """The state-dict prefixes of the net's convolutions in DeepInterpolation's order."""
-    if fam.arch == "interp2d":
-        enc = [f"encoders.{i}.0" for i in range(4)] + ["bottleneck.0"] + [f"decoders.{i}.0" for i in range(4)]
-    else:
-        enc = [f"convs.{i}.conv" for i in range(9)]
-    return enc + ["head"]
-
-
 def import_h5(path, *, pre: int | None = None, post: int | None = None, omission: int | None = None,
               norm_mean: float | None = None, norm_std: float | None = None, n_channels: int | None = None) -> Imported:
     """A DeepInterpolation .h5 as a card + state dict for this project's faithful network.
@@ -224,8 +211,6 @@ def import_h5(path, *, pre: int | None = None, post: int | None = None, omission
     `pre`/`post`/`omission` default to the family's published window when pre + post matches the
     file's input channels; otherwise they must be given. UserError for anything not importable.
     """
-    from livedenoise.export.foreign import describe_file
-
     model = read_keras_h5(path)
     fam = detect(model)
     _check_config(model, fam)
@@ -275,7 +260,7 @@ def import_h5(path, *, pre: int | None = None, post: int | None = None, omission
         notes.append("normalisation: " + norm_note)
     net = registry.build_network(card)
     state = {}
-    for layer, key in zip(convs, _target_keys(fam, net)):
+    for layer, key in zip(convs, fam.conv_keys):
         w, b = _torch_conv(*layer.weights)
         state[f"{key}.weight"], state[f"{key}.bias"] = w, b
     try:
