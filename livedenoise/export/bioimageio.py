@@ -31,6 +31,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,7 +190,8 @@ def export_bioimageio(checkpoint, out, frame_shape=None, movie=None, *, license:
         onnx_path, _ = export_onnx(ck, work / "weights.onnx", frame_shape=fs, opset=opset)
         ck.unlink()
         ts_path = work / "weights.torchscript.pt"
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarning: shape arithmetic is fixed for the one frame size
             traced = torch.jit.trace(net, torch.from_numpy(normed), check_trace=False)
         traced.save(str(ts_path))
         # the formats must agree with the PyTorch model before anything is packaged
