@@ -28,7 +28,19 @@ def detect_tool(path) -> str:
         head = f.read(8)
     if head == HDF5_MAGIC:
         return "deepinterpolation"
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save: a zip archive, or a legacy pickle
+    if head[:2] == b"PK":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            names = set()
+        if "model.weights.h5" in names:
+            raise UserError(f"{path} is a Keras 3 .keras archive; save the model as HDF5 (model.save('model.h5')) "
+                            "and import that")
+        return "deepcad"
+    if head[:1] == b"\x80":  # torch.save: a zip archive (above), or a legacy pickle
         return "deepcad"
     raise UserError(f"{path}: neither a Keras .h5 (DeepInterpolation) nor a PyTorch .pth (DeepCAD-RT) file")
 

@@ -109,29 +109,6 @@ def detect(model: KerasModel) -> Family:
     )
 
 
-def _inbound(layer: KerasLayer, by_name: dict[str, KerasLayer], raw: dict) -> list[str]:
-    """Names of the layers feeding `layer` (tf.keras 2 or Keras 3 config formats)."""
-    found: list[str] = []
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            hist = node.get("config", {}).get("keras_history") if isinstance(node.get("config"), dict) else None
-            if isinstance(hist, list) and hist and isinstance(hist[0], str):
-                found.append(hist[0])
-                return
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int) and node[0] in by_name:
-                found.append(node[0])
-                return
-            for v in node:
-                walk(v)
-
-    walk(raw.get(layer.name, []))
-    return found
-
-
 def _check_config(model: KerasModel, fam: Family) -> None:
     """Every setting the weights do not show: activations, padding, strides, pools, up-sampling, concat order."""
     if not model.has_config:
@@ -172,31 +149,14 @@ def _check_config(model: KerasModel, fam: Family) -> None:
             raise UserError(f"{path}: Concatenate {lay.name!r} joins along axis {lay.config.get('axis')}, not channels")
 
 
-def _check_concat_order(model: KerasModel, raw_inbound: dict) -> None:
+def _check_concat_order(model: KerasModel) -> None:
     by_name = {lay.name: lay for lay in model.layers}
     for lay in model.layers:
         if lay.class_name != "Concatenate":
             continue
-        src = _inbound(lay, by_name, raw_inbound)
+        src = lay.inbound_names(set(by_name))
         if len(src) != 2 or by_name.get(src[0]) is None or by_name[src[0]].class_name != "UpSampling2D":
             raise UserError(f"{model.path}: Concatenate {lay.name!r} joins {src}; DeepInterpolation joins [up-sampled, skip]")
-
-
-def _raw_inbound(path) -> dict:
-    import json
-
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if "model_config" not in f.attrs:
-            return {}
-        text = f.attrs["model_config"]
-        config = json.loads(text.decode() if isinstance(text, bytes) else str(text))
-    out = {}
-    for lay in config.get("config", {}).get("layers", []):
-        name = lay.get("config", {}).get("name", lay.get("name"))
-        out[name] = lay.get("inbound_nodes", [])
-    return out
 
 
 def _torch_conv(kernel: np.ndarray, bias: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +174,7 @@ def import_h5(path, *, pre: int | None = None, post: int | None = None, omission
     model = read_keras_h5(path)
     fam = detect(model)
     _check_config(model, fam)
-    _check_concat_order(model, _raw_inbound(path))
+    _check_concat_order(model)
     convs = _conv_layers(model)
     k = int(convs[0].weights[0].shape[2])
     notes: list[str] = []
@@ -274,6 +234,7 @@ def import_h5(path, *, pre: int | None = None, post: int | None = None, omission
         **describe_file(path),
         "format": f"Keras HDF5 (keras {model.keras_version}, backend {model.backend})",
         "config_checked": bool(model.has_config),
+        "input_shape": model.input_shape,
         "window": {"pre": pre, "post": post, "omission": omission,
                    "rule": "frames t-pre-omission..t+post+omission without t and the omission frames each side, in time order"},
         "normalisation": norm_note,

@@ -38,6 +38,32 @@ class KerasLayer:
     config: dict[str, Any]
     weights: list[np.ndarray] = field(default_factory=list)
     """In `weight_names` order (Conv2D: kernel (kh, kw, in, out), bias (out,))."""
+    inbound: Any = None
+    """The config's ``inbound_nodes`` as stored (tf.keras 2 and Keras 3 spell them differently; see `inbound_names`)."""
+
+    def inbound_names(self, known: set[str]) -> list[str]:
+        """Names of the layers feeding this one, in order: tf.keras 2 lists ``[name, node, tensor, kwargs]``,
+        Keras 3 nests ``{"config": {"keras_history": [name, node, tensor]}}``."""
+        found: list[str] = []
+
+        def walk(node) -> None:
+            if isinstance(node, dict):
+                cfg = node.get("config")
+                hist = cfg.get("keras_history") if isinstance(cfg, dict) else None
+                if isinstance(hist, list) and hist and isinstance(hist[0], str):
+                    found.append(hist[0])
+                    return
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int) and node[0] in known:
+                    found.append(node[0])
+                    return
+                for v in node:
+                    walk(v)
+
+        walk(self.inbound or [])
+        return found
 
 
 @dataclass
@@ -137,7 +163,7 @@ def read_keras_h5(path: str | Path) -> KerasModel:
                 raise UserError(f"{path}: malformed layer entry in the model config")
             cfg = lay.get("config", {}) if isinstance(lay.get("config"), dict) else {}
             name = str(cfg.get("name", lay.get("name", "")))
-            layers.append(KerasLayer(name, str(lay.get("class_name")), cfg, weights.pop(name, [])))
+            layers.append(KerasLayer(name, str(lay.get("class_name")), cfg, weights.pop(name, []), lay.get("inbound_nodes")))
         orphans = [n for n, w in weights.items() if w]
         if orphans:
             raise UserError(f"{path}: weights for layers not in the model config: {', '.join(orphans[:5])}")

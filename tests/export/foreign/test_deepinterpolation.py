@@ -199,3 +199,12 @@ def test_files_that_are_not_keras_models_are_refused(tmp_path):
         f["data"] = np.zeros(3)
     with pytest.raises(UserError, match="not a Keras model"):
         import_model(tmp_path / "plain.h5")
+
+
+def test_a_keras_3_archive_is_refused_with_what_to_do(tmp_path):
+    import keras
+
+    inp = keras.layers.Input((8, 8, 2))
+    keras.models.Model(inp, keras.layers.Conv2D(1, (1, 1))(inp)).save(str(tmp_path / "m.keras"))
+    with pytest.raises(UserError, match=r"\.keras archive; save the model as HDF5"):
+        import_model(tmp_path / "m.keras")
