@@ -155,3 +155,22 @@ def test_bioimageio_export_refusals(files, di_pt, tmp_path):
                    "export", "--check MOVIE")
     one_line_error(cli("export", di_pt[0], "--bioimageio", tmp_path / "p.tar"), "export", ".zip")
     assert not list(tmp_path.iterdir())
+
+
+def test_neuropixels_model_import_fine_tune_and_denoise(tmp_path):
+    """DeepInterpolation's Neuropixels net (built for 16 sites) -> import -> train --init --post 2 -> denoise a .dat."""
+    keras_model("unet_single_ephys_1024", (16, 2, 60), seed=8).save(str(tmp_path / "np.h5"))
+    one_line_error(cli("import", tmp_path / "np.h5", "--out", tmp_path / "np.pt"), "import", "--norm-mean and --norm-std")
+    r = cli("import", tmp_path / "np.h5", "--out", tmp_path / "np.pt", "--norm-mean", 0, "--norm-std", 30)
+    assert r.returncode == 0, r.stderr
+    assert "interp-ephys-di(di) ephys pre=30 post=30 omission=1 lag=31" in r.stdout
+    (np.random.default_rng(0).standard_normal((500, 16)) * 30).astype(np.int16).tofile(tmp_path / "rec.dat")
+    rate = ["--channels", 16, "--sample-rate", 30000]
+    r = cli("train", tmp_path / "rec.dat", *rate, "--init", tmp_path / "np.pt", "--post", 2, "--steps", 1, "--batch", 2,
+            "--out", tmp_path / "tuned.pt", "--quiet")
+    assert r.returncode == 0, r.stderr
+    card, _ = read_checkpoint(tmp_path / "tuned.pt")
+    assert card.arch == "interp-ephys-di" and card.lag == 3 and card.origin["network"] == "unet_single_ephys_1024"
+    r = cli("denoise", tmp_path / "rec.dat", tmp_path / "out.dat", "--model", tmp_path / "tuned.pt", *rate)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.dat").stat().st_size == (tmp_path / "rec.dat").stat().st_size
