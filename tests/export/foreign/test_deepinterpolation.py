@@ -169,6 +169,72 @@ def test_non_finite_weights_are_refused(di_2p, tmp_path):
         import_h5(bad)
 
 
+def _as_tf_keras_2(src, dst):
+    """Rewrite a Keras 3 .h5 in tf.keras 2.x's spelling (DeepInterpolation's published models were saved by
+    TensorFlow 2.4): weights named `kernel:0`/`bias:0`, inbound nodes as [name, node, tensor, kwargs] lists,
+    `batch_input_shape`, keras_version 2.4.0. Same weights, same graph."""
+    import json
+    import shutil
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        root = f["model_weights"]
+        for name in root.attrs["layer_names"]:
+            g = root[name]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs["weight_names"]]
+            for n in names:
+                g.move(n, n + ":0")
+            g.attrs["weight_names"] = np.array([(n + ":0").encode() for n in names], dtype="S")
+        cfg = json.loads(f.attrs["model_config"])
+        for lay in cfg["config"]["layers"]:
+            hist = []
+
+            def walk(node):
+                if isinstance(node, dict):
+                    h = node.get("config", {}).get("keras_history") if isinstance(node.get("config"), dict) else None
+                    if h:
+                        hist.append([h[0], h[1], h[2], {}])
+                        return
+                    for v in node.values():
+                        walk(v)
+                elif isinstance(node, list):
+                    for v in node:
+                        walk(v)
+
+            walk(lay.get("inbound_nodes", []))
+            lay["inbound_nodes"] = [hist] if hist else []
+            if lay["class_name"] == "InputLayer":
+                lay["config"]["batch_input_shape"] = lay["config"].pop("batch_shape")
+        f.attrs["model_config"] = json.dumps(cfg).encode()
+        f.attrs["keras_version"] = b"2.4.0"
+        f.attrs["backend"] = b"tensorflow"
+
+
+def test_a_model_saved_by_tf_keras_2_imports_with_the_same_output(di_2p, tmp_path):
+    path, model = di_2p
+    tf2 = tmp_path / "tf2.h5"
+    _as_tf_keras_2(path, tf2)
+    with h5py.File(tf2, "r") as f:  # the rewrite really is tf.keras 2's spelling
+        g = f["model_weights"]["conv2d"]
+        assert list(g.attrs["weight_names"]) == [b"conv2d/kernel:0", b"conv2d/bias:0"]
+    imp = import_h5(tf2)
+    assert imp.card.origin["format"].startswith("Keras HDF5 (keras 2.4.0, backend tensorflow)")
+    assert imp.card.origin["config_checked"] is True
+    x = np.random.default_rng(3).standard_normal((1, 32, 32, 60)).astype(np.float32)
+    assert _rel(_run(_ours(imp.card, imp.state_dict), x), keras_predict(model, x)) <= TOL
+
+    def swap(f):  # and its [name, node, tensor, kwargs] inbound lists are read: a swapped join is refused
+        import json
+
+        cfg = json.loads(f.attrs["model_config"])
+        lay = next(la for la in cfg["config"]["layers"] if la["class_name"] == "Concatenate")
+        lay["inbound_nodes"][0].reverse()
+        f.attrs["model_config"] = json.dumps(cfg).encode()
+
+    with pytest.raises(UserError, match="joins"):
+        import_h5(_copy_with(tf2, tmp_path / "tf2_swapped.h5", swap))
+
+
 def test_tf_keras_2_weight_names_are_read(tmp_path):
     """tf.keras 2 names weights `conv2d/kernel:0` and stores them under that name; weights-only files have no config."""
     path = tmp_path / "tf2.h5"
