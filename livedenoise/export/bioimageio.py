@@ -233,7 +233,8 @@ def export_bioimageio(checkpoint, out, frame_shape=None, movie=None, *, license:
             tags=["denoising", "self-supervised", "two-photon", "calcium-imaging", "livedenoise", card.arch],
             inputs=[bio.InputTensorDescr(
                 id=bio.TensorId(INPUT_ID),
-                description=f"{card.n_inputs} frames at offsets {channel_names(card)} from frame t, raw units",
+                description=(f"the {card.n_inputs} frames at offsets {channel_names(card)[0]}..{channel_names(card)[-1]} "
+                             "around frame t (see channel names), raw units"),
                 axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=channel_names(card)),
                       bio.SpaceInputAxis(id=bio.AxisId("y"), size=H), bio.SpaceInputAxis(id=bio.AxisId("x"), size=W)],
                 test_tensor=bio.FileDescr(source=work / "test_input.npy"),

@@ -59,7 +59,8 @@ def test_package_holds_both_weights_tests_cover_docs_and_the_card(lite, tmp_path
 
 
 def test_placeholder_statistics_come_from_the_movie(tmp_path):
-    card = make_card("interp2d", preset="lite", pre=3, post=1)
+    """An imported DeepInterpolation-like card: 30 + 30 frames (60 channel names fit the spec), no statistics."""
+    card = make_card("interp2d", preset="lite", pre=30, post=30)
     card.origin = {"tool": "DeepInterpolation", "normalisation": "... the card's 0/1 are placeholders until ..."}
     ck = save_checkpoint(tmp_path / "imp.pt", card, build_network(card).state_dict())
     with pytest.raises(UserError, match="--check MOVIE"):
@@ -71,6 +72,8 @@ def test_placeholder_statistics_come_from_the_movie(tmp_path):
     assert rep["frame_shape"] == [16, 24] and rep["norm"]["mean"] == pytest.approx(want[0])
     assert rep["norm"]["std"] == pytest.approx(want[1]) and "m.npy" in rep["norm"]["from"]
     assert read_checkpoint(ck)[0].norm_std == 1.0  # the checkpoint itself is not changed
+    rdf = yaml.safe_load(_read(tmp_path / "a.zip")["rdf.yaml"])
+    assert len(rdf["inputs"][0]["axes"][1]["channel_names"]) == 60
 
 
 def test_refusals_leave_no_file(lite, tmp_path):
