@@ -85,6 +85,8 @@ def test_import_errors_are_one_line(files, tmp_path):
     one_line_error(cli("import", files["di"], "--out", tmp_path / "m.onnx"), "import", "must end in .pt")
     one_line_error(cli("import", tmp_path / "none.pth", "--out", tmp_path / "m.pt"), "import", "does not exist")
     one_line_error(cli("import", files["dc"], "--out", tmp_path / "m.pt", "--channels", 384), "import", "--channels")
+    one_line_error(cli("import", files["di"], "--out", tmp_path / "m.pt", "--deepcad-yaml", tmp_path / "p.yaml"), "import",
+                   "--deepcad-yaml")
     assert not (tmp_path / "m.pt").exists()
 
 

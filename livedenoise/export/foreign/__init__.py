@@ -56,7 +56,8 @@ def import_model(path, tool: str | None = None, **options):
     if tool == "deepinterpolation":
         from livedenoise.export.foreign.deepinterpolation import import_h5
 
-        options.pop("para_path", None)
+        if options.pop("para_path", None) is not None:
+            raise UserError("--deepcad-yaml applies to DeepCAD-RT models; this is a DeepInterpolation .h5")
         return import_h5(path, **options)
     if tool == "deepcad":
         from livedenoise.export.foreign.deepcad import import_pth
