@@ -20,6 +20,7 @@ from livedenoise.errors import UserError
 VERBS = [
     "simulate",
     "train",
+    "import_model",
     "tune_innovation",
     "denoise",
     "export",

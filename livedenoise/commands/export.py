@@ -43,6 +43,14 @@ def register(subparsers) -> None:
     p.add_argument("--check", metavar="MOVIE", help="movie whose frames the parity check runs on (default: a simulated movie)")
     p.add_argument("--windows", type=int, default=8, help="windows compared in the parity check (default 8)")
     p.add_argument("--calibrate-windows", type=int, default=32, help="windows used for int8 calibration (default 32)")
+    b = p.add_argument_group("BioImage Model Zoo (Fiji/deepImageJ, napari, Icy)")
+    b.add_argument("--bioimageio", metavar="OUT.zip",
+                   help="write a BioImage Model Zoo package: rdf.yaml with the model card, TorchScript + ONNX weights, "
+                        "test input/output, cover, README; validated with bioimageio.spec (the bioimageio extra)")
+    b.add_argument("--license", default=None, metavar="SPDX",
+                   help="license of the packaged weights (default MIT; required for weights imported from another tool)")
+    b.add_argument("--author", action="append", default=None, metavar="NAME", help="package author (repeatable)")
+    b.add_argument("--name", default=None, help="model name shown in the zoo (default from the card)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -58,6 +66,24 @@ def _movie_frame_shape(path) -> tuple[int, int] | None:
 
 def _say(args, text: str) -> None:
     print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+
+def _bioimageio(args, model: Path, suffix: str) -> None:
+    import json
+
+    from livedenoise.export.bioimageio import export_bioimageio
+
+    if suffix != ".pt":
+        raise UserError(f"--bioimageio packages a checkpoint (.pt), not {model.name}")
+    report = export_bioimageio(model, args.bioimageio, frame_shape=args.frame_shape, movie=args.check,
+                               license=args.license, authors=args.author, name=args.name, opset=args.opset)
+    if args.json and not (args.onnx or args.tensorrt):
+        print(json.dumps({"bioimageio": report}, indent=2))
+        return
+    par = ", ".join(f"{k} max_rel {v:.2g}" for k, v in report["parity"].items())
+    _say(args, f"bioimageio: {report['path']} ({report['frame_shape'][0]}x{report['frame_shape'][1]}, format "
+               f"{report['format_version']}, license {report['license']}; {par} <= {report['limit']:.0e}; normalisation "
+               f"{report['norm']['from']}); validated with bioimageio.spec")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,8 +102,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"model file {model} does not exist; check the path")
     if suffix == ".onnx" and args.onnx:
         raise UserError(f"{model} is already an ONNX file; drop --onnx (use --tensorrt OUT.engine to build an engine from it)")
-    if not args.onnx and not args.tensorrt:
-        raise UserError("nothing to export: give --onnx OUT.onnx and/or --tensorrt OUT.engine")
+    if not args.onnx and not args.tensorrt and not args.bioimageio:
+        raise UserError("nothing to export: give --onnx OUT.onnx, --tensorrt OUT.engine and/or --bioimageio OUT.zip")
+    if args.bioimageio:
+        _bioimageio(args, model, suffix)
+        if not args.onnx and not args.tensorrt:
+            return 0
     if args.precision == "int8" and not args.tensorrt:
         raise UserError("--precision int8 applies to TensorRT engines: add --tensorrt OUT.engine")
     if args.precision == "int8" and not args.calibrate:

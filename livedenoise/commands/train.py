@@ -56,7 +56,10 @@ def register(sub) -> None:
     g.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of each movie held out for validation")
     g.add_argument("--val", dest="val_movies", action="append", default=None, metavar="MOVIE", help="separate validation movie (instead of the held-out block)")
     g.add_argument("--val-every", type=int, default=50, help="steps between validations")
-    g.add_argument("--init", default=None, help="checkpoint to fine-tune (same architecture and window)")
+    g.add_argument("--init", default=None,
+                   help="checkpoint to fine-tune (e.g. one made by `livedenoise import`); its architecture and window "
+                        "unless --pre/--post/--omission change the window (the first layer is folded onto the new one: "
+                        "docs/models.md)")
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed + same --steps = same weights on CPU)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -116,9 +119,11 @@ def _read_truth(path, args, n: int):
         return tuple(mv.shape), mv.read(0, min(n, len(mv))).astype(np.float32)
 
 
-def _default_window(args) -> tuple[int, int, int]:
-    """(pre, post, omission) when not given: the architecture's (DeepInterpolation's Neuropixels
-    window for ephys); a filter grid-searched against ground truth caps past frames at `tune_pre`."""
+def _default_window(args, init_card=None) -> tuple[int, int, int]:
+    """(pre, post, omission) when not given: the --init checkpoint's, else the architecture's (DeepInterpolation's
+    Neuropixels window for ephys); a filter grid-searched against ground truth caps past frames at `tune_pre`."""
+    if init_card is not None:
+        return int(init_card.pre), int(init_card.post), int(init_card.omission)
     d = registry.defaults(args.arch)
     pre = d.get("tune_pre", d["pre"]) if args.tune_against else d["pre"]
     return int(pre), int(d["post"]), int(d["omission"])
@@ -143,8 +148,17 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
+    init_card = None
+    if args.init:
+        from livedenoise.models.checkpoint import read_checkpoint
+
+        init_card = read_checkpoint(args.init)[0]
+        if args.arch is None:
+            args.arch = init_card.arch
     args.arch = _resolve_arch(args)
-    for name, default in zip(("pre", "post", "omission"), _default_window(args)):
+    if init_card is not None and init_card.arch != args.arch:
+        init_card = None  # train/ refuses the mismatch with its own message
+    for name, default in zip(("pre", "post", "omission"), _default_window(args, init_card)):
         if getattr(args, name) is None:
             setattr(args, name, default)
     how = registry.trainer(args.arch)
@@ -332,7 +346,7 @@ def run_ephys(args, out) -> int:
     card, hist = train_ephys(
         rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
         lr=args.lr or d["lr"], crop=args.crop or d["crop"], seed=args.seed, device=device, val_fraction=args.val_fraction,
-        log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None),
+        log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None), init=args.init,
     )
     if getattr(args, "json", False):
         print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),

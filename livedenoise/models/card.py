@@ -39,6 +39,10 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     innovation: dict[str, float] | None = None
     """Innovation-step settings (sigma_xy, k) tuned on the training movie; None: untuned (`models/innovation.py`)."""
+    origin: dict[str, Any] | None = None
+    """Where the weights came from when they were made by another tool (`livedenoise import`): the tool, its
+    network, the file and its sha256, how its window and normalisation map onto this card; kept when the model
+    is fine-tuned (`train --init`). None for models trained by livedenoise from scratch."""
     format_version: int = FORMAT_VERSION
     package_version: str = __version__
 

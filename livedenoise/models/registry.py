@@ -23,6 +23,9 @@ and, only where it differs from the default, any of:
 - ``example_input(card, frame_shape)`` / ``dynamic_axes()``: ONNX export
   (default: ``(1, n_inputs, H, W)`` zeros, batch axis dynamic);
 - ``spatial_extent(card)``: receptive field of filters with no network to ask.
+- ``WINDOW_INPUT`` (the state-dict key whose dim 1 holds the window's offsets) or
+  ``WINDOW_FREE = True`` (convolutional in time): `train --init` may change the window
+  (models/retarget.py).
 
 The registry finds architectures by scanning the modules of `models/nets`:
 adding an architecture is adding one module, with no list to edit elsewhere.

@@ -96,9 +96,11 @@ def train_ephys(
     log=None,
     log_every: int = 50,
     time_limit: float | None = None,
+    init: str | os.PathLike | None = None,
 ):
     """Train and save a checkpoint; returns (card, history dict). `arch` None: the default ephys
-    architecture (`registry.default_name("ephys")`, block-ephys)."""
+    architecture (`registry.default_name("ephys")`, block-ephys). `init`: a checkpoint of the same
+    architecture and channel count to start from (its window may differ where models/retarget.py can move it)."""
     arch = arch or registry.default_name("ephys")
     if isinstance(rec, (str, os.PathLike)):
         from livedenoise.io.readers_ephys import open_recording
@@ -123,7 +125,26 @@ def train_ephys(
     card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training)
     n = rec.n_samples
     registry.check_length(card, n, str(rec.path))
-    net = build_network(card).to(device)
+    net = build_network(card)
+    if init is not None:
+        from livedenoise.models.checkpoint import read_checkpoint
+        from livedenoise.models.retarget import retarget
+
+        init_card, state = read_checkpoint(init)
+        if init_card.arch != card.arch or init_card.params.get("n_channels") != card.params.get("n_channels"):
+            raise UserError(f"--init {init} is {init_card.arch} for {init_card.params.get('n_channels')} channels; it cannot "
+                            f"start a {card.arch} model for {card.params.get('n_channels')} channels")
+        try:
+            state, how = retarget(init_card, card, state)
+        except ValueError as exc:
+            raise UserError(f"--init {init}: {exc}") from None
+        card.params = dict(init_card.params)
+        card.origin = init_card.origin
+        net = build_network(card)
+        net.load_state_dict(state)
+        card.training["init"] = str(init) if how == "same window" else f"{init} ({how})"
+        log(f"--init {init}: {how}")
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     before = card.pre + card.omission

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from livedenoise.models import registry
 from livedenoise.models.card import ModelCard
 from livedenoise.models.registry import build_network
+from livedenoise.models.retarget import retarget
 from livedenoise.train.samples import MovieSource, SampleMaker, sample_norm
 
 LOSSES = ("l1", "l2", "mixed")
@@ -400,15 +401,21 @@ def _train(movies, cfg: TrainConfig, val_movies, dist: _Dist, device: torch.devi
     init_info = None
     if cfg.init:
         init_card, state = read_checkpoint(cfg.init)
-        if init_card.arch != card.arch or list(init_card.offsets) != list(card.offsets) or init_card.omission != card.omission:
-            raise ValueError(
-                f"--init {cfg.init} is {init_card.arch} with offsets {init_card.offsets}; "
-                f"it cannot start a {card.arch} model with offsets {card.offsets}"
-            )
+        if init_card.arch != card.arch:
+            raise ValueError(f"--init {cfg.init} is {init_card.arch}; it cannot start a {card.arch} model")
         card.params = dict(init_card.params)
+        try:
+            state, how = retarget(init_card, card, state)
+        except ValueError as exc:
+            raise ValueError(f"--init {cfg.init}: {exc}") from None
+        card.origin = init_card.origin  # an imported model stays traceable through fine-tuning
         net = build_network(card)
         net.load_state_dict(state)
         init_info = str(cfg.init)
+        if how != "same window":
+            init_info = f"{cfg.init} (window {init_card.offsets} -> {card.offsets}: {how})"
+            if log is not None:
+                log(f"--init: {how}")
     net.to(device).train()
 
     rng = np.random.default_rng([cfg.seed, dist.rank])

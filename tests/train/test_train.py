@@ -131,14 +131,17 @@ def test_separate_validation_movie_and_too_few_frames():
         train([movie[:5]], quick(arch="cad3d", pre=8))
 
 
-def test_init_fine_tunes_and_refuses_another_window(tmp_path):
+def test_init_fine_tunes_moves_to_another_window_and_refuses_another_arch(tmp_path):
     movie = tiny_movie()
     card, state, _ = train([movie], quick())
     path = save_checkpoint(tmp_path / "m.pt", card, state)
     card2, state2, _ = train([movie], quick(init=str(path), steps=2))
     assert card2.training["init"] == str(path)
+    # a shorter lag: the first layer's future offsets fold onto the nearest kept one (models/retarget.py)
+    card3, _, _ = train([movie], quick(init=str(path), post=0, steps=1))
+    assert card3.lag == 0 and "folded" in card3.training["init"]
     with pytest.raises(ValueError, match="cannot start"):
-        train([movie], quick(init=str(path), post=0))
+        train([movie], quick(init=str(path), arch="cad3d", pre=8, steps=1))
 
 
 def test_losses_and_bad_config():

@@ -53,6 +53,10 @@ ARCH = Arch(
 )
 
 
+WINDOW_FREE = True
+"""Convolutional in time: the same weights serve any window (models/retarget.py: `train --init` to another window)."""
+
+
 def stride(omission: int) -> int:
     """Temporal spacing of the inputs: 2 (odd/even) without omission."""
     return 2 * (int(omission) + 1)

@@ -35,6 +35,10 @@ ARCH = Arch(
 )
 
 
+WINDOW_INPUT = "encoders.0.0.weight"
+"""The weight whose input channels are the window's offsets (models/retarget.py: `train --init` to another window)."""
+
+
 def window(pre: int, post: int, omission: int) -> WindowSpec:
     return WindowSpec.interp(pre, post, omission)
 
