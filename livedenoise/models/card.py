@@ -31,7 +31,7 @@ class ModelCard:
     offsets: list[int]
     """Input frame offsets relative to the predicted frame, in input-channel order."""
     layout: str = "frames"
-    """How one input frame is laid out: `frames` (H x W image) or an ephys layout."""
+    """How one input frame is laid out: `frames` (H x W image), `volumes` (I x J x K fMRI volume) or an ephys layout."""
     frame_shape: list[int] | None = None
     """[H, W] the model was built for, or None when any size works."""
     norm_mean: float = 0.0
@@ -103,6 +103,9 @@ class ModelCard:
     def summary(self) -> str:
         head = (f"{self.arch}({self.params.get('preset', '')}) {self.modality} pre={self.pre} post={self.post} "
                 f"omission={self.omission} lag={self.lag}")
+        if self.layout == "volumes":  # fmri: whole volumes of any size
+            shape = "any size" if self.frame_shape is None else "x".join(map(str, self.frame_shape))
+            return f"{head} volumes={shape}"
         if self.layout != "frames":  # ephys: windows of samples over any channel count
             return f"{head} (samples) layout={self.layout}"
         shape = "any size" if self.frame_shape is None else "x".join(map(str, self.frame_shape))

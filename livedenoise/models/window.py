@@ -2,8 +2,9 @@
 
 A window is a set of frame offsets relative to the frame being predicted plus
 an `omission` band: frames with 0 < |j - t| <= omission are never inputs.
-Offset 0 (the frame itself) is used only by classic filters, never by a
-self-supervised model. Lag is the furthest future offset used.
+Offset 0 (the frame itself) is used only by classic filters and by blind-spot
+models whose network hides the predicted voxel itself (`fmri-blind`), never
+by a self-supervised model that reads the whole frame. Lag is the furthest future offset used.
 
 Edge policy (the same offline and streaming, so both give the same frames):
 for output t the usable frames are 0..H with H = t + lag, capped at the last
@@ -48,7 +49,7 @@ class WindowSpec:
 
     @property
     def uses_target(self) -> bool:
-        """True only for classic filters, which may read the frame they filter."""
+        """True for classic filters, which may read the frame they filter, and blind-spot models (`fmri-blind`)."""
         return 0 in self.offsets
 
     @property

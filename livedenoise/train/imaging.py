@@ -248,12 +248,13 @@ def _evaluate(net, val: tuple[torch.Tensor, torch.Tensor], lossf, chunk: int = 8
 
 
 def held_out_frames(card: ModelCard, src: MovieSource, max_frames: int = 300, max_side: int = 256) -> np.ndarray:
-    """The first `max_frames` frames of `src` (a centre crop of at most `max_side`), float32 (T, h, w)."""
+    """The first `max_frames` frames of `src` (a centre crop of at most `max_side` along each axis),
+    float32 (T, h, w), or (T, i, j, k) for volumes."""
     n = min(len(src), max_frames)
-    h, w = src.frame_shape
-    ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
+    fs = tuple(src.frame_shape)
+    sides = fs if card.frame_shape is not None else tuple(min(s, max_side) for s in fs)
+    box = tuple(slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(fs, sides))
+    return np.ascontiguousarray(src.frames(range(n))[(slice(None), *box)], dtype=np.float32)
 
 
 def predict(net, card: ModelCard, raw: np.ndarray, device: torch.device) -> np.ndarray:
@@ -315,11 +316,14 @@ def _select_and_report(net, card: ModelCard, candidates: dict[str, dict], src: M
         losses[name] = held_out_loss(raw, preds[name], past, card.lag)
     chosen = min(losses, key=lambda k: losses[k])
     net.load_state_dict(candidates[chosen])
-    h, w = raw.shape[1:]
+    h, w = raw.shape[1:3]
     side = 128  # the report's crop: enough pixels, seconds not minutes on a CPU
     y, x = (h - min(h, side)) // 2, (w - min(w, side)) // 2
     crop = (slice(None), slice(y, y + min(h, side)), slice(x, x + min(w, side)))
     try:
+        if raw.ndim != 3:
+            raise ValueError("the quality report scores 2D imaging movies; for fMRI runs see the simulator's "
+                             "metrics (livedenoise.sim.fmri_metrics) and docs/benchmarks.md")
         quality = quality_report(raw[crop], preds[chosen][crop], past, card.lag)
         quality["held_out"] = held_out
         quality["source"] = src.name
