@@ -58,7 +58,9 @@ class ModelCard:
 
     @property
     def window(self) -> WindowSpec:
-        return WindowSpec(tuple(int(o) for o in self.offsets), int(self.omission))
+        """The window; blind-spot (`WindowSpec.blind`) when the architecture's params say `blind_spot`."""
+        return WindowSpec(tuple(int(o) for o in self.offsets), int(self.omission),
+                          blind=bool((self.params or {}).get("blind_spot", False)))
 
     @property
     def lag(self) -> int:

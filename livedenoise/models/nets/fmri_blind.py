@@ -29,7 +29,11 @@ I/O contract: input (B, pre + post + 1, I, J, K) normalised volumes, channel c
 being volume t + offsets[c]; output (B, 1, I, J, K), the normalised prediction of
 volume t. Any I, J, K (>= 1). Outside the volume the convolution pads with zeros
 (the mean, after normalisation). At a run's first and last volumes the window
-follows `WindowSpec.source_indices` (reflected), like every other model.
+follows `WindowSpec.source_indices` (reflected), like every other model, as a
+blind-spot window (the card's params say `blind_spot`): no other channel ever
+resolves to volume t itself, so voxel v of volume t is never read through
+another channel either; a causal model's first volume has no other volume to
+read and passes through raw (flagged), as for every causal model.
 
 Registration: ``ARCH`` below (modality `fmri`, layout `volumes`, trained by
 `train/imaging.py` on 3D crops). `make_card` takes a `variant` (symmetric,
@@ -73,14 +77,14 @@ def window(pre: int, post: int, omission: int = 0) -> WindowSpec:
         raise ValueError("fmri-blind hides only the predicted voxel of volume t: omission must be 0")
     if pre < 0 or post < 0 or pre + post == 0:
         raise ValueError(f"need pre >= 0, post >= 0 and pre + post >= 1 (got pre={pre}, post={post})")
-    return WindowSpec(tuple(range(-pre, post + 1)), 0)
+    return WindowSpec(tuple(range(-pre, post + 1)), 0, blind=True)
 
 
 def preset_params(preset: str) -> dict:
     """The card's params for a preset. ValueError for an unknown preset."""
     if preset not in PRESETS:
         raise ValueError(f"unknown {NAME} preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return {"preset": preset, **PRESETS[preset],
+    return {"preset": preset, **PRESETS[preset], "blind_spot": True,
             "io": "input (B, n_inputs, I, J, K) normalised volumes; output (B, 1, I, J, K) = volume t"}
 
 
