@@ -29,7 +29,7 @@ import numpy as np
 from livedenoise.errors import UserError
 from livedenoise.models.innovation import InnovationStep, step_for
 from livedenoise.models.registry import check_length, min_frames
-from livedenoise.stream.pipeline import FramePipeline
+from livedenoise.stream.pipeline import FRAME_AXES, FramePipeline
 
 DEFAULT_CHUNK = 128  # frames per read, rounded up to a whole number of batches
 
@@ -55,10 +55,6 @@ class DenoiseStats:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "frames_per_s": self.fps}
-
-
-FRAME_AXES = {"frames": 2, "volumes": 3}
-"""Axes of one frame for each layout the imaging pipeline runs: (H, W) images, (I, J, K) fMRI volumes."""
 
 
 def check_movie_fits(movie, card) -> None:

@@ -84,6 +84,8 @@ from livedenoise.stream.ring import Ring
 log = logging.getLogger("livedenoise.stream")
 
 POLICIES = ("all", "latest")
+FRAME_AXES = {"frames": 2, "volumes": 3}
+"""Axes of one frame for each model layout this pipeline runs: (H, W) images, (I, J, K) fMRI volumes."""
 
 
 class PipelineCounts:
