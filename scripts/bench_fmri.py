@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -40,6 +41,9 @@ def main() -> int:
     ap.add_argument("--size", type=int, nargs=3, default=[36, 44, 36])
     ap.add_argument("--tsnr", type=float, default=20.0)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--score-only", action="store_true",
+                    help="recompute the metrics of the denoised runs already in OUT (training and timing numbers "
+                         "from its results.json)")
     args = ap.parse_args()
 
     import numpy as np
@@ -65,16 +69,29 @@ def main() -> int:
             data = r.read(0, len(r))
         return M.score(data, truth)
 
-    results: dict = {"config": vars(args), "raw": {k: score(p, p) for k, p in runs.items()}, "models": {}}
+    previous = json.loads((out / "results.json").read_text()) if args.score_only else {}
+    results: dict = {"config": previous.get("config", vars(args)), "raw": {k: score(p, p) for k, p in runs.items()},
+                     "models": {}}
     for v in args.variants:
+        if args.score_only:
+            entry = previous["models"][v]
+            for k, bold in runs.items():
+                den = out / f"sub-01_task-motor_run-{k}_desc-{v}_bold.nii.gz"
+                entry["runs"][str(k)] = {"denoise_s": entry["runs"][str(k)]["denoise_s"], **score(den, bold)}
+            entry["runs"] = {int(k): r for k, r in entry["runs"].items()}
+            results["models"][v] = entry
+            continue
         pre, post = VARIANTS[v]
         model = out / f"fmri-{v}.pt"
         t0 = time.perf_counter()
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         rep = json.loads(sh(*ld, "train", runs[1], "--out", model, "--pre", pre, "--post", post,
                             "--max-minutes", args.minutes, "--threads", args.threads, "-q", "--json").splitlines()[0])
         train_s = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         entry = {"pre": pre, "post": post, "steps": rep["steps"], "train_loop_s": rep["seconds"], "train_wall_s": train_s,
-                 "runs": {}}
+                 "train_cpu_s": cpu_s, "runs": {}}
         for k, bold in runs.items():
             den = out / f"sub-01_task-motor_run-{k}_desc-{v}_bold.nii.gz"
             d = json.loads(sh(*ld, "denoise", bold, den, "--model", model, "--threads", args.threads, "--json"))
@@ -85,18 +102,19 @@ def main() -> int:
     def row(name: str, s: dict, raw: dict) -> str:
         a, r = s["activation"], s["response"]
         return (f"| {name} | {s['tsnr_median']:.1f} ({s['tsnr_median'] / raw['tsnr_median']:.2f}x) | "
-                f"{s['corr_median']:.3f} | {a['sensitivity']:.2f} | {a['cluster_max_distance']:.2f} | "
+                f"{s['corr_median']:.3f} | {a['sensitivity']:.2f} | {a['cluster_max_steps']} ({a['cluster_max_distance']:.2f}) | "
                 f"{r['inside']:.2f} | {', '.join(f'{x:+.3f}' for x in r['spread'])} | {r['fwhm_widening']} |")
 
     print("| run / data | voxel tSNR (median, x raw) | r with truth (median) | t>5 sensitivity | "
-          "t-map cluster extent beyond truth (voxels) | task response inside (x truth) | spread d=1,2,3 | "
+          "t-map clusters beyond the truth: voxel steps (Euclidean) | task response inside (x truth) | spread d=1,2,3 | "
           "FWHM widening (voxels) |")
     print("|---|---|---|---|---|---|---|---|")
     for k in runs:
         raw = results["raw"][k]
         print(row(f"run {k} raw", raw, raw))
         for v, e in results["models"].items():
-            print(row(f"run {k} {v} ({e['steps']} steps)", e["runs"][k], raw))
+            print(row(f"run {k} {v} ({e['steps']} steps, train {e['train_wall_s']:.0f} s wall / "
+                      f"{e.get('train_cpu_s', float('nan')):.0f} s CPU)", e["runs"][k], raw))
     np.set_printoptions(precision=3)
     return 0
 

@@ -17,11 +17,13 @@
   and `outside_1` the count of voxels more than 1 voxel away. Smearing grows
   the clusters that hold the true activation, so the widening is measured on
   them: `cluster_max_distance` and `cluster_outside_1` are the same over the
-  map's connected clusters (26-connectivity) that touch the true region only
+  map's voxels in the connected clusters (26-connectivity) that touch the true region only
   (separate clusters far away are resting fluctuations that happen to correlate
   with the task, or false positives; not a spread of the activation). A
   denoiser that smears activation across voxels widens those clusters; one that
-  only removes noise does not. Also `sensitivity`
+  only removes noise does not. `cluster_max_steps` is the same widening in
+  voxel steps (chessboard distance: a diagonal neighbour is 1 step, 1.41
+  Euclidean). Also `sensitivity`
   (fraction of truly active voxels detected) and `detected` (voxels in the map).
 
 - **Spread of the task response** (`response_profile`): the t map above is
@@ -94,12 +96,11 @@ def activation_map(run: np.ndarray, task: np.ndarray, mask: np.ndarray, active: 
                    threshold: float = 5.0) -> dict:
     """The thresholded task map and its extent against the true active region (module docstring).
 
-    Returns {"cluster_max_distance", "cluster_outside_1", "threshold", "detected", "true_active",
+    Returns {"cluster_max_steps" (chessboard distance: voxel steps, a diagonal neighbour is 1), "cluster_max_distance",
+    "cluster_outside_1", "threshold", "detected", "true_active",
     "sensitivity", "max_distance", "outside_1", "mean_t_active"}; distances in voxels.
     """
-    from scipy.ndimage import distance_transform_edt
-
-    from scipy.ndimage import label
+    from scipy.ndimage import distance_transform_cdt, distance_transform_edt, label
 
     t = glm_t(run, task, mask)
     hit = (t > threshold) & mask
@@ -107,8 +108,12 @@ def activation_map(run: np.ndarray, task: np.ndarray, mask: np.ndarray, active: 
     d = dist[hit]
     labels, _ = label(hit, structure=np.ones((3, 3, 3), bool))
     touching = np.setdiff1d(np.unique(labels[hit & active]), [0])
-    dc = dist[np.isin(labels, touching) & hit]
+    in_clusters = np.isin(labels, touching) & hit
+    dc = dist[in_clusters]
+    steps = distance_transform_cdt(~active, metric="chessboard") if active.any() else np.zeros(active.shape, int)
+    sc = steps[in_clusters]
     return {
+        "cluster_max_steps": int(sc.max()) if sc.size else 0,
         "cluster_max_distance": float(dc.max()) if dc.size else 0.0,
         "cluster_outside_1": int((dc > 1.0).sum()),
         "threshold": float(threshold),
