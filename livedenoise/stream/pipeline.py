@@ -9,6 +9,10 @@ Every path that denoises imaging frames runs a `FramePipeline`:
   arrives, the engine loop collects and runs batches, and a `stop`, `start` or
   restart calls `finish()`.
 
+A frame is an (H, W) image or, for fMRI models (card layout `volumes`), an
+(I, J, K) volume: every rule below is the same for both (the innovation step
+applies to images only).
+
 So a streamed acquisition equals offline denoising of the same frames by
 construction: the same code decides which frames are ready, builds the same
 windows with the same edge rule, normalises with the same function and runs
