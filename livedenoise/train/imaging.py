@@ -44,7 +44,7 @@ from livedenoise.train.samples import MovieSource, SampleMaker, sample_norm
 
 LOSSES = ("l1", "l2", "mixed")
 DEFAULT_STEPS = 2000
-TRAINED_DEFAULTS = ("preset", "loss", "crop", "batch", "lr")
+TRAINED_DEFAULTS = ("preset", "pre", "post", "omission", "loss", "crop", "batch", "lr")
 """TrainConfig fields that default (when None) to the architecture's declared defaults (`registry.defaults`)."""
 
 
@@ -58,9 +58,10 @@ class TrainConfig:
     arch: str | None = None
     """A registered imaging architecture; None: the default (`registry.default_name("2p")`, interp2d)."""
     preset: str | None = None
-    pre: int = 8
-    post: int = 1
-    omission: int = 0
+    pre: int | None = None
+    """Window: frames before the predicted one; None: the architecture's default (8 for interp2d, 2 for fmri-blind)."""
+    post: int | None = None
+    omission: int | None = None
     loss: str | None = None
     """l1, l2 or mixed (0.5 L1 + 0.5 L2); default: the architecture's (l2 for interp2d, mixed for cad3d)."""
     crop: int | None = None

@@ -41,6 +41,12 @@ def test_volume_crops_follow_the_blind_window():
     assert seen == {True, False}
 
 
+def test_the_window_defaults_to_the_architectures():
+    cfg = TrainConfig(arch="fmri-blind").resolved()
+    assert (cfg.pre, cfg.post, cfg.omission, cfg.crop, cfg.preset) == (2, 2, 0, 16, "fast")
+    assert (TrainConfig().resolved().pre, TrainConfig().resolved().post) == (8, 1)  # interp2d's, as before
+
+
 def test_train_fits_a_run_and_records_volumes():
     card, state, hist = train([_run(16)], TrainConfig(arch="fmri-blind", pre=2, post=2, steps=3, crop=8, batch=2,
                                                       progress=False, val_every=2, tune_innovation=True))
