@@ -2,6 +2,7 @@
 
     livedenoise denoise raw.tif denoised.tif --model model.pt
     livedenoise denoise run_g0_t0.imec0.ap.bin den_g0_t0.imec0.ap.bin --model np.pt
+    livedenoise denoise sub-01_task-motor_bold.nii.gz den_bold.nii.gz --model fmri.pt
 
 Chunked and memory-bounded; writes TIFF or HDF5 with the same number of frames
 as the input (edge frames use reflected windows), in the input's sample type
@@ -49,12 +50,14 @@ def register(sub) -> None:
         description=(
             "Denoise a movie (TIFF, ScanImage TIFF, HDF5, .npy) with a model (.pt checkpoint, .onnx, or TensorRT "
             ".engine) and write TIFF or HDF5 (by OUT's extension) with exactly as many frames as the input. "
+            "A 4D NIfTI fMRI run (.nii, .nii.gz, BIDS names welcome) takes an fmri model and is written as NIfTI "
+            "with its own header, affine, TR and units. "
             "The input file is never modified."
         ),
     )
     p.add_argument("input", metavar="IN", help="movie to denoise")
     p.add_argument("output", metavar="OUT",
-                   help="denoised movie to write (.tif/.tiff or .h5/.hdf5), or recording in IN's format (a new folder "
+                   help="denoised movie to write (.tif/.tiff or .h5/.hdf5; .nii/.nii.gz for a NIfTI run), or recording in IN's format (a new folder "
                         "for Open Ephys, NAME.bin for SpikeGLX, NAME.dat); written as OUT's .partial name until complete")
     p.add_argument("--model", "-m", required=True, help="trained model (.pt, .onnx or .engine)")
     p.add_argument("--backend", choices=_backends(), default="auto", help="inference backend")

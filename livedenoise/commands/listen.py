@@ -40,7 +40,7 @@ def describe(msg) -> str:
         meta = {k: v for k, v in msg.meta.items() if k not in ("v", "latency_hist")}
         return f"{msg.topic} {json.dumps(meta, default=str)}"
     h = msg.header
-    line = (f"frame {h.frame} ch{h.channel} plane{h.plane} {h.shape[0]}x{h.shape[1]} {h.dtype} t={h.t:.3f}s "
+    line = (f"frame {h.frame} ch{h.channel} plane{h.plane} {'x'.join(map(str, h.shape))} {h.dtype} t={h.t:.3f}s "
             f"mean={float(msg.pixels.mean()):.4g}")
     if "latency_ms" in h.extra:
         line += f" latency={h.extra['latency_ms']:.1f}ms lag={h.extra.get('lag')}"

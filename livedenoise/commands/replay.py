@@ -19,6 +19,8 @@ def register(subparsers) -> None:
         description=(
             "Bind a ZeroMQ PUB socket and publish MOVIE (.tif, ScanImage .tif, .h5, .npy) exactly as the "
             "ScanImage publisher does: a start message, frames paced in real time, a stop message. "
+            "A 4D NIfTI fMRI run (.nii, .nii.gz) is published volume by volume at its TR, as a scanner's "
+            "real-time export would (`serve` denoises it with an fmri model). "
             "`livedenoise replay openephys RECORDING` instead emulates the Open Ephys ZMQ Interface plugin."
         ),
     )
@@ -26,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("path", nargs="?", metavar="RECORDING", help="with `openephys`: the Open Ephys recording folder")
     p.add_argument("--endpoint", default=None, help=f"endpoint to bind (imaging default {DEFAULT_INPUT})")
     p.add_argument("--fps", type=float, default=None,
-                   help="frame rate (default 30; a ScanImage TIFF is paced by its recorded frame times)")
+                   help="frame rate (default 30; a ScanImage TIFF is paced by its recorded frame times, a NIfTI run "
+                        "at 1 / TR volumes per second)")
     p.add_argument("--loop", action="store_true", help="repeat the movie until Ctrl-C (frame numbers keep counting)")
     p.add_argument("--channel", type=int, default=None,
                    help="channel number in the headers; for a ScanImage TIFF, publish only this channel")

@@ -6,6 +6,12 @@ Writes the noisy int16 movie to OUT (.tif, .h5 or .npy) and the noise-free
 movie (compressed), soma masks, traces and calcium-event frames to
 `<stem>.truth.h5` next to it, with progress on stderr (a bar on a terminal, a
 line every 5 s otherwise). The model of the data is described in docs/data.md.
+
+    livedenoise simulate run.nii.gz --volumes 240 --volume-size 36 44 36 --tr 2 --tsnr 20
+
+An OUT ending in .nii or .nii.gz simulates an fMRI run instead (`livedenoise.sim.fmri`:
+brain mask, task and resting BOLD through the HRF, thermal noise at --tsnr), its
+ground truth (clean run, mask, active map, task regressor) in `<stem>.truth.h5`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ def register(sub) -> None:
             "ground truth (clean movie, masks, traces, event frames)."
         ),
     )
-    p.add_argument("out", metavar="OUT", help="movie to write (.tif, .h5 or .npy)")
+    p.add_argument("out", metavar="OUT", help="movie to write (.tif, .h5 or .npy); .nii or .nii.gz: an fMRI run")
     # Imaging options. (An --ephys switch for Neuropixels-like data is added by the
     # ephys simulator; it dispatches before the imaging path in run().)
     add_ephys_arguments(p)
@@ -39,12 +45,17 @@ def register(sub) -> None:
     p.add_argument("--fps", type=float, default=30.0, help="frame rate in Hz")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same movie)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_fmri_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     if getattr(args, "ephys", False):
         return run_ephys(args)
+    from livedenoise.io.nifti import is_nifti_path
+
+    if is_nifti_path(args.out):
+        return run_fmri(args)
     return run_imaging(args)
 
 
@@ -139,4 +150,39 @@ def run_ephys(args) -> int:
         print(f"wrote {sim.recording} ({args.channels} channels x {args.duration:g} s at {args.sample_rate:g} Hz, "
               f"{info['units']} units, {info['spikes']} spikes), ground truth {sim.ground_truth}"
               + (f", clean recording under {sim.clean_session}" if sim.clean_session else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------- `simulate run.nii.gz`
+
+
+def add_fmri_arguments(parser) -> None:
+    g = parser.add_argument_group("fMRI (OUT ending .nii or .nii.gz): a 4D run with task and resting BOLD")
+    g.add_argument("--volumes", type=int, default=240, help="fMRI: volumes in the run")
+    g.add_argument("--volume-size", type=int, nargs=3, default=[36, 44, 36], metavar=("I", "J", "K"),
+                   help="fMRI: voxels along each axis")
+    g.add_argument("--tr", type=float, default=2.0, help="fMRI: repetition time, seconds")
+    g.add_argument("--tsnr", type=float, default=20.0,
+                   help="fMRI: temporal SNR of the thermal noise alone (mean brain baseline / noise sigma)")
+    g.add_argument("--task-percent", type=float, default=3.0, help="fMRI: task response in the active regions, %% of baseline")
+    g.add_argument("--rest-percent", type=float, default=1.5, help="fMRI: resting fluctuation per network, %% of baseline")
+
+
+def run_fmri(args) -> int:
+    from livedenoise.sim.fmri import FmriConfig, save_fmri, simulate_fmri
+
+    t0 = time.perf_counter()
+    cfg = FmriConfig(shape=tuple(args.volume_size), volumes=args.volumes, tr=args.tr, tsnr=args.tsnr,
+                     task_percent=args.task_percent, rest_percent=args.rest_percent, seed=args.seed)
+    sim = simulate_fmri(cfg)
+    run_path, truth = save_fmri(sim, args.out)
+    info = {"run": str(run_path), "truth": str(truth), "volumes": cfg.volumes, "shape": list(cfg.shape),
+            "tr": cfg.tr, "tsnr": cfg.tsnr, "sigma": sim.sigma, "brain_voxels": int(sim.mask.sum()),
+            "active_voxels": int(sim.active.sum()), "seed": cfg.seed, "seconds": round(time.perf_counter() - t0, 2)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"wrote {run_path} ({cfg.volumes} volumes of {'x'.join(map(str, cfg.shape))} voxels, TR {cfg.tr:g} s, "
+              f"thermal tSNR {cfg.tsnr:g}, {info['brain_voxels']} brain voxels, {info['active_voxels']} active) and "
+              f"ground truth {truth} in {info['seconds']:.1f} s")
     return 0

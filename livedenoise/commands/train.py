@@ -27,8 +27,10 @@ def register(sub) -> None:
         "train",
         help="train a self-supervised denoiser on noisy movies (no clean data needed)",
         description=(
-            "Train a self-supervised denoiser on one or more noisy movies (TIFF, ScanImage TIFF, HDF5, .npy). "
-            "The frame being predicted is never an input, so no clean data is needed. The checkpoint holds the "
+            "Train a self-supervised denoiser on one or more noisy movies (TIFF, ScanImage TIFF, HDF5, .npy) or 4D "
+            "NIfTI fMRI runs (.nii, .nii.gz: --arch fmri-blind; windows --pre 2 --post 2 symmetric, --pre 3 --post 1 "
+            "short-lag, --pre 4 --post 0 causal). The frame being predicted is never an input (fMRI: the voxel being "
+            "predicted is hidden in its own volume), so no clean data is needed. The checkpoint holds the "
             "weights and the model card (window, lag, normalisation). --arch classic writes a zero-training filter."
         ),
     )
@@ -36,7 +38,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt)")
     p.add_argument("--arch", choices=registry.names(), default=None,
                    help=f"architecture (default {registry.default_name('2p')}; "
-                        f"{registry.default_name('ephys')} for ephys recordings)")
+                        f"{registry.default_name('ephys')} for ephys recordings; "
+                        f"{registry.default_name('fmri')} for 4D NIfTI fMRI runs)")
     p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
     p.add_argument("--pre", type=int, default=None,
                    help="frames (ephys: samples) before the predicted one (default 8, ephys 30; "
@@ -63,7 +66,9 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed + same --steps = same weights on CPU)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    g.add_argument("--modality", choices=("2p", "fmri"), default="2p", help="recorded in the model card")
+    g.add_argument("--modality", choices=("2p", "fmri"), default="2p",
+                   help="recorded in the model card of a 2D imaging model (fMRI runs, .nii/.nii.gz, train the fmri "
+                        "architecture, whose card says fmri)")
     g.add_argument("--no-tune-innovation", dest="tune_innovation", action="store_false",
                    help="skip tuning the innovation step (`denoise/serve --innovation`) on 100 validation frames after training")
     r = p.add_argument_group("reading")
@@ -131,14 +136,24 @@ def _default_window(args, init_card=None) -> tuple[int, int, int]:
 
 def _resolve_arch(args) -> str:
     """The architecture to train: --arch, else the default of the recording's modality."""
+    from livedenoise.io.nifti import is_nifti_path
     from livedenoise.io.readers_ephys import is_ephys_path
 
-    data = "ephys" if is_ephys_path(args.movies[0]) else "2p"
+    data = "ephys" if is_ephys_path(args.movies[0]) else "fmri" if is_nifti_path(args.movies[0]) else "2p"
+    for m in list(args.movies[1:]) + list(args.val_movies or []):
+        if is_nifti_path(m) != (data == "fmri"):
+            raise UserError(f"{m} and {args.movies[0]} are not the same kind of data (4D NIfTI runs and movies "
+                            "train different models); train on one kind at a time")
     if args.arch is None:
         return registry.default_name(data)
     if data == "ephys" and registry.modality(args.arch) != "ephys":
         raise UserError(f"{args.movies[0]} is an ephys recording; --arch {args.arch} reads {registry.modality(args.arch)} "
                         f"movies: choose one of {', '.join(registry.names(modality='ephys'))}")
+    if (data == "fmri") != (registry.modality(args.arch) == "fmri"):
+        what = "a 4D NIfTI run (fMRI)" if data == "fmri" else "a movie of 2D frames"
+        fits = registry.names(modality=data)
+        raise UserError(f"{args.movies[0]} is {what}; --arch {args.arch} reads {registry.modality(args.arch)} data: "
+                        f"choose one of {', '.join(fits)}")
     return args.arch
 
 

@@ -39,12 +39,17 @@ OUTPUT_NAME = "frames"
 
 
 def resolve_frame_shape(card: ModelCard, frame_shape=None, fallback=None, fallback_name: str = "movie") -> tuple[int, int]:
-    """Frame size to export at: explicit > card > fallback (a movie's frame size) > error."""
+    """Frame size to export at: explicit > card > fallback (a movie's frame size) > error.
+
+    Two numbers H W, or three I J K for a model of volumes (card layout `volumes`, fMRI)."""
+    volumes = getattr(card, "layout", "frames") == "volumes"
     for fs in (frame_shape, card.frame_shape, fallback):
         if fs is not None:
             fs = tuple(int(s) for s in fs)
-            if len(fs) != 2 or min(fs) < 1:
-                raise UserError(f"frame shape must be two positive numbers H W, got {fs}")
+            if len(fs) != (3 if volumes else 2) or min(fs) < 1:
+                what = "three positive numbers I J K (a volume; --check RUN.nii.gz takes them from a run)" \
+                    if volumes else "two positive numbers H W"
+                raise UserError(f"frame shape must be {what}, got {fs}")
             return fs  # type: ignore[return-value]
     raise UserError(
         f"the model card has no frame size ({card.arch} works at any size); pass --frame-shape H W "

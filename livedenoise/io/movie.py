@@ -58,8 +58,9 @@ class Movie(ABC):
         return int(self.shape[0])
 
     @property
-    def frame_shape(self) -> tuple[int, int]:
-        return (int(self.shape[1]), int(self.shape[2]))
+    def frame_shape(self) -> tuple[int, ...]:
+        """(H, W) of a frame; (I, J, K) where the frames are volumes (a NIfTI run)."""
+        return tuple(int(s) for s in self.shape[1:])
 
     @property
     def nbytes(self) -> int:
@@ -90,8 +91,8 @@ class Movie(ABC):
         self.close()
 
     def describe(self) -> str:
-        t, h, w = self.shape
-        return f"{self.path.name}: {t} frames of {h}x{w} {np.dtype(self.dtype).name}"
+        t, *fs = self.shape
+        return f"{self.path.name}: {t} frames of {'x'.join(map(str, fs))} {np.dtype(self.dtype).name}"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"

@@ -37,6 +37,7 @@ import numpy as np
 
 from livedenoise.errors import UserError
 from livedenoise.io import atomic
+from livedenoise.io.movie import Movie
 
 NIFTI_EXTS = (".nii", ".nii.gz")
 TIME_TO_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
@@ -108,8 +109,12 @@ def tr_seconds(header) -> float | None:
     return tr * TIME_TO_S[t_unit]
 
 
-class NiftiVolumes:
+class NiftiVolumes(Movie):
     """A 4D NIfTI run read lazily: `len()` volumes of shape `volume_shape` = (I, J, K).
+
+    A `Movie` whose frames are volumes (`open_movie` dispatches `.nii`/`.nii.gz` here):
+    `shape` is (T, I, J, K), `frame_shape` the volume shape, `frame_rate` 1 / TR
+    (volumes per second) when the TR is known.
 
     Attributes: `path`, `shape` (T, I, J, K), `dtype` (the stored type, float32 when
     the header scales), `header` (nibabel header, a copy), `affine` ((4, 4) float64,
@@ -157,6 +162,7 @@ class NiftiVolumes:
         self.dtype = np.dtype(np.float32) if self.scaled else np.dtype(img.get_data_dtype()).newbyteorder("=")
         self.shape = (shape[3], shape[0], shape[1], shape[2])
         self.bids = bids_entities(self.path)
+        self.frame_rate = 1.0 / self.tr if self.tr else None
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -164,6 +170,11 @@ class NiftiVolumes:
     @property
     def volume_shape(self) -> tuple[int, int, int]:
         return tuple(self.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:  # type: ignore[override]
+        """A frame of this movie is a volume: (I, J, K)."""
+        return self.volume_shape
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Volumes start..stop-1 as a new (stop - start, I, J, K) array of `dtype` (only those are read)."""

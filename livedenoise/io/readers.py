@@ -13,7 +13,8 @@ tifffile, LZW / zstd / LZMA ... through `imagecodecs`), ScanImage TIFF (channels
 planes de-interleaved by `livedenoise.io.readers_scanimage`, chosen with
 `channel=` / `plane=`), HDF5 (.h5/.hdf5/.hdf, `dataset=`; by default the dataset named by the file's
 `default_dataset` attribute, else the only dataset of 3 or more axes, else `data` or `mov`),
-NumPy (.npy).
+NumPy (.npy), and 4D NIfTI fMRI runs (.nii/.nii.gz: `livedenoise.io.nifti`, a movie whose
+frames are (I, J, K) volumes, so `shape` is (T, I, J, K)).
 
 Axes (letters T Z Y X C, `livedenoise.io.movie.plan_axes`): what the file says
 first: HDF5 DIMENSION_LABELS (h5py `dset.dims[i].label`: t/time/frame, z/plane,
@@ -44,6 +45,7 @@ from livedenoise.errors import UserError
 from livedenoise.io.movie import (
     AxisPlan, Movie, axis_letter, first_line, missing_codec, parse_axes, plan_axes, quiet_tifffile,
 )
+from livedenoise.io.nifti import NIFTI_EXTS, is_nifti_path, open_nifti
 from livedenoise.io.readers_scanimage import is_scanimage_tiff, open_scanimage_movie
 
 TIFF_EXTS = (".tif", ".tiff")
@@ -54,11 +56,11 @@ DEFAULT_DATASETS = ("data", "mov")
 
 
 class ArrayMovie(Movie):
-    """A movie backed by an array (np.memmap for files; any (T, H, W) array in tests)."""
+    """A movie backed by an array (np.memmap for files; any (T, H, W) array in tests, or (T, I, J, K) volumes)."""
 
     def __init__(self, array: np.ndarray, path: str | os.PathLike = "<array>", *, owner=None):
-        if array.ndim != 3:
-            raise ValueError(f"expected a (T, H, W) array, got shape {array.shape}")
+        if array.ndim not in (3, 4):
+            raise ValueError(f"expected a (T, H, W) movie or a (T, I, J, K) run of volumes, got shape {array.shape}")
         self._array = array
         self._owner = owner
         self.path = Path(path)
@@ -546,10 +548,17 @@ def open_movie(
     if not path.exists():
         raise UserError(f"movie file {path} does not exist; check the path")
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a movie file ({', '.join(MOVIE_EXTS)})")
+        raise UserError(f"{path} is a folder; give a movie file ({', '.join(MOVIE_EXTS + NIFTI_EXTS)})")
+    if is_nifti_path(path):  # a 4D fMRI run: frames are volumes (T, I, J, K)
+        given = [flag for flag, v in (("--channel", channel), ("--plane", plane), ("--dataset", dataset),
+                                      ("--axes", axes)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} do(es) not apply to {path.name}: a NIfTI run's axes come from its "
+                            "header (x, y, z, time)")
+        return open_nifti(path)
     ext = path.suffix.lower()
     if ext not in MOVIE_EXTS:
-        raise UserError(f"{path}: unknown movie format {ext or '(no extension)'!r}; use one of {', '.join(MOVIE_EXTS)}")
+        raise UserError(f"{path}: unknown movie format {ext or '(no extension)'!r}; use one of {', '.join(MOVIE_EXTS + NIFTI_EXTS)}")
     if dataset is not None and ext not in HDF5_EXTS:
         raise UserError(f"--dataset applies to HDF5 files only; {path.name} is {ext}")
     axes = parse_axes(axes)

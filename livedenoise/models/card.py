@@ -31,7 +31,7 @@ class ModelCard:
     offsets: list[int]
     """Input frame offsets relative to the predicted frame, in input-channel order."""
     layout: str = "frames"
-    """How one input frame is laid out: `frames` (H x W image) or an ephys layout."""
+    """How one input frame is laid out: `frames` (H x W image), `volumes` (I x J x K fMRI volume) or an ephys layout."""
     frame_shape: list[int] | None = None
     """[H, W] the model was built for, or None when any size works."""
     norm_mean: float = 0.0
@@ -62,7 +62,9 @@ class ModelCard:
 
     @property
     def window(self) -> WindowSpec:
-        return WindowSpec(tuple(int(o) for o in self.offsets), int(self.omission))
+        """The window; blind-spot (`WindowSpec.blind`) when the architecture's params say `blind_spot`."""
+        return WindowSpec(tuple(int(o) for o in self.offsets), int(self.omission),
+                          blind=bool((self.params or {}).get("blind_spot", False)))
 
     @property
     def lag(self) -> int:
@@ -107,6 +109,9 @@ class ModelCard:
     def summary(self) -> str:
         head = (f"{self.arch}({self.params.get('preset', '')}) {self.modality} pre={self.pre} post={self.post} "
                 f"omission={self.omission} lag={self.lag}")
+        if self.layout == "volumes":  # fmri: whole volumes of any size
+            shape = "any size" if self.frame_shape is None else "x".join(map(str, self.frame_shape))
+            return f"{head} volumes={shape}"
         if self.layout != "frames":  # ephys: windows of samples over any channel count
             return f"{head} (samples) layout={self.layout}"
         shape = "any size" if self.frame_shape is None else "x".join(map(str, self.frame_shape))

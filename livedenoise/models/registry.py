@@ -50,8 +50,8 @@ from typing import Any, Mapping
 from livedenoise.errors import UserError
 
 NETS_PACKAGE = "livedenoise.models.nets"
-MODALITIES = ("2p", "ephys")
-"""What an architecture reads: `2p` frames (imaging, also used for fMRI cards) or `ephys` samples."""
+MODALITIES = ("2p", "ephys", "fmri")
+"""What an architecture reads: `2p` frames (imaging), `ephys` samples, or `fmri` volumes (4D NIfTI runs)."""
 TRAINERS = ("imaging", "ephys", "filter")
 """How `livedenoise train` makes a model: `imaging` (train/imaging.py), `ephys` (train/ephys.py),
 `filter` (a fixed or grid-searched filter, written without training)."""
@@ -66,7 +66,7 @@ class Arch:
     name: str
     """Registered name, stored in every model card (`card.arch`)."""
     modality: str
-    """`2p` (frames) or `ephys` (samples x channels)."""
+    """`2p` (frames), `ephys` (samples x channels) or `fmri` (volumes)."""
     trainer: str
     """`imaging`, `ephys` or `filter` (see TRAINERS)."""
     presets: Mapping[str, dict] = field(default_factory=dict)
@@ -74,7 +74,8 @@ class Arch:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """Defaults for `train`: pre, post, omission, preset, and loss/crop/batch/lr where they apply."""
     layout: str = "frames"
-    """How one input frame is laid out: `frames` (H x W image), or the default ephys layout."""
+    """How one input frame is laid out: `frames` (H x W image), `volumes` (I x J x K fMRI volume), or the default
+    ephys layout."""
     layouts: tuple[str, ...] = ()
     """Every layout the architecture accepts (default: just `layout`)."""
     default: bool = False
@@ -200,7 +201,7 @@ def _check_name(name: str) -> dict:
 
 
 def modality(name: str) -> str:
-    """`2p` or `ephys` (from source: no torch import)."""
+    """`2p`, `ephys` or `fmri` (from source: no torch import)."""
     return _check_name(name)["modality"]
 
 
@@ -318,7 +319,7 @@ def check_length(card, n: int, what: str) -> None:
     """UserError naming the rule when `what` (e.g. "movie.tif") has fewer than `min_frames(card)` frames."""
     need = min_frames(card)
     if n < need:
-        unit = "samples" if card.modality == "ephys" else "frames"
+        unit = {"ephys": "samples", "fmri": "volumes"}.get(card.modality, "frames")
         raise UserError(f"{what} has {n} {unit} but this {card.arch} model needs at least {need}; "
                         "use a longer recording or a model with a smaller window")
 

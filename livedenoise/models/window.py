@@ -2,8 +2,9 @@
 
 A window is a set of frame offsets relative to the frame being predicted plus
 an `omission` band: frames with 0 < |j - t| <= omission are never inputs.
-Offset 0 (the frame itself) is used only by classic filters, never by a
-self-supervised model. Lag is the furthest future offset used.
+Offset 0 (the frame itself) is used only by classic filters and by blind-spot
+models whose network hides the predicted voxel itself (`fmri-blind`), never
+by a self-supervised model that reads the whole frame. Lag is the furthest future offset used.
 
 Edge policy (the same offline and streaming, so both give the same frames):
 for output t the usable frames are 0..H with H = t + lag, capped at the last
@@ -25,8 +26,14 @@ import numpy as np
 class WindowSpec:
     offsets: tuple[int, ...]
     omission: int = 0
+    blind: bool = False
+    """A blind-spot window (`fmri-blind`): offset 0 is frame t read with its predicted sample hidden by the
+    network, so no other offset may ever resolve to frame t (at the edges, where the rule below would reflect
+    or clamp onto t, it takes another usable frame; with none, there is no prediction: passthrough)."""
 
     def __post_init__(self) -> None:
+        if self.blind and 0 not in self.offsets:
+            raise ValueError("a blind-spot window reads frame t (offset 0) with its sample hidden; offset 0 is missing")
         if not self.offsets:
             raise ValueError("a window needs at least one input offset")
         if self.omission < 0:
@@ -48,7 +55,7 @@ class WindowSpec:
 
     @property
     def uses_target(self) -> bool:
-        """True only for classic filters, which may read the frame they filter."""
+        """True for classic filters, which may read the frame they filter, and blind-spot models (`fmri-blind`)."""
         return 0 in self.offsets
 
     @property
@@ -72,7 +79,7 @@ class WindowSpec:
         file); None while frames keep coming.
         """
         horizon = t + self.lag if last is None else min(last, t + self.lag)
-        past_hi = min(t if self.uses_target else t - self.omission - 1, horizon)
+        past_hi = min(t if self.uses_target and not self.blind else t - self.omission - 1, horizon)
         fut_lo = t + self.omission + 1
         has_past = past_hi >= 0
         has_future = fut_lo <= horizon
@@ -85,6 +92,9 @@ class WindowSpec:
         out = np.empty(len(self.offsets), dtype=np.int64)
         for k, o in enumerate(self.offsets):
             j = t + o
+            if o == 0:  # the frame itself (filters; blind-spot models, which hide its sample)
+                out[k] = t
+                continue
             if not usable(j):
                 j = t - o if usable(t - o) else self._nearest(j, past_hi, fut_lo, horizon)
             out[k] = j

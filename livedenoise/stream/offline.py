@@ -29,7 +29,7 @@ import numpy as np
 from livedenoise.errors import UserError
 from livedenoise.models.innovation import InnovationStep, step_for
 from livedenoise.models.registry import check_length, min_frames
-from livedenoise.stream.pipeline import FramePipeline
+from livedenoise.stream.pipeline import FRAME_AXES, FramePipeline
 
 DEFAULT_CHUNK = 128  # frames per read, rounded up to a whole number of batches
 
@@ -59,12 +59,19 @@ class DenoiseStats:
 
 def check_movie_fits(movie, card) -> None:
     """UserError when the movie is shorter than the model's minimum (`registry.check_length`,
-    the rule `train` and `serve` use too), has the wrong frame size, or the model is not an imaging model."""
-    if getattr(card, "layout", "frames") != "frames":
+    the rule `train` and `serve` use too), has the wrong frame size, or the model does not read its frames
+    (an ephys model; a volume model on 2D frames or an imaging model on a NIfTI run)."""
+    layout = getattr(card, "layout", "frames")
+    if layout not in FRAME_AXES:
         raise UserError(f"this model expects {card.layout!r} input ({card.modality}), not imaging frames")
+    ndim = len(movie.shape) - 1
+    if ndim != FRAME_AXES[layout]:
+        what = {2: "2D frames", 3: "3D volumes (a 4D NIfTI run)"}.get(ndim, f"{ndim}-axis frames")
+        wants = "4D NIfTI runs (.nii, .nii.gz)" if layout == "volumes" else "movies of 2D frames"
+        raise UserError(f"{movie.path.name} holds {what} but this {card.arch} model ({card.modality}) reads {wants}")
     check_length(card, len(movie), movie.path.name)
     if card.frame_shape is not None and list(movie.shape[1:]) != list(card.frame_shape):
-        h, w = movie.shape[1:]
+        h, w = movie.shape[1:3]
         raise UserError(
             f"{movie.path.name} has {h}x{w} frames but this exported model is fixed to "
             f"{'x'.join(map(str, card.frame_shape))} frames; export the .pt checkpoint again with "
@@ -123,15 +130,15 @@ def denoise_movie(movie, engine, writer, *, batch: int = 8, out_dtype=None, prog
         raise ValueError(f"{len(counters)} counters for a movie of {len(movie)} frames")
     dtype = output_dtype(movie.dtype, out_dtype)
     t_total = len(movie)
-    h, w = movie.shape[1:]
+    fs = tuple(int(s) for s in movie.shape[1:])
     chunk = max(batch, -(-int(chunk) // batch) * batch)
     spec = card.window
     margin = 2 * (spec.lag - min(0, min(spec.offsets)) + batch + min_frames(card)) + 8
     stats_given, first_n, mode = _norm_plan(movie, card, norm, renorm)
-    pipe = FramePipeline(engine, (h, w), movie.dtype, capacity=max(min(t_total, chunk), first_n) + 2 * first_n + margin,
+    pipe = FramePipeline(engine, fs, movie.dtype, capacity=max(min(t_total, chunk), first_n) + 2 * first_n + margin,
                          max_batch=batch, innovation=innovation, step=step, name=movie.path.name,
                          norm=stats_given, renorm=first_n, renorm_rate=renorm_rate if first_n else 0.0)
-    out = np.empty((chunk, h, w), dtype)
+    out = np.empty((chunk, *fs), dtype)
     filled = 0
 
     bar = own_bar = None
@@ -223,11 +230,12 @@ def denoise_array(engine, data: np.ndarray, **kw) -> np.ndarray:
 
     Imaging (`engine.card.layout == "frames"`): `data` is a (T, H, W) movie;
     returns (T, H, W) float32, `denoise_movie` of it (keywords: batch,
-    innovation, counters, step, chunk). Ephys models: `data` is (samples,
+    innovation, counters, step, chunk). fMRI (`layout == "volumes"`): the same
+    with a (T, I, J, K) run. Ephys models: `data` is (samples,
     channels) in µV and the call goes to `livedenoise.stream.ephys`
     (keywords as documented there).
     """
-    if getattr(engine.card, "layout", "frames") != "frames":
+    if getattr(engine.card, "layout", "frames") not in FRAME_AXES:
         from livedenoise.stream import ephys
 
         return ephys.denoise_samples(engine, data, **kw)
@@ -278,20 +286,29 @@ def denoise_file(
     threads: int | None = None,
     renorm_rate: float = 0.0,
 ) -> DenoiseStats:
-    """Open `src`, denoise it with `model`, write `dst` (TIFF or HDF5). The input is never written.
+    """Open `src`, denoise it with `model`, write `dst` (TIFF or HDF5; a 4D NIfTI run is written as NIfTI,
+    `.nii` or `.nii.gz`, with its own header, affine, TR and units). The input is never written.
 
     `innovation` applies the innovation step with the card's settings (`innovation_k` overrides k).
     `axes`: the stored layout when the file does not say (`open_movie`). `norm`/`renorm`: as in
     `denoise_movie`; by default the movie's own statistics (a model serves other sessions).
     """
     from livedenoise.export.engines import open_engine
+    from livedenoise.io.nifti import NiftiWriter, is_nifti_path
     from livedenoise.io.readers import open_movie
     from livedenoise.io.writers import WRITER_EXTS
 
     src, dst = Path(src), Path(dst)
     if same_file(src, dst):
         raise UserError(f"output {dst} is the input file; choose another output name (the input is never overwritten)")
-    if dst.suffix.lower() not in WRITER_EXTS:
+    nifti = is_nifti_path(src)
+    if nifti and not is_nifti_path(dst):
+        raise UserError(f"{src.name} is a NIfTI run: its output is NIfTI too, with the input's header, affine and TR; "
+                        f"name the output .nii or .nii.gz (not {dst.name})")
+    if is_nifti_path(dst) and not nifti:
+        raise UserError(f"cannot write {dst.name}: NIfTI output needs a NIfTI input (its header says what the voxels "
+                        f"are); write {src.name}'s output as one of {', '.join(WRITER_EXTS)}")
+    if not nifti and dst.suffix.lower() not in WRITER_EXTS:
         raise UserError(f"cannot write {dst.name}: unknown output format {dst.suffix or '(no extension)'!r}; use one of {', '.join(WRITER_EXTS)}")
     from livedenoise.io.writers import open_writer
 
@@ -306,7 +323,13 @@ def denoise_file(
         # the file's own frame numbers (ScanImage frameNumbers, a --record file's `frame`) split it at
         # gaps exactly as the live service splits the same stream
         counters = movie.counters()
-        with open_writer(dst, len(movie), movie.shape[1:], dtype, attrs=attrs) as writer:
+        if nifti:  # the input's header (affine, TR, units, extensions); data type, shape and scaling are the output's
+            if not dst.parent.exists():
+                raise UserError(f"output folder {dst.parent} does not exist")
+            writer = NiftiWriter(dst, movie.header, len(movie), movie.shape[1:], dtype)
+        else:
+            writer = open_writer(dst, len(movie), movie.shape[1:], dtype, attrs=attrs)
+        with writer:
             return denoise_movie(movie, engine, writer, batch=batch, out_dtype=out_dtype, progress=progress, chunk=chunk,
                                  innovation=inno, counters=counters, step=movie.frame_step, norm=norm, renorm=renorm,
                                  renorm_rate=renorm_rate)

@@ -9,6 +9,10 @@ Every path that denoises imaging frames runs a `FramePipeline`:
   arrives, the engine loop collects and runs batches, and a `stop`, `start` or
   restart calls `finish()`.
 
+A frame is an (H, W) image or, for fMRI models (card layout `volumes`), an
+(I, J, K) volume: every rule below is the same for both (the innovation step
+applies to images only).
+
 So a streamed acquisition equals offline denoising of the same frames by
 construction: the same code decides which frames are ready, builds the same
 windows with the same edge rule, normalises with the same function and runs
@@ -84,6 +88,8 @@ from livedenoise.stream.ring import Ring
 log = logging.getLogger("livedenoise.stream")
 
 POLICIES = ("all", "latest")
+FRAME_AXES = {"frames": 2, "volumes": 3}
+"""Axes of one frame for each model layout this pipeline runs: (H, W) images, (I, J, K) fMRI volumes."""
 
 
 class PipelineCounts:
@@ -109,16 +115,16 @@ class PipelineCounts:
 
 
 class Batch:
-    """Preallocated buffers for one job: engine input windows (B, C, H, W) float32,
-    raw target frames for the innovation step, denoised and output frames (B, H, W)
-    float32, and per-output fields. Reallocated only when the frame size changes;
+    """Preallocated buffers for one job: engine input windows (B, C, *frame) float32,
+    raw target frames for the innovation step, denoised and output frames (B, *frame)
+    float32, and per-output fields (a frame is an (H, W) image or an (I, J, K) volume). Reallocated only when the frame size changes;
     several pipelines run by one thread may share one."""
 
     def __init__(self, max_batch: int, n_inputs: int, with_current: bool):
         self.max_batch = int(max_batch)
         self.n_inputs = int(n_inputs)
         self.with_current = with_current
-        self.shape: tuple[int, int] | None = None
+        self.shape: tuple[int, ...] | None = None
         b = self.max_batch
         self.index = np.zeros(b, np.int64)
         self.counter = np.zeros(b, np.int64)
@@ -128,7 +134,7 @@ class Batch:
         self.row = np.zeros(b, np.int64)
         self.idx = np.zeros(self.n_inputs, np.int64)
 
-    def ensure(self, shape: tuple[int, int]) -> None:
+    def ensure(self, shape: tuple[int, ...]) -> None:
         if self.shape == shape:
             return
         b, c = self.max_batch, self.n_inputs
@@ -159,7 +165,7 @@ class Outputs:
 
     index (n,) int64: position in the stream (0 = first frame pushed);
     counter (n,) int64, time (n,) float64 (source seconds), arrival (n,) float64
-    (`time.monotonic()` at push): as pushed; frames (n, H, W) float32 in raw units;
+    (`time.monotonic()` at push): as pushed; frames (n, *frame) float32 in raw units;
     passthrough (n,) bool: raw frame, not denoised; engine_ms: the engine call
     (0 when none); model_frames: how many went through the engine.
     """
@@ -180,8 +186,9 @@ class Outputs:
 class FramePipeline:
     """One stream's frames -> denoised frames (see the module docstring for the rules).
 
-    Parameters: `engine` (`.run((B, C, H, W) float32) -> (B, H, W)` or (B, 1, H, W),
-    `.card` its model card); `frame_shape` (H, W) and `dtype` of the raw frames;
+    Parameters: `engine` (`.run((B, C, *frame) float32) -> (B, *frame)` or (B, 1, *frame),
+    `.card` its model card); `frame_shape` (H, W) of an image or (I, J, K) of an fMRI volume
+    (every rule below is the same for both: a volume is one frame), and `dtype` of the raw frames;
     `capacity`: frames the ring holds (>= the window's span + 2 and >= renorm);
     `max_batch`: most outputs per job; `innovation`: an `InnovationStep` or None;
     `renorm`: 0 for the card's normalisation, else the number of first frames to
@@ -194,7 +201,7 @@ class FramePipeline:
     (`PipelineCounts` by default, or any object with its attributes); `batch`: a shared `Batch` (one is made otherwise);
     `warn`: called as `warn(fmt, *args)` for the too-short warning (default: the module logger's warning; the
     service passes a rate-limited one).
-    Errors: ValueError for a capacity too small for the window or renorm.
+    Errors: ValueError for a capacity too small for the window or renorm, or a frame shape of other than 2 or 3 axes.
     """
 
     def __init__(self, engine, frame_shape: tuple[int, int], dtype, *, capacity: int, max_batch: int = 8,
@@ -215,7 +222,9 @@ class FramePipeline:
                              f"use at least {span + 2}")
         if renorm > capacity:
             raise ValueError(f"renorm over {renorm} frames needs a ring of at least that many frames")
-        self.shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.shape = tuple(int(s) for s in frame_shape)
+        if len(self.shape) not in (2, 3):
+            raise ValueError(f"frames must be (H, W) images or (I, J, K) volumes, got shape {self.shape}")
         self.ring = Ring(capacity, self.shape, dtype, {"counter": np.int64, "time": np.float64, "arrival": np.float64})
         self.max_batch = int(max_batch)
         self.innovation = innovation
@@ -252,7 +261,7 @@ class FramePipeline:
 
     # ------------------------------------------------------------------ input
     def push(self, frame: np.ndarray, counter: int | None = None, t: float = 0.0, arrival: float = 0.0) -> Step:
-        """Append one raw frame (H, W); returns how its counter continued the stream (gaps.Step).
+        """Append one raw frame (H, W) or volume (I, J, K); returns how its counter continued the stream (gaps.Step).
 
         `counter` None means the expected next value (previous + step, 0 first).
         A gap, jump or restart ends the current segment here (module docstring).
@@ -280,7 +289,7 @@ class FramePipeline:
         return what
 
     def push_many(self, frames: np.ndarray, counters=None, times=None, arrivals=None) -> None:
-        """`push` each frame of a (n, H, W) block, with optional per-frame counters / times / arrivals."""
+        """`push` each frame of a (n, *frame) block, with optional per-frame counters / times / arrivals."""
         for k in range(len(frames)):
             self.push(frames[k], None if counters is None else int(counters[k]),
                       0.0 if times is None else float(times[k]), 0.0 if arrivals is None else float(arrivals[k]))
@@ -467,18 +476,19 @@ class FramePipeline:
         frames = b.out[:n]
         ms = 0.0
         if rows:
-            h, w = self.shape
+            shape = (rows, *self.shape)
             t0 = time.perf_counter()
             pred = np.asarray(self.engine.run(b.windows[:rows]))
             ms = (time.perf_counter() - t0) * 1000
-            if pred.size != rows * h * w:
-                raise RuntimeError(f"engine returned {pred.shape}, expected {(rows, h, w)}")
+            if pred.size != int(np.prod(shape)):
+                raise RuntimeError(f"engine returned {pred.shape}, expected {shape}")
             den = b.den[:rows]
             if self.renorm_rate:  # each row with the statistics of its own block
-                np.multiply(pred.reshape(rows, h, w), b.norm_std[:rows, None, None], out=den)
-                den += b.norm_mean[:rows, None, None]
+                per_row = (rows,) + (1,) * len(self.shape)
+                np.multiply(pred.reshape(shape), b.norm_std[:rows].reshape(per_row), out=den)
+                den += b.norm_mean[:rows].reshape(per_row)
             else:
-                denormalise(pred.reshape(rows, h, w), self.mean, self.std, out=den)
+                denormalise(pred.reshape(shape), self.mean, self.std, out=den)
             bad = 0
             if self._float:
                 cur, mask = b.current[:rows], b.mask[:rows]

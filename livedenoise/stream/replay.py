@@ -1,4 +1,4 @@
-"""`livedenoise replay`: publish a movie file exactly as a microscope would.
+"""`livedenoise replay`: publish a movie file exactly as a microscope would (a 4D NIfTI run as a scanner would).
 
 The publisher binds a PUB socket (an XPUB, to see subscriptions), waits until
 `subscribers` subscribers (1 by default: e.g. `serve` and a `view` or
@@ -85,47 +85,62 @@ def _drain_subscriptions(sock: zmq.Socket) -> None:
             return
 
 
-def movie_acquisition(path, fps: float = 30.0, channel: int | None = None, plane: int | None = None,
+def movie_acquisition(path, fps: float | None = 30.0, channel: int | None = None, plane: int | None = None,
                       dataset: str | None = None, frames: int | None = None, source: str | None = None):
-    """(start_meta, factory) for a plain movie file; factory() yields one pass of (FrameHeader, pixels)."""
+    """(start_meta, factory, movie) for a plain movie file; factory() yields one pass of (FrameHeader, pixels).
+
+    A 4D NIfTI run is published volume by volume (frames with a `depth`, docs/protocol.md), paced at its TR
+    when `fps` is None (UserError when the file gives no TR); a plain movie at 30 frames/s then."""
     from livedenoise.io.readers import open_movie
 
     movie = open_movie(path, dataset=dataset)
     n = len(movie) if frames is None else min(frames, len(movie))
     if n < 1:
         raise UserError(f"{path}: no frames to replay")
+    tr = getattr(movie, "tr", None)  # a NIfTI run: volumes, paced at its TR unless --fps says otherwise
+    volumes = len(movie.frame_shape) == 3
+    if fps is None:
+        if volumes and not tr:
+            raise UserError(f"{Path(path).name} does not say its TR (no time unit in the header, no BIDS sidecar "
+                            "RepetitionTime); give the volume rate with --fps (volumes per second, 1 / TR)")
+        fps = 1.0 / tr if volumes else 30.0
     dtype = wire_dtype(movie.dtype)
     if np.dtype(dtype) != np.dtype(movie.dtype).newbyteorder("<"):
         log.info("replay: %s samples are sent as %s", np.dtype(movie.dtype).name, dtype)
-    h, w = movie.frame_shape
+    fs = tuple(int(s) for s in movie.frame_shape)
     ch, pl = channel or 1, plane or 1
     src = source or f"replay:{Path(path).name}"
-    meta = {"frame_rate": fps, "frame_size": [h, w], "channels": [ch], "planes": 1, "frames": n,
+    meta = {"frame_rate": fps, "frame_size": list(fs[-2:]), "channels": [ch], "planes": 1, "frames": n,
             "dtype": dtype, "source": src}
+    if volumes:
+        meta.update(depth=fs[0], tr=1.0 / fps, volume_rate=fps)
 
     def one_pass() -> Iterator[tuple[FrameHeader, np.ndarray]]:
-        for a in range(0, n, 64):
-            block = movie.read(a, min(n, a + 64))
+        block_n = 64 if not volumes else 4
+        for a in range(0, n, block_n):
+            block = movie.read(a, min(n, a + block_n))
             for k, img in enumerate(block):
                 i = a + k
-                yield FrameHeader(frame=i, t=i / fps, shape=(h, w), dtype=dtype, channel=ch, plane=pl, source=src), img
+                yield FrameHeader(frame=i, t=i / fps, shape=fs, dtype=dtype, channel=ch, plane=pl, source=src), img
 
     return meta, one_pass, movie
 
 
 def array_acquisition(movie: np.ndarray, fps: float = 30.0, channel: int = 1, plane: int = 1, source: str = "array"):
-    """(start_meta, factory) for an in-memory (T, H, W) array (tests, bench, demo)."""
+    """(start_meta, factory) for an in-memory (T, H, W) array, or (T, D, H, W) volumes (tests, bench, demo)."""
     movie = np.asarray(movie)
-    if movie.ndim != 3:
-        raise ValueError(f"expected a (T, H, W) movie, got shape {movie.shape}")
+    if movie.ndim not in (3, 4):
+        raise ValueError(f"expected a (T, H, W) movie or (T, D, H, W) volumes, got shape {movie.shape}")
     dtype = wire_dtype(movie.dtype)
-    n, h, w = movie.shape
-    meta = {"frame_rate": fps, "frame_size": [h, w], "channels": [channel], "planes": 1, "frames": n,
+    n, fs = movie.shape[0], tuple(int(s) for s in movie.shape[1:])
+    meta = {"frame_rate": fps, "frame_size": list(fs[-2:]), "channels": [channel], "planes": 1, "frames": n,
             "dtype": dtype, "source": source}
+    if len(fs) == 3:
+        meta.update(depth=fs[0], tr=1.0 / fps, volume_rate=fps)
 
     def one_pass():
         for i in range(n):
-            yield FrameHeader(frame=i, t=i / fps, shape=(h, w), dtype=dtype, channel=channel, plane=plane, source=source), movie[i]
+            yield FrameHeader(frame=i, t=i / fps, shape=fs, dtype=dtype, channel=channel, plane=plane, source=source), movie[i]
 
     return meta, one_pass
 
@@ -195,7 +210,8 @@ def replay_movie(path, endpoint: str = DEFAULT_INPUT, fps: float | None = 30.0, 
                  ctx: zmq.Context | None = None, on_sent=None, subscribers: int = 1, announce=None) -> dict:
     """Publish a movie file on `endpoint` like a microscope; returns {frames, passes, seconds, fps, late, subscribers}.
 
-    `fps=None` paces a ScanImage TIFF by its recorded frame times (30 Hz for plain movies).
+    `fps=None` paces a ScanImage TIFF by its recorded frame times, a 4D NIfTI run at its TR (one volume
+    per TR, sent as a frame with a `depth`), a plain movie at 30 Hz.
     `subscribers`: how many to wait for (up to `wait_s` s); `announce(line)` is called
     once the movie is open and the endpoint bound, before waiting.
     """
@@ -210,9 +226,8 @@ def replay_movie(path, endpoint: str = DEFAULT_INPUT, fps: float | None = 30.0, 
         def one_pass():  # a fresh read of the file for every --loop pass
             return passes.pop() if passes else _filter(si.scanimage_acquisition(path)[1], channel, plane, frames)
     else:
-        if fps is None:
-            fps = 30.0
         start_meta, one_pass, movie = movie_acquisition(path, fps, channel, plane, dataset, frames)
+        fps = start_meta["frame_rate"]
     if fps is not None and fps <= 0:
         raise UserError(f"--fps must be > 0, got {fps}")
     own = ctx is None

@@ -51,7 +51,7 @@ from livedenoise.models.innovation import step_for
 from livedenoise.models.registry import min_frames
 from livedenoise.stream.health import ThreadHealth
 from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
-from livedenoise.stream.pipeline import Batch, FramePipeline
+from livedenoise.stream.pipeline import FRAME_AXES, Batch, FramePipeline
 from livedenoise.stream.sources.frames import Acquisition, FrameReceiver, RateLimitedLog, StreamTable
 from livedenoise.stream.stats import ServiceStats
 
@@ -140,9 +140,9 @@ class ServeConfig:
 
 def _check_engine(engine, cfg: ServeConfig) -> None:
     card = engine.card
-    if card.modality != "2p":
+    if card.layout not in FRAME_AXES:
         raise UserError(
-            f"serve denoises imaging frames, but this model is for {card.modality} data; "
+            f"serve denoises imaging frames and fMRI volumes, but this model is for {card.modality} data; "
             "use `livedenoise sidecar` for Open Ephys models"
         )
     span = card.window.lag - min(0, min(card.window.offsets))
@@ -468,12 +468,20 @@ class Service:
         if not acq.checked:
             acq.checked = True
             fs = self.card.frame_shape
-            if fs is not None and tuple(fs) != acq.shape:
+            axes = FRAME_AXES.get(self.card.layout)
+            if axes is not None and len(acq.shape) != axes:
                 acq.failed = True
                 self.stats.engine_errors += 1
-                log.error("stream ch%d plane%d sends %dx%d frames but the model was built for %s frames; "
+                log.error("stream ch%d plane%d sends %s %s but the model (%s) reads %s; this acquisition is only "
+                          "recorded", acq.stream[0], acq.stream[1], "x".join(map(str, acq.shape)),
+                          "volumes" if len(acq.shape) == 3 else "frames", self.card.arch,
+                          "volumes (frames with a `depth`)" if axes == 3 else "2D frames")
+            elif fs is not None and tuple(fs) != acq.shape:
+                acq.failed = True
+                self.stats.engine_errors += 1
+                log.error("stream ch%d plane%d sends %s frames but the model was built for %s frames; "
                           "this acquisition is only recorded (use a model exported at this size)",
-                          acq.stream[0], acq.stream[1], *acq.shape, "x".join(map(str, fs)))
+                          acq.stream[0], acq.stream[1], "x".join(map(str, acq.shape)), "x".join(map(str, fs)))
         return not acq.failed
 
     def _run_job(self, acq: Acquisition, job) -> None:
@@ -482,8 +490,9 @@ class Service:
         except Exception as exc:
             acq.failed = True
             self.stats.engine_errors += 1
-            log.error("engine failed on stream ch%d plane%d (%dx%d frames): %s; this acquisition is only recorded",
-                      acq.stream[0], acq.stream[1], *acq.shape, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.error("engine failed on stream ch%d plane%d (%s frames): %s; this acquisition is only recorded",
+                      acq.stream[0], acq.stream[1], "x".join(map(str, acq.shape)),
+                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return
         if res.model_frames:
             self.stats.batches += 1

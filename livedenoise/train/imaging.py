@@ -45,7 +45,7 @@ from livedenoise.train.samples import MovieSource, SampleMaker, sample_norm
 
 LOSSES = ("l1", "l2", "mixed")
 DEFAULT_STEPS = 2000
-TRAINED_DEFAULTS = ("preset", "loss", "crop", "batch", "lr")
+TRAINED_DEFAULTS = ("preset", "pre", "post", "omission", "loss", "crop", "batch", "lr")
 """TrainConfig fields that default (when None) to the architecture's declared defaults (`registry.defaults`)."""
 
 
@@ -59,9 +59,10 @@ class TrainConfig:
     arch: str | None = None
     """A registered imaging architecture; None: the default (`registry.default_name("2p")`, interp2d)."""
     preset: str | None = None
-    pre: int = 8
-    post: int = 1
-    omission: int = 0
+    pre: int | None = None
+    """Window: frames before the predicted one; None: the architecture's default (8 for interp2d, 2 for fmri-blind)."""
+    post: int | None = None
+    omission: int | None = None
     loss: str | None = None
     """l1, l2 or mixed (0.5 L1 + 0.5 L2); default: the architecture's (l2 for interp2d, mixed for cad3d)."""
     crop: int | None = None
@@ -249,12 +250,13 @@ def _evaluate(net, val: tuple[torch.Tensor, torch.Tensor], lossf, chunk: int = 8
 
 
 def held_out_frames(card: ModelCard, src: MovieSource, max_frames: int = 300, max_side: int = 256) -> np.ndarray:
-    """The first `max_frames` frames of `src` (a centre crop of at most `max_side`), float32 (T, h, w)."""
+    """The first `max_frames` frames of `src` (a centre crop of at most `max_side` along each axis),
+    float32 (T, h, w), or (T, i, j, k) for volumes."""
     n = min(len(src), max_frames)
-    h, w = src.frame_shape
-    ch, cw = (h, w) if card.frame_shape is not None else (min(h, max_side), min(w, max_side))
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(src.frames(range(n))[:, y:y + ch, x:x + cw], dtype=np.float32)
+    fs = tuple(src.frame_shape)
+    sides = fs if card.frame_shape is not None else tuple(min(s, max_side) for s in fs)
+    box = tuple(slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(fs, sides))
+    return np.ascontiguousarray(src.frames(range(n))[(slice(None), *box)], dtype=np.float32)
 
 
 def predict(net, card: ModelCard, raw: np.ndarray, device: torch.device) -> np.ndarray:
@@ -318,11 +320,14 @@ def _select_and_report(net, card: ModelCard, candidates: dict[str, dict], src: M
         losses[name] = held_out_loss(raw, preds[name], past, card.lag)
     chosen = min(losses, key=lambda k: losses[k])
     net.load_state_dict(candidates[chosen])
-    h, w = raw.shape[1:]
+    h, w = raw.shape[1:3]
     side = 128  # the report's crop: enough pixels, seconds not minutes on a CPU
     y, x = (h - min(h, side)) // 2, (w - min(w, side)) // 2
     crop = (slice(None), slice(y, y + min(h, side)), slice(x, x + min(w, side)))
     try:
+        if raw.ndim != 3:
+            raise ValueError("the quality report scores 2D imaging movies; for fMRI runs see the simulator's "
+                             "metrics (livedenoise.sim.fmri_metrics) and docs/benchmarks.md")
         quality = quality_report(raw[crop], preds[chosen][crop], past, card.lag)
         quality["held_out"] = held_out
         quality["source"] = src.name

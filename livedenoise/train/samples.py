@@ -12,7 +12,10 @@ The architecture says which pairs (`registry.target_shift(card)`):
   frame + k; the loss covers every temporal position.
 
 Crops are square (so rot90 applies) and augmented with flips and rot90,
-identically for input and target.
+identically for input and target. fMRI volumes (I, J, K) give cubic crops
+(the side capped by the volume's smallest axis), flipped along I only: the
+voxel grid is usually anisotropic (slices thicker than in-plane voxels), so
+axes are never swapped, and a left-right flip keeps the anatomy plausible.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ IN_MEMORY_BYTES = 2 << 30
 
 
 class MovieSource:
-    """Frames lo..hi-1 of an array-like movie (N, H, W), seen as a movie of its own."""
+    """Frames lo..hi-1 of an array-like movie (N, H, W) or run of volumes (N, I, J, K), seen as a movie of its own."""
 
     def __init__(self, movie, lo: int = 0, hi: int | None = None, name: str = "movie", in_memory_bytes: int = IN_MEMORY_BYTES):
         shape = tuple(int(s) for s in getattr(movie, "shape", np.shape(movie)))
-        if len(shape) != 3:
-            raise ValueError(f"{name}: expected a movie of shape (frames, height, width), got {shape}")
+        if len(shape) not in (3, 4):
+            raise ValueError(f"{name}: expected a movie of shape (frames, height, width) or (volumes, I, J, K), "
+                             f"got {shape}")
         n = shape[0]
         hi = n if hi is None else min(int(hi), n)
         lo = max(0, int(lo))
@@ -43,7 +47,7 @@ class MovieSource:
         self.name = name
         self.lo, self.hi = lo, hi
         self.frame_shape = shape[1:]
-        nbytes = (hi - lo) * shape[1] * shape[2] * 4
+        nbytes = (hi - lo) * int(np.prod(shape[1:])) * 4
         self._reader = None
         if nbytes <= in_memory_bytes:
             self.data = np.asarray(movie.read(lo, hi)) if _is_reader(movie) else np.asarray(movie[lo:hi])
@@ -63,15 +67,21 @@ class MovieSource:
     def last(self) -> int:
         return len(self) - 1
 
-    def crop(self, indices: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
-        """(len(indices), size, size) float32 crop of the given (local) frames."""
+    def crop(self, indices: np.ndarray, *corner_and_size: int) -> np.ndarray:
+        """(len(indices), size, ...) float32 crop of the given (local) frames: `crop(idx, y, x, size)` for
+        images, `crop(idx, i, j, k, size)` for volumes (a cube of side `size` from corner (i, j, k))."""
+        *corner, size = (int(v) for v in corner_and_size)
+        if len(corner) != len(self.frame_shape):
+            raise ValueError(f"a crop of {len(self.frame_shape)}-axis frames needs {len(self.frame_shape)} corner "
+                             f"coordinates, got {len(corner)}")
+        box = tuple(slice(c, c + size) for c in corner)
         idx = np.asarray(indices, dtype=np.int64) + self.offset
         if self._reader is not None:
-            return np.stack([self._frame(int(i))[y : y + size, x : x + size] for i in idx]).astype(np.float32)
+            return np.stack([self._frame(int(i))[box] for i in idx]).astype(np.float32)
         try:
-            block = self.data[idx, y : y + size, x : x + size]
+            block = self.data[(idx, *box)]
         except (TypeError, IndexError, ValueError):
-            block = np.stack([np.asarray(self.data[int(i)])[y : y + size, x : x + size] for i in idx])
+            block = np.stack([np.asarray(self.data[int(i)])[box] for i in idx])
         return np.asarray(block, dtype=np.float32)
 
     def frames(self, indices) -> np.ndarray:
@@ -130,6 +140,10 @@ def plan_source(card, src: MovieSource) -> Plan:
 
 
 def _augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if x.ndim == 4:  # (C, I, J, K) volumes: a flip along I only (axes never swapped: voxels are anisotropic)
+        if rng.integers(2):
+            x, y = x[:, ::-1], y[:, ::-1]
+        return x, y
     k = int(rng.integers(4))
     if k:
         x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
@@ -165,15 +179,14 @@ class SampleMaker:
         t = int(plan.ts[int(rng.integers(len(plan.ts)))])
         src = plan.source
         c = self.crop
-        y0 = int(rng.integers(src.frame_shape[0] - c + 1))
-        x0 = int(rng.integers(src.frame_shape[1] - c + 1))
+        corner = [int(rng.integers(n - c + 1)) for n in src.frame_shape]
         idx = self.card.window.source_indices(t, last=src.last)
         if self.shift is None:
-            block = src.crop(np.append(idx, t), y0, x0, c)
+            block = src.crop(np.append(idx, t), *corner, c)
             x, y = block[:-1], block[-1:]
         else:
-            x = src.crop(idx, y0, x0, c)
-            y = src.crop(idx + self.shift, y0, x0, c)
+            x = src.crop(idx, *corner, c)
+            y = src.crop(idx + self.shift, *corner, c)
         if self.augment:
             x, y = _augment(x, y, rng)
         return x, y

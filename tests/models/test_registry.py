@@ -27,14 +27,18 @@ def _card(name: str) -> ModelCard:
     return registry.make_card(name, **extra)
 
 
-def test_the_six_architectures_are_registered():
-    assert set(registry.names()) == {"interp2d", "cad3d", "classic", "interp-ephys", "block-ephys", "interp-ephys-di"}
+def test_the_seven_architectures_are_registered():
+    assert set(registry.names()) == {"interp2d", "cad3d", "classic", "interp-ephys", "block-ephys", "interp-ephys-di",
+                                     "fmri-blind"}
     assert registry.names(modality="2p") == ["interp2d", "cad3d", "classic"]
     assert set(registry.names(modality="ephys")) == {"interp-ephys", "block-ephys", "interp-ephys-di"}
-    assert set(registry.names(trainable=True)) == {"interp2d", "cad3d", "interp-ephys", "block-ephys", "interp-ephys-di"}
+    assert registry.names(modality="fmri") == ["fmri-blind"]
+    assert set(registry.names(trainable=True)) == {"interp2d", "cad3d", "interp-ephys", "block-ephys", "interp-ephys-di",
+                                                   "fmri-blind"}
     assert registry.names(trainable=False) == ["classic"]
-    assert registry.names(trainer="imaging") == ["interp2d", "cad3d"]
+    assert registry.names(trainer="imaging") == ["interp2d", "cad3d", "fmri-blind"]
     assert registry.default_name("2p") == "interp2d" and registry.default_name("ephys") == "block-ephys"
+    assert registry.default_name("fmri") == "fmri-blind"
     assert dict(registry.ARCHS)["cad3d"] == "livedenoise.models.nets.cad3d"
 
 

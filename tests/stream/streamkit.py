@@ -30,7 +30,12 @@ def free_port() -> int:
 
 
 def endpoints() -> tuple[str, str]:
-    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    """Two different free loopback endpoints (both sockets held while picking, so the OS cannot hand out one
+    port twice)."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{a.getsockname()[1]}", f"tcp://127.0.0.1:{b.getsockname()[1]}"
 
 
 def lite_card(pre: int = 3, post: int = 0, mean: float = 100.0, std: float = 20.0) -> ModelCard:

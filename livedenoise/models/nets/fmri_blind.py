@@ -29,17 +29,15 @@ I/O contract: input (B, pre + post + 1, I, J, K) normalised volumes, channel c
 being volume t + offsets[c]; output (B, 1, I, J, K), the normalised prediction of
 volume t. Any I, J, K (>= 1). Outside the volume the convolution pads with zeros
 (the mean, after normalisation). At a run's first and last volumes the window
-follows `WindowSpec.source_indices` (reflected), like every other model.
+follows `WindowSpec.source_indices` (reflected), like every other model, as a
+blind-spot window (the card's params say `blind_spot`): no other channel ever
+resolves to volume t itself, so voxel v of volume t is never read through
+another channel either; a causal model's first volume has no other volume to
+read and passes through raw (flagged), as for every causal model.
 
-Registration (not yet): `registry.Arch` accepts the modalities `2p` and `ephys`
-only, so this module declares its facts in `ARCH_FIELDS` (the keywords of its
-future ``ARCH = Arch(...)``) and the registry does not discover it (a module
-without ``ARCH`` is a helper). Registering it is: "fmri" in
-`registry.MODALITIES` (and a trainer for volumes), then
-``ARCH = Arch(name="fmri-blind", modality="fmri", ...)`` written with literal
-keywords (the registry reads name, modality, trainer and layout from source,
-without importing torch). Until then `build`, `make_card`, `window`,
-`example_input` and `dynamic_axes` are called on this module directly.
+Registration: ``ARCH`` below (modality `fmri`, layout `volumes`, trained by
+`train/imaging.py` on 3D crops). `make_card` takes a `variant` (symmetric,
+short-lag, causal) as a shorthand for the window.
 """
 
 from __future__ import annotations
@@ -48,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from livedenoise.models.registry import Arch
 from livedenoise.models.window import WindowSpec
 
 NAME = "fmri-blind"
@@ -57,14 +56,14 @@ PRESETS: dict[str, dict] = {
 }
 VARIANTS: dict[str, tuple[int, int]] = {"symmetric": (2, 2), "short-lag": (3, 1), "causal": (4, 0)}
 """Named windows: variant -> (pre, post) volumes."""
-DEFAULTS = {"pre": 2, "post": 2, "omission": 0}
-ARCH_FIELDS = dict(
-    name=NAME,
+ARCH = Arch(
+    name="fmri-blind",
     modality="fmri",
     trainer="imaging",
     layout="volumes",
+    default=True,
     presets=PRESETS,
-    defaults={**DEFAULTS, "preset": "fast", "loss": "l2", "crop": 32, "batch": 4, "lr": 1e-3},
+    defaults={"pre": 2, "post": 2, "omission": 0, "preset": "fast", "loss": "l2", "crop": 16, "batch": 4, "lr": 2e-3},
     summary="DeepInterpolation's fMRI blind-spot voxel model: whole volumes per pass",
 )
 
@@ -78,14 +77,14 @@ def window(pre: int, post: int, omission: int = 0) -> WindowSpec:
         raise ValueError("fmri-blind hides only the predicted voxel of volume t: omission must be 0")
     if pre < 0 or post < 0 or pre + post == 0:
         raise ValueError(f"need pre >= 0, post >= 0 and pre + post >= 1 (got pre={pre}, post={post})")
-    return WindowSpec(tuple(range(-pre, post + 1)), 0)
+    return WindowSpec(tuple(range(-pre, post + 1)), 0, blind=True)
 
 
 def preset_params(preset: str) -> dict:
     """The card's params for a preset. ValueError for an unknown preset."""
     if preset not in PRESETS:
         raise ValueError(f"unknown {NAME} preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return {"preset": preset, **PRESETS[preset],
+    return {"preset": preset, **PRESETS[preset], "blind_spot": True,
             "io": "input (B, n_inputs, I, J, K) normalised volumes; output (B, 1, I, J, K) = volume t"}
 
 

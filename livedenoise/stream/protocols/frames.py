@@ -18,9 +18,19 @@ Limits (docs/protocol.md, "Validation"):
 | `channel` | integer 0 .. 64 |
 | `plane` | integer 0 .. 4096 |
 | `shape` | [H, W], each 1 .. 32768, H * W <= 2**24 pixels |
+| `depth` (optional) | integer 1 .. 4096: the frame is a volume of `depth` planes of [H, W] (fMRI), depth * H * W <= 2**24 |
 | `t` | finite number |
 | `source` | string of <= 256 characters |
 | `frame_step` (start) | integer 1 .. 65536 |
+| `depth` (start) | integer 0 .. 4096 (0: unknown) |
+| `tr` (start) | finite number 0 .. 1e9 (seconds) |
+
+Volumes (fMRI). A frame message whose header has `depth` D carries one volume:
+its payload is D * H * W samples, a (D, H, W) array (C order: the last axis
+fastest). A header without `depth` is a 2D frame, exactly as before; the
+protocol version stays 1 (a receiver that does not know `depth` refuses such a
+message by its payload size, never misreads it). Inside livedenoise a volume's
+`FrameHeader.shape` is (D, H, W); on the wire it is `shape` [H, W] plus `depth`.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from livedenoise.stream.protocols.edge import (
 
 __all__ = [
     "PROTOCOL_VERSION", "DEFAULT_INPUT", "DEFAULT_OUTPUT", "DTYPES", "TOPICS", "MAX_FRAME", "MAX_CHANNEL",
-    "MAX_PLANE", "MAX_SIDE", "MAX_PIXELS", "MAX_FRAME_STEP", "MAX_SOURCE", "ProtocolError", "FrameHeader",
+    "MAX_PLANE", "MAX_SIDE", "MAX_PIXELS", "MAX_FRAME_STEP", "MAX_SOURCE", "MAX_DEPTH", "ProtocolError", "FrameHeader",
     "FrameMessage", "ControlMessage", "encode_frame", "encode_control", "decode", "check_start",
 ]
 
@@ -61,13 +71,16 @@ MAX_FRAME_STEP = 1 << 16
 """`frame_step` of a start message: 1 .. 65536."""
 MAX_SOURCE = 256
 """`source`: at most 256 characters."""
+MAX_DEPTH = 1 << 12
+"""`depth` of a volume: 1 .. 4096 planes (the pixel limit applies to the whole volume)."""
 
 
 @dataclass(frozen=True)
 class FrameHeader:
     frame: int
     t: float
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
+    """(H, W) of a 2D frame, or (D, H, W) of a volume (sent as `shape` [H, W] and `depth` D)."""
     dtype: str
     channel: int = 1
     plane: int = 1
@@ -82,21 +95,28 @@ class FrameHeader:
 
     @property
     def nbytes(self) -> int:
-        return self.shape[0] * self.shape[1] * DTYPES[self.dtype].itemsize
+        n = 1
+        for s in self.shape:
+            n *= int(s)
+        return n * DTYPES[self.dtype].itemsize
 
     def to_json(self) -> bytes:
+        if len(self.shape) not in (2, 3):
+            raise ValueError(f"a frame is (H, W) or a (D, H, W) volume, not shape {self.shape}")
         body = {
             "v": PROTOCOL_VERSION,
             "frame": self.frame,
             "t": self.t,
             "channel": self.channel,
             "plane": self.plane,
-            "shape": list(self.shape),
+            "shape": list(self.shape[-2:]),
             "dtype": self.dtype,
             "order": self.order,
             "source": self.source,
             **self.extra,
         }
+        if len(self.shape) == 3:
+            body["depth"] = int(self.shape[0])
         return json.dumps(body).encode()
 
 
@@ -104,7 +124,7 @@ class FrameHeader:
 class FrameMessage:
     header: FrameHeader
     pixels: np.ndarray
-    """(H, W) read-only view of the received payload (F-ordered when the sender said so)."""
+    """(H, W) (a volume: (D, H, W)) read-only view of the received payload (F-ordered when the sender said so)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,11 @@ def _decode(parts) -> FrameMessage | ControlMessage:
     h = json_object(_bytes(parts[1]), "frame header")
     _check_version(h, "frame")
     shape = _shape(h.get("shape"), "shape")
+    if "depth" in h:  # a volume of `depth` planes; the pixel limit covers all of it, checked before allocating
+        depth = int_field(h, "depth", 1, MAX_DEPTH)
+        if depth * shape[0] * shape[1] > MAX_PIXELS:
+            raise ProtocolError(f"a volume of {depth} x {shape[0]}x{shape[1]} has more than {MAX_PIXELS} pixels")
+        shape = (depth, *shape)
     dtype = h.get("dtype")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError(f"unknown dtype {_short(dtype)} (expected one of {', '.join(DTYPES)})")
@@ -194,7 +219,7 @@ def _decode(parts) -> FrameMessage | ControlMessage:
     return FrameMessage(header, pixels)
 
 
-_HEADER_KEYS = {"v", "frame", "t", "channel", "plane", "shape", "dtype", "order", "source"}
+_HEADER_KEYS = {"v", "frame", "t", "channel", "plane", "shape", "depth", "dtype", "order", "source"}
 
 
 def _check_version(d: dict, what: str) -> None:
@@ -230,7 +255,9 @@ def check_start(meta: dict) -> dict:
     what = "start field"
     if meta.get("frame_step") is not None:
         int_field(meta, "frame_step", 1, MAX_FRAME_STEP, what=what)
-    for key in ("frame_rate", "volume_rate", "zoom"):
+    if meta.get("depth") is not None:
+        int_field(meta, "depth", 0, MAX_DEPTH, what=what)
+    for key in ("frame_rate", "volume_rate", "zoom", "tr"):
         if meta.get(key) is not None:
             float_field(meta, key, 0.0, 1e9, what=what)
     for key in ("frames", "planes"):

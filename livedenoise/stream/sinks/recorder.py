@@ -351,11 +351,11 @@ class Recorder:
         if self.fmt == "h5":
             import h5py
 
-            h, w = pixels.shape
+            fs = tuple(pixels.shape)  # (H, W), or (D, H, W) for a volume
             chunk = max(1, min(64, (1 << 20) // max(pixels.nbytes, 1)))
             fh = h5py.File(tmp, "w", libver="latest")
             try:
-                fh.create_dataset("frames", (0, h, w), pixels.dtype, maxshape=(None, h, w), chunks=(chunk, h, w))
+                fh.create_dataset("frames", (0, *fs), pixels.dtype, maxshape=(None, *fs), chunks=(chunk, *fs))
                 fh.create_dataset("frame", (0,), np.int64, maxshape=(None,), chunks=(1024,))
                 fh.create_dataset("t", (0,), np.float64, maxshape=(None,), chunks=(1024,))
                 fh.create_dataset("received", (0,), np.float64, maxshape=(None,), chunks=(1024,))

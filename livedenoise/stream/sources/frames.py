@@ -170,7 +170,7 @@ class StreamTable:
             if acq is not None:
                 why = None
                 if h.shape != acq.shape or h.dtype != acq.dtype:
-                    why = f"frame size/type changed to {h.shape[0]}x{h.shape[1]} {h.dtype}"
+                    why = f"frame size/type changed to {'x'.join(map(str, h.shape))} {h.dtype}"
                 elif h.frame <= acq.last_frame_no:
                     why = "frame counter went back (publisher restart)"
                 elif (h.frame - acq.first_frame) % acq.step:

@@ -21,10 +21,15 @@ def _net(variant, preset="fast", seed=0):
 
 
 def _denoise(card, net, vols):
-    """Every volume of a (T, I, J, K) run, windows by the card's edge rule (a finished run: last = T - 1)."""
-    x = torch.from_numpy(np.stack([vols[card.window.source_indices(t, len(vols) - 1)] for t in range(len(vols))]))
+    """Every volume of a (T, I, J, K) run, windows by the card's edge rule (a finished run: last = T - 1);
+    a volume with no window (a causal model's first) is passed through raw, as the pipeline does."""
+    idx = [card.window.source_indices(t, len(vols) - 1) for t in range(len(vols))]
+    rows = [t for t in range(len(vols)) if idx[t] is not None]
+    x = torch.from_numpy(np.stack([vols[idx[t]] for t in rows]))
+    out = vols.copy()
     with torch.no_grad():
-        return net(x.float())[:, 0].numpy()
+        out[rows] = net(x.float())[:, 0].numpy()
+    return out
 
 
 def _run(seed=1):
