@@ -7,6 +7,7 @@ command line into them, so every verb offers the same flags with the same help.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from livedenoise.errors import UserError
 from livedenoise.io.readers_ephys import open_recording
@@ -32,6 +33,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 MOVIE_OPTIONS = ("channel", "plane", "dataset", "axes")
 """The `open_movie` keyword arguments that `add_movie_arguments` puts on the command line."""
+
+
+def checkpoint_out(path) -> Path:
+    """The `--out` path of a checkpoint to write: a `.pt` file name in an existing folder; UserError otherwise."""
+    out = Path(path)
+    if out.suffix != ".pt":
+        raise UserError(f"--out {out}: a checkpoint file must end in .pt")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name ending in .pt")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    return out
 
 
 def add_movie_arguments(parser) -> None:

@@ -52,16 +52,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from livedenoise.commands.args import checkpoint_out
     from livedenoise.export.foreign import import_model
     from livedenoise.models.checkpoint import save_checkpoint
 
-    out = Path(args.out)
-    if out.suffix != ".pt":
-        raise UserError(f"--out {out}: a checkpoint file must end in .pt")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name ending in .pt")
-    if not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    out = checkpoint_out(args.out)
     model = Path(args.model)
     if model.exists() and out.resolve() == model.resolve():
         raise UserError(f"--out {out} is the model being imported; choose another output path")

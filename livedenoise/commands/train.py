@@ -90,13 +90,9 @@ def register(sub) -> None:
 
 
 def _check_paths(args) -> Path:
-    out = Path(args.out)
-    if out.suffix != ".pt":
-        raise UserError(f"--out {out}: a checkpoint file must end in .pt")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name ending in .pt")
-    if not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    from livedenoise.commands.args import checkpoint_out
+
+    out = checkpoint_out(args.out)
     inputs = list(args.movies) + list(args.val_movies or []) + [p for p in (args.init, args.tune_against) if p]
     for m in inputs:
         mp = Path(m)

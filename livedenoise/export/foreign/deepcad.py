@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from livedenoise.errors import UserError
-from livedenoise.export.foreign.common import Imported, describe_file
+from livedenoise.export.foreign.common import Imported, describe_file, given_norm
 from livedenoise.models import registry
 
 PARA_KEYS = ("patch_x", "patch_y", "patch_t", "overlap_factor", "scale_factor", "fmap", "gap_x", "gap_y", "gap_t")
@@ -150,14 +150,8 @@ def import_pth(path, *, pre: int | None = None, post: int | None = None, omissio
     scale = float(para.get("scale_factor", 1))
     if not scale > 0:
         raise UserError(f"{para_file}: scale_factor must be > 0 (got {scale})")
-    if (norm_mean is None) != (norm_std is None):
-        raise UserError("give both --norm-mean and --norm-std")
-    if norm_mean is not None:
-        if not norm_std > 0:
-            raise UserError(f"--norm-std must be > 0 (got {norm_std})")
-        card.norm_mean, card.norm_std = float(norm_mean), float(norm_std)
-        norm_note = "card: the given --norm-mean/--norm-std"
-    else:
+    norm_note = given_norm(card, norm_mean, norm_std)
+    if norm_note is None:
         card.norm_mean, card.norm_std = 0.0, scale
         norm_note = (f"DeepCAD-RT trains on raw / scale_factor ({scale:g}): the card holds mean 0, std {scale:g}, so "
                      "--norm card feeds the network what it was trained on (DeepCAD-RT also subtracts the movie's mean "

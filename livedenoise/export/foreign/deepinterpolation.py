@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from livedenoise.errors import UserError
-from livedenoise.export.foreign.common import Imported, describe_file
+from livedenoise.export.foreign.common import Imported, describe_file, given_norm
 from livedenoise.export.foreign.keras_h5 import KerasLayer, KerasModel, read_keras_h5
 from livedenoise.models import registry
 
@@ -204,17 +204,12 @@ def import_h5(path, *, pre: int | None = None, post: int | None = None, omission
             card = registry.make_card(fam.arch, preset=fam.preset, pre=pre, post=post, omission=omission)
     except ValueError as exc:
         raise UserError(f"window pre={pre} post={post} omission={omission}: {exc}") from None
-    if (norm_mean is None) != (norm_std is None):
-        raise UserError("give both --norm-mean and --norm-std")
-    if norm_mean is not None:
-        if not norm_std > 0:
-            raise UserError(f"--norm-std must be > 0 (got {norm_std})")
-        card.norm_mean, card.norm_std = float(norm_mean), float(norm_std)
-        norm_note = "card: the given --norm-mean/--norm-std"
-    elif fam.modality == "ephys":
-        raise UserError("an ephys model needs the recording's statistics, as DeepInterpolation normalised by the mean and std "
-                        "of its first 200000 samples: give --norm-mean and --norm-std (e.g. from the training recording)")
-    else:
+    norm_note = given_norm(card, norm_mean, norm_std)
+    if norm_note is None:  # none given: the card keeps 0/1 placeholders
+        if fam.modality == "ephys":
+            raise UserError("an ephys model needs the recording's statistics, as DeepInterpolation normalised by the mean "
+                            "and std of its first 200000 samples: give --norm-mean and --norm-std (e.g. from the "
+                            "training recording)")
         norm_note = ("DeepInterpolation normalises each movie by its own mean and std: use --norm data (the default of "
                      "denoise and serve); the card's 0/1 are placeholders until `train --init` fine-tunes it")
         notes.append("normalisation: " + norm_note)

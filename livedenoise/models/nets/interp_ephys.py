@@ -145,13 +145,21 @@ def example_input(card, frame_shape_=None) -> torch.Tensor:
 
 def make_card(n_channels: int, pre: int = 30, post: int = 30, omission: int = 1, preset: str = "di",
               layout: str = "checkerboard", norm_mean: float = 0.0, norm_std: float = 1.0, training: dict | None = None):
+    return card_for(ARCH.name, preset_params(preset, layout), n_channels, pre, post, omission, layout, norm_mean,
+                    norm_std, training)
+
+
+def card_for(arch: str, params: dict, n_channels: int, pre: int, post: int, omission: int, layout: str,
+             norm_mean: float, norm_std: float, training: dict | None):
+    """The card of a DeepInterpolation-style ephys model (`arch` with `params`) on `n_channels` sites;
+    shared with `interp-ephys-di`, which uses this module's layouts and windows."""
     from livedenoise.models.card import ModelCard
 
-    params = preset_params(preset, layout)
+    params = dict(params)
     params["n_channels"] = int(n_channels)
     spec = window(pre, post, omission)
     return ModelCard(
-        arch=ARCH.name, params=params, modality="ephys", pre=pre, post=post, omission=omission,
+        arch=arch, params=params, modality="ephys", pre=pre, post=post, omission=omission,
         offsets=list(spec.offsets), layout=layout, frame_shape=list(frame_shape(n_channels, layout)),
         norm_mean=float(norm_mean), norm_std=float(norm_std), training=training or {},
     )

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from livedenoise.models.nets.interp_ephys import (  # noqa: F401  (the registry reads these hooks from this module)
+    card_for,
     example_input,
     frame_shape,
     from_frames,
@@ -45,9 +46,9 @@ from livedenoise.models.nets.interp_ephys import (  # noqa: F401  (the registry 
     to_frames,
     training_batch,
     training_span,
+    window,
 )
 from livedenoise.models.registry import Arch
-from livedenoise.models.window import WindowSpec
 
 LAYOUTS = ("checkerboard",)
 PRESETS: dict[str, dict] = {
@@ -67,10 +68,6 @@ ARCH = Arch(
 
 WINDOW_INPUT = "convs.0.conv.weight"
 """The weight whose input channels are the window's offsets (models/retarget.py)."""
-
-
-def window(pre: int, post: int, omission: int) -> WindowSpec:
-    return WindowSpec.interp(pre, post, omission)
 
 
 def preset_params(preset: str, layout: str = "checkerboard") -> dict:
@@ -144,13 +141,5 @@ def build(card) -> nn.Module:
 
 def make_card(n_channels: int, pre: int = 30, post: int = 30, omission: int = 1, preset: str = "di",
               layout: str = "checkerboard", norm_mean: float = 0.0, norm_std: float = 1.0, training: dict | None = None):
-    from livedenoise.models.card import ModelCard
-
-    params = preset_params(preset, layout)
-    params["n_channels"] = int(n_channels)
-    spec = window(pre, post, omission)
-    return ModelCard(
-        arch=ARCH.name, params=params, modality="ephys", pre=pre, post=post, omission=omission,
-        offsets=list(spec.offsets), layout=layout, frame_shape=list(frame_shape(n_channels, layout)),
-        norm_mean=float(norm_mean), norm_std=float(norm_std), training=training or {},
-    )
+    return card_for(ARCH.name, preset_params(preset, layout), n_channels, pre, post, omission, layout, norm_mean,
+                    norm_std, training)
