@@ -67,6 +67,9 @@ def register(sub) -> None:
     from livedenoise.commands.args import add_movie_arguments
 
     add_movie_arguments(r)
+    r.add_argument("--probe", default=None, metavar="FILE",
+                   help="ephys: probe geometry (probeinterface .json or .prb) for models that read neighbouring sites "
+                        "(site-ephys), when the recording's settings.xml / .meta holds none")
     c = p.add_argument_group("classic filters (--arch classic)")
     c.add_argument("--kind", choices=("exp", "boxcar", "halfgauss", "gauss", "spatial"), default=None, help="filter kind (default gauss, or the best kind with --tune-against)")
     c.add_argument("--tau", type=float, default=None, help="exp: time constant in frames")
@@ -332,7 +335,7 @@ def run_ephys(args, out) -> int:
     card, hist = train_ephys(
         rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
         lr=args.lr or d["lr"], crop=args.crop or d["crop"], seed=args.seed, device=device, val_fraction=args.val_fraction,
-        log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None),
+        log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None), probe=getattr(args, "probe", None),
     )
     if getattr(args, "json", False):
         print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),

@@ -48,12 +48,20 @@ def recording_stats(rec, max_samples: int = 300_000, seed: int = 0) -> tuple[flo
     return float(vals.mean()), (std if std > 0 else 1.0)
 
 
+def needs_geometry(arch: str) -> bool:
+    """True for architectures whose card holds the probe's site positions (module constant GEOMETRY)."""
+    return bool(getattr(registry.arch_module(arch), "GEOMETRY", False))
+
+
 def make_card(arch: str, n_channels: int, pre: int, post: int, omission: int, preset: str | None, layout: str | None,
-              mean: float, std: float, training: dict):
-    """The card of an ephys architecture; None preset / layout take the architecture's defaults."""
+              mean: float, std: float, training: dict, positions=None):
+    """The card of an ephys architecture; None preset / layout take the architecture's defaults.
+    `positions` ((C, 2) µm) go to architectures that need the geometry (`needs_geometry`)."""
     if arch not in ephys_archs():
         raise UserError(f"architecture {arch!r} is not an ephys model; choose one of {', '.join(ephys_archs())}")
     extra = {"layout": layout} if layout is not None else {}
+    if needs_geometry(arch):
+        extra["positions"] = positions
     try:
         return registry.make_card(arch, n_channels=n_channels, pre=pre, post=post, omission=omission, preset=preset,
                                   norm_mean=mean, norm_std=std, training=training, **extra)
@@ -96,9 +104,13 @@ def train_ephys(
     log=None,
     log_every: int = 50,
     time_limit: float | None = None,
+    probe: str | os.PathLike | None = None,
+    positions=None,
 ):
     """Train and save a checkpoint; returns (card, history dict). `arch` None: the default ephys
-    architecture (`registry.default_name("ephys")`, block-ephys)."""
+    architecture (`registry.default_name("ephys")`). Architectures that need the probe geometry
+    (site-ephys) take `positions` ((C, 2) µm) when given, else read them from `probe` (a
+    probeinterface file) or the recording's metadata (`io.probe_geometry`); UserError when none."""
     arch = arch or registry.default_name("ephys")
     if isinstance(rec, (str, os.PathLike)):
         from livedenoise.io.readers_ephys import open_recording
@@ -120,7 +132,11 @@ def train_ephys(
         "source": str(rec.path), "format": rec.format, "stream": rec.stream_name, "n_channels": rec.n_channels,
         "n_samples": rec.n_samples, "sample_rate": rec.sample_rate, "steps": steps, "lr": lr, "loss": "l2", "seed": seed,
     }
-    card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training)
+    if needs_geometry(arch) and positions is None:
+        from livedenoise.io.probe_geometry import require_positions
+
+        positions = require_positions(rec, probe, rec.n_channels, what=f"--arch {arch}")
+    card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training, positions)
     n = rec.n_samples
     registry.check_length(card, n, str(rec.path))
     net = build_network(card).to(device)

@@ -24,14 +24,18 @@ NETS = PKG / "models" / "nets"
 
 def _card(name: str) -> ModelCard:
     extra = {"n_channels": 12} if registry.modality(name) == "ephys" else {}
+    if getattr(registry.arch_module(name), "GEOMETRY", False):  # site-ephys: the card holds the probe's sites
+        from livedenoise.io.probe_geometry import np1_positions
+
+        extra["positions"] = np1_positions(12)
     return registry.make_card(name, **extra)
 
 
 def test_the_five_architectures_are_registered():
-    assert set(registry.names()) == {"interp2d", "cad3d", "classic", "interp-ephys", "block-ephys"}
+    assert set(registry.names()) == {"interp2d", "cad3d", "classic", "interp-ephys", "block-ephys", "site-ephys"}
     assert registry.names(modality="2p") == ["interp2d", "cad3d", "classic"]
-    assert set(registry.names(modality="ephys")) == {"interp-ephys", "block-ephys"}
-    assert set(registry.names(trainable=True)) == {"interp2d", "cad3d", "interp-ephys", "block-ephys"}
+    assert set(registry.names(modality="ephys")) == {"interp-ephys", "block-ephys", "site-ephys"}
+    assert set(registry.names(trainable=True)) == {"interp2d", "cad3d", "interp-ephys", "block-ephys", "site-ephys"}
     assert registry.names(trainable=False) == ["classic"]
     assert registry.names(trainer="imaging") == ["interp2d", "cad3d"]
     assert registry.default_name("2p") == "interp2d" and registry.default_name("ephys") == "block-ephys"
@@ -174,7 +178,7 @@ def test_a_module_without_arch_is_not_an_architecture(tmp_path, monkeypatch):
     monkeypatch.setattr(nets, "__path__", [*nets.__path__, str(folder)])
     registry._declared.cache_clear()
     try:
-        assert len(registry.names()) == 5
+        assert len(registry.names()) == 6
     finally:
         registry._declared.cache_clear()
 
