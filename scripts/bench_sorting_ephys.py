@@ -130,7 +130,7 @@ def train_and_denoise(spec: str, x: np.ndarray, rate: float, pos: np.ndarray, st
     card, hist = train_ephys(rec, arch, out, pre=pre, post=post, omission=om, preset=preset, steps=steps,
                              lr=float(kw.get("lr", d["lr"])), crop=int(kw.get("crop", d["crop"])),
                              batch=int(kw["batch"]) if "batch" in kw else None, seed=seed, log=log, log_every=500,
-                             positions=pos)
+                             positions=pos, loss=kw.get("loss"))
     train_s = time.perf_counter() - t0
     eng = open_engine(out, "torch", threads=1)
     t0 = time.perf_counter()
@@ -201,13 +201,15 @@ def main(argv=None) -> int:
     ap.add_argument("--amp-max", type=float, default=150.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", action="append", default=[],
-                    help="ARCH[:PRESET][:key=value...] (pre, post, omission, steps, lr, crop, batch); repeatable")
+                    help="ARCH[:PRESET][:key=value...] (pre, post, omission, steps, lr, crop, batch, loss); repeatable")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--sorter", default="tridesclous2")
     ap.add_argument("--no-sort", action="store_true", help="waveform and noise metrics only")
     ap.add_argument("--no-baselines", action="store_true", help="skip raw and bandpass+CMR")
     ap.add_argument("--json", default=None, help="append one JSON line per method to this file")
     args = ap.parse_args(argv)
+    from livedenoise.train.quality import ephys_quality_report
+
     rate = 30000.0
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     x, clean, gt, probe = ground_truth(args.channels, args.duration, args.units, args.noise,
@@ -234,6 +236,9 @@ def main(argv=None) -> int:
                    "resid_band": band_rms(y - clean, rate, 300, 6000),
                    "lf": band_rms(y, rate, 1, 300), "hf": band_rms(y, rate, 10000, rate / 2),
                    "rt": None if rt is None else round(rt, 2), **info}
+            q = ephys_quality_report(x, y, rate)  # what `denoise --report` tells the user, no ground truth
+            row.update({"report_amp": q["amplitude_kept"], "report_amp_weak": q["amplitude_kept_weak"],
+                        "report_noise_reduction": q["noise_reduction"], "report_warnings": len(q["warnings"])})
             if not args.no_sort:
                 row.update(sort_and_score(y, probe, rate, gt, args.sorter, work, args.seed))
             rows.append(row)
@@ -241,11 +246,11 @@ def main(argv=None) -> int:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    print(f"{'method':32s} {'well':>5s} {'amp':>6s} {'amp<25':>6s} {'cos':>6s} {'resid':>6s} {'band':>6s} {'lf':>5s} {'hf':>5s} {'rt':>5s}")
+    print(f"{'method':32s} {'well':>5s} {'amp':>6s} {'amp<25':>6s} {'cos':>6s} {'resid':>6s} {'band':>6s} {'lf':>5s} {'hf':>5s} {'rt':>5s} {'rep_amp':>7s}")
     for r in rows:
         a25 = "-" if r["amp<25"] is None else f"{r['amp<25']:.2f}"
         print(f"{r['method']:32s} {r.get('well', '-')!s:>5s} {r['amp']:6.3f} {a25:>6s} {r['cos']:6.3f} {r['resid']:6.2f} "
-              f"{r['resid_band']:6.2f} {r['lf']:5.2f} {r['hf']:5.2f} {r['rt'] if r['rt'] is not None else '-'!s:>5s}")
+              f"{r['resid_band']:6.2f} {r['lf']:5.2f} {r['hf']:5.2f} {r['rt'] if r['rt'] is not None else '-'!s:>5s} {r['report_amp'] or 0:7.3f}")
     return 0
 
 

@@ -336,6 +336,7 @@ def run_ephys(args, out) -> int:
         rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
         lr=args.lr or d["lr"], crop=args.crop or d["crop"], seed=args.seed, device=device, val_fraction=args.val_fraction,
         log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None), probe=getattr(args, "probe", None),
+        loss=args.loss,
     )
     if getattr(args, "json", False):
         print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),

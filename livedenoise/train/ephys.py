@@ -1,6 +1,6 @@
 """Self-supervised training of the ephys models on a user's own recording.
 
-L2 loss between the prediction and the hidden input sample(s); one global
+L2 (or, with `loss="l1"`, L1) loss between the prediction and the hidden input sample(s); one global
 mean / std per recording, stored in the model card. No clean data needed.
 
 Training pairs are the architecture's (its module's ``training_batch``, asked
@@ -106,11 +106,15 @@ def train_ephys(
     time_limit: float | None = None,
     probe: str | os.PathLike | None = None,
     positions=None,
+    loss: str | None = None,
 ):
     """Train and save a checkpoint; returns (card, history dict). `arch` None: the default ephys
     architecture (`registry.default_name("ephys")`). Architectures that need the probe geometry
     (site-ephys) take `positions` ((C, 2) µm) when given, else read them from `probe` (a
-    probeinterface file) or the recording's metadata (`io.probe_geometry`); UserError when none."""
+    probeinterface file) or the recording's metadata (`io.probe_geometry`); UserError when none.
+    `loss`: `l2` (the conditional mean: the least squared error, but it shrinks events the
+    model is unsure of) or `l1` (the conditional median: keeps more of a spike's amplitude);
+    None: the architecture's default."""
     arch = arch or registry.default_name("ephys")
     if isinstance(rec, (str, os.PathLike)):
         from livedenoise.io.readers_ephys import open_recording
@@ -125,12 +129,15 @@ def train_ephys(
     if log is None:
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
+    loss_name = loss or str(registry.defaults(arch).get("loss", "l2"))
+    if loss_name not in ("l1", "l2"):
+        raise UserError(f"ephys training takes --loss l1 or l2 (got {loss_name!r})")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mean, std = recording_stats(rec, seed=seed)
     training = {
         "source": str(rec.path), "format": rec.format, "stream": rec.stream_name, "n_channels": rec.n_channels,
-        "n_samples": rec.n_samples, "sample_rate": rec.sample_rate, "steps": steps, "lr": lr, "loss": "l2", "seed": seed,
+        "n_samples": rec.n_samples, "sample_rate": rec.sample_rate, "steps": steps, "lr": lr, "loss": loss_name, "seed": seed,
     }
     if needs_geometry(arch) and positions is None:
         from livedenoise.io.probe_geometry import require_positions
@@ -161,11 +168,12 @@ def train_ephys(
         x, y, m = registry.training_batch(card, data, batch, crop, channels_per_crop, rng)
         x, y = x.to(device), y.to(device)
         pred = net(x)
+        err = (pred - y).abs() if loss_name == "l1" else (pred - y) ** 2
         if m is not None:
             m = m.to(device)
-            loss = ((pred - y) ** 2 * m).sum() / (m.sum() * pred.shape[0])
+            loss = (err * m).sum() / (m.sum() * pred.shape[0])
         else:
-            loss = torch.mean((pred - y) ** 2)
+            loss = torch.mean(err)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
