@@ -288,6 +288,11 @@ def ephys_quality_report(raw: np.ndarray, den: np.ndarray, rate: float, threshol
     weak = float(ad[~sm].sum() / ar[~sm].sum()) if (~sm).any() and ar[~sm].sum() > 0 else None
     nr, nd = float(s_raw.mean()), float(s_den.mean())
     warnings = []
+    bands = _outside_band_rms(raw, den, rate)
+    for name, (r_uv, d_uv) in bands.items():
+        if d_uv > 1.1 * r_uv + 0.05:
+            warnings.append(f"the denoised output carries more power {name} than the input ({r_uv:.2f} -> {d_uv:.2f} uV "
+                            "RMS): the model adds noise outside the spike band")
     if kept is not None and kept < AMPLITUDE_WARN:
         warnings.append(f"spikes lose amplitude: detected spikes keep {kept:.0%} of their raw amplitude "
                         f"(more than {1 - AMPLITUDE_WARN:.0%} lost); spike sorting may find fewer or distorted "
@@ -299,8 +304,25 @@ def ephys_quality_report(raw: np.ndarray, den: np.ndarray, rate: float, threshol
         "samples": int(raw.shape[0]), "channels": int(raw.shape[1]),
         "noise_raw_uv": nr, "noise_denoised_uv": nd, "noise_reduction": nr / nd if nd > 0 else None,
         "spikes": int(len(ar)), "spikes_strong": int(sm.sum()),
-        "amplitude_kept": kept, "amplitude_kept_weak": weak, "warnings": warnings,
+        "amplitude_kept": kept, "amplitude_kept_weak": weak,
+        "outside_band_uv": {k: {"raw": v[0], "denoised": v[1]} for k, v in bands.items()}, "warnings": warnings,
     }
+
+
+def _outside_band_rms(raw: np.ndarray, den: np.ndarray, rate: float) -> dict[str, tuple[float, float]]:
+    """{"below 300 Hz": (raw, denoised) µV RMS, "above 10 kHz": ...} (the second only when the rate allows it);
+    from the spectrum of the first 10 s, mean power over channels."""
+    n = min(raw.shape[0], int(10 * rate))
+    f = np.fft.rfftfreq(n, 1.0 / rate)
+    out = {}
+    bands = {"below 300 Hz": (1.0, SPIKE_BAND_HZ[0])}
+    if rate / 2 > 10000.0:
+        bands["above 10 kHz"] = (10000.0, rate / 2 + 1)
+    spectra = [np.abs(np.fft.rfft(x[:n] - x[:n].mean(0), axis=0)) ** 2 for x in (raw, den)]
+    for name, (lo, hi) in bands.items():
+        sel = (f >= lo) & (f < hi)
+        out[name] = tuple(float(np.sqrt(p[sel].sum(0).mean() * 2 / n ** 2)) for p in spectra)
+    return out
 
 
 def ephys_summary_lines(report: dict[str, Any]) -> list[str]:
@@ -316,4 +338,6 @@ def ephys_summary_lines(report: dict[str, Any]) -> list[str]:
         f"  spike amplitude  {pct(report['amplitude_kept'])} kept over {report['spikes_strong']} clear spikes; "
         f"{pct(report['amplitude_kept_weak'])} over {report['spikes'] - report['spikes_strong']} small ones",
     ]
+    for name, v in report.get("outside_band_uv", {}).items():
+        lines.append(f"  {name:15s}  {v['raw']:.2f} -> {v['denoised']:.2f} uV RMS")
     return lines + [f"warning: {w}" for w in report["warnings"]]

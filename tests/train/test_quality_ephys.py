@@ -61,3 +61,16 @@ def test_bad_shapes_and_short_input_are_refused():
         ephys_quality_report(np.zeros((40000, 3)), np.zeros((40000, 4)), RATE)
     with pytest.raises(ValueError, match="1 s"):
         ephys_quality_report(np.zeros((100, 3)), np.zeros((100, 3)), RATE)
+
+
+def test_power_added_outside_the_spike_band_is_warned_about():
+    raw, clean = recording(3)
+    n = len(raw)
+    hum = 20.0 * np.sin(2 * np.pi * 50.0 * np.arange(n) / RATE)[:, None]  # 50 Hz the input does not have
+    rep = ephys_quality_report(raw, clean + hum, RATE)
+    lf = rep["outside_band_uv"]["below 300 Hz"]
+    assert lf["denoised"] > 3 * lf["raw"]
+    assert any("below 300 Hz" in w for w in rep["warnings"])
+    assert not any("above 10 kHz" in w for w in rep["warnings"])
+    ok = ephys_quality_report(raw, clean, RATE)
+    assert not any("outside the spike band" in w for w in ok["warnings"])
