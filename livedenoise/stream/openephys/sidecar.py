@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from livedenoise.errors import UserError
 from livedenoise.models.card import rate_mismatch
 from livedenoise.stream import gaps
 from livedenoise.stream.ephys import SamplePipeline, Samples, open_ephys_engine, ring_capacity
@@ -416,8 +417,17 @@ class Sidecar:
                 self.stats.segments_before += self.pipe.segments
                 self.stats.passthrough_before += self.pipe.passthrough
                 self.stats.too_short_before += self.pipe.too_short
-            self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch,
-                                       max_gap=self.max_gap)
+            try:
+                self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch,
+                                           max_gap=self.max_gap)
+            except UserError as exc:  # a model made for another probe layout (site-ephys): refuse, record raw
+                self.pipe = None
+                if self.refused is None:
+                    self.refused = f"stream {first.stream!r}: {exc}"
+                    self._on_fatal(self.refused)
+                for b in blocks:
+                    self._skip(b, count=False)
+                return
             if self.socket is not None:
                 self.socket.configure(C, self.cfg.socket_samples or first.data.shape[1])
         if self.stats.first_data is None:
