@@ -181,7 +181,13 @@ def sort_and_score(y: np.ndarray, probe, rate: float, gt, sorter: str, work: Pat
     from spikeinterface.core import NumpyRecording
 
     r = NumpyRecording([np.ascontiguousarray(y)], rate)
-    r = r.set_probe(probe)
+    r.set_probe(probe, in_place=True)
+    saved = work / "sort_input"
+    if saved.exists():
+        import shutil
+
+        shutil.rmtree(saved)
+    r = r.save(folder=saved, format="binary", n_jobs=1, progress_bar=False)  # sorters take serialisable recordings
     params = {"job_kwargs": {"n_jobs": 1, "progress_bar": False}, "seed": seed} if sorter == "tridesclous2" else {}
     folder = work / f"sort_{sorter}"
     t0 = time.perf_counter()

@@ -45,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--omission", type=int, default=None,
                    help="frames hidden on each side of the predicted frame (default 0, ephys 1)")
     g = p.add_argument_group("training")
-    g.add_argument("--loss", choices=("l1", "l2", "mixed"), default=None, help="default: l2 (interp2d), mixed (cad3d)")
+    g.add_argument("--loss", choices=("l1", "l2", "mixed", "nll"), default=None,
+                   help="default: l2 (interp2d, block-ephys), mixed (cad3d), nll (site-ephys: likelihood of its posterior)")
     g.add_argument("--crop", type=int, default=None,
                    help="training crop: square side in pixels (default 64); ephys: samples (default 512)")
     g.add_argument("--batch", type=int, default=None,
@@ -165,6 +166,8 @@ def _run_train(args, out: Path) -> int:
     for flag in ("kind", "tau", "sigma_t", "sigma_xy", "tune_against"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')} applies to --arch classic only")
+    if args.loss == "nll" or args.probe is not None:
+        raise UserError(f"--{'loss nll' if args.loss == 'nll' else 'probe'} applies to ephys models only")
     movies = [_open(m, args) for m in args.movies]
     val_movies = [_open(m, args) for m in args.val_movies] if args.val_movies else None
     cfg = TrainConfig(

@@ -130,8 +130,8 @@ def train_ephys(
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
     loss_name = loss or str(registry.defaults(arch).get("loss", "l2"))
-    if loss_name not in ("l1", "l2"):
-        raise UserError(f"ephys training takes --loss l1 or l2 (got {loss_name!r})")
+    if loss_name not in ("l1", "l2", "nll"):
+        raise UserError(f"ephys training takes --loss l1, l2 or nll (got {loss_name!r})")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mean, std = recording_stats(rec, seed=seed)
@@ -147,6 +147,16 @@ def train_ephys(
     n = rec.n_samples
     registry.check_length(card, n, str(rec.path))
     net = build_network(card).to(device)
+    # a model whose output is a posterior (site-ephys): trained on its blind head, by likelihood
+    posterior = bool(getattr(net, "posterior", False))
+    what = f"{arch} {card.params.get('preset', '')}".strip()
+    if posterior and loss not in (None, "nll"):
+        raise UserError(f"{what} outputs a posterior and trains by likelihood (--loss nll), not {loss}")
+    if not posterior and loss_name == "nll":
+        if loss is not None:
+            raise UserError(f"--loss nll trains models with a posterior output (site-ephys fast, base), not {what}")
+        loss_name = "l2"
+    card.training["loss"] = loss_name
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     before = card.pre + card.omission
@@ -167,13 +177,16 @@ def train_ephys(
             data = chunks.refresh()
         x, y, m = registry.training_batch(card, data, batch, crop, channels_per_crop, rng)
         x, y = x.to(device), y.to(device)
-        pred = net(x)
-        err = (pred - y).abs() if loss_name == "l1" else (pred - y) ** 2
-        if m is not None:
-            m = m.to(device)
-            loss = (err * m).sum() / (m.sum() * pred.shape[0])
+        if posterior:
+            loss = net.nll(x, y)
         else:
-            loss = torch.mean(err)
+            pred = net(x)
+            err = (pred - y).abs() if loss_name == "l1" else (pred - y) ** 2
+            if m is not None:
+                m = m.to(device)
+                loss = (err * m).sum() / (m.sum() * pred.shape[0])
+            else:
+                loss = torch.mean(err)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -194,7 +207,7 @@ def train_ephys(
             losses = []
             for _ in range(4):
                 x, y, m = registry.training_batch(card, vdata, batch, crop, channels_per_crop, rng)
-                pred = net(x)
+                pred = net.prior(x)[:, :1] if posterior else net(x)  # the blind prediction: its L2 is comparable
                 if m is not None:
                     losses.append(float(((pred - y) ** 2 * m).sum() / (m.sum() * pred.shape[0])))
                 else:

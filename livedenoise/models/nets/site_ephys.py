@@ -58,10 +58,12 @@ LAYOUTS = ("block",)
 GEOMETRY = True
 """The card holds the probe's site positions: `train` reads them from the recording (io/probe_geometry.py)."""
 PRESETS: dict[str, dict] = {
-    # CPU: one core, 384 channels at 30 kHz (see docs/benchmarks.md)
-    "fast": {"own_filters": 8, "nb_filters": 2, "nb_span": 4, "k": 8, "width": 12, "depth": 1},
+    # CPU: one core, 384 channels at 30 kHz (see docs/benchmarks.md); posterior mean (Bayes with the site's own sample)
+    "fast": {"own_filters": 8, "nb_filters": 4, "nb_span": 6, "k": 8, "width": 16, "depth": 2, "posterior": True},
     # more capacity (GPU, or fewer channels)
-    "base": {"own_filters": 16, "nb_filters": 4, "nb_span": 8, "k": 12, "width": 32, "depth": 2},
+    "base": {"own_filters": 16, "nb_filters": 4, "nb_span": 8, "k": 12, "width": 32, "depth": 2, "posterior": True},
+    # the blind prediction itself (the conditional mean without the site's own sample): smaller, shrinks spikes more
+    "blind": {"own_filters": 8, "nb_filters": 2, "nb_span": 4, "k": 8, "width": 12, "depth": 1, "posterior": False},
 }
 DEFAULTS = {"pre": 30, "post": 30, "omission": 1}
 
@@ -72,7 +74,7 @@ ARCH = Arch(
     layout="block",
     layouts=LAYOUTS,
     presets=PRESETS,
-    defaults={**DEFAULTS, "preset": "fast", "loss": "l2", "crop": 256, "batch": 8, "lr": 2e-3},
+    defaults={**DEFAULTS, "preset": "fast", "loss": "nll", "crop": 256, "batch": 8, "lr": 2e-3},
     summary="per-site blind spot: each site's own flanks plus its probe neighbours at the same instant",
 )
 
@@ -138,8 +140,9 @@ class SiteEphys(nn.Module):
     """See the module docstring. `nbr`: (C, K) neighbour indices, -1 = none."""
 
     def __init__(self, pre: int, post: int, omission: int, nbr, own_filters: int = 8, nb_filters: int = 2,
-                 nb_before: int = 4, nb_after: int = 4, width: int = 12, depth: int = 1):
+                 nb_before: int = 4, nb_after: int = 4, width: int = 12, depth: int = 1, posterior: bool = False):
         super().__init__()
+        self.posterior = bool(posterior)
         nbr = torch.as_tensor(np.asarray(nbr, np.int64))
         C, K = nbr.shape
         self.C, self.K = int(C), int(K)
@@ -162,22 +165,65 @@ class SiteEphys(nn.Module):
             layers.append(nn.Conv2d(cin, width, 1))
             cin = width
         self.mlp = nn.ModuleList(layers)
-        self.head = nn.Conv2d(cin, 1, 1)
+        self.head = nn.Conv2d(cin, 2 if self.posterior else 1, 1)
+        if self.posterior:  # per-site noise variance (normalised units), learned with the prior
+            self.log_noise = nn.Parameter(torch.zeros(self.C))
+
+    TILE = 256
+    """Output samples per pass in eager mode: the intermediates of a tile stay in the CPU's cache
+    (3-4x faster than one pass over a 4096-sample block on one core; docs/benchmarks.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, C, T_in) -> (B, 1, C, T_out): the blind prediction, or with `posterior` the posterior mean."""
+        return self._tiled(x, self._output)
+
+    def prior(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, C, T_in) -> the blind head (B, 1 or 2, C, T_out): mean (and log variance) of each
+        sample given everything but the site's own hidden band; never reads x[site, t - omission .. t + omission]."""
+        return self._tiled(x, self._blind)
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss of a `posterior` model: the Gaussian negative log-likelihood of the hidden
+        samples y (B, 1, C, T_out) under N(mean, prior variance + noise variance) (Laine et al. 2019)."""
+        h = self.prior(x)
+        mu, logv = h[:, :1], h[:, 1:].clamp(-12.0, 12.0)
+        tot = logv.exp() + self.log_noise.clamp(-12.0, 12.0).exp()[:, None]
+        return torch.mean((y - mu) ** 2 / tot + tot.log())
+
+    def _tiled(self, x: torch.Tensor, fn) -> torch.Tensor:
         if x.shape[-2] != self.C:
             raise ValueError(f"this site-ephys model was made for {self.C} channels (its probe geometry), got {x.shape[-2]}")
+        T_out = x.shape[-1] - self.before - self.after
+        if T_out <= self.TILE or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return fn(x)
+        ctx = self.before + self.after  # 'valid' convolutions: tiles overlapping by the context are exact
+        return torch.cat([fn(x[..., a:min(T_out, a + self.TILE) + ctx]) for a in range(0, T_out, self.TILE)], dim=-1)
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._blind(x)
+        if not self.posterior:
+            return h
+        # Bayes: prior N(mu, v) from the blind head, observation x_c(t) = s + N(0, noise): posterior mean
+        mu, v = h[:, :1], h[:, 1:].clamp(-12.0, 12.0).exp()
+        noise = self.log_noise.clamp(-12.0, 12.0).exp()[:, None]
+        xc = x[..., self.before:x.shape[-1] - self.after]
+        return (mu * noise + xc * v) / (v + noise)
+
+    def _blind(self, x: torch.Tensor) -> torch.Tensor:
         T_in = x.shape[-1]
         xo = x[..., self.own_lo:]
         own = F.conv2d(xo, self.own.weight * self.mask, self.own.bias)  # (B, F1, C, T_out)
         xn = x[..., self.nb_lo:T_in - self.nb_hi]
         nb = self.nb(xn)  # (B, F2, C, T_out)
         B, F2, _, T = nb.shape
-        nb = torch.cat([nb, nb.new_zeros(B, F2, 1, T)], dim=2)
+        nb = F.pad(nb, (0, 0, 0, 1))  # the zero site C, read by missing neighbours
         g = nb.index_select(2, self.idx).reshape(B, F2 * self.K, self.C, T)  # (F2, K) x C
-        h = torch.cat([own, g], dim=1)
-        for conv in self.mlp:
-            h = F.relu(conv(h))
+        first = self.mlp[0]
+        f1 = own.shape[1]  # first layer over [own, g] without concatenating them
+        h = F.conv2d(own, first.weight[:, :f1], first.bias) + F.conv2d(g, first.weight[:, f1:])
+        h = F.relu_(h)
+        for conv in self.mlp[1:]:
+            h = F.relu_(conv(h))
         return self.head(h)
 
 
@@ -191,7 +237,8 @@ def _nbr(card) -> np.ndarray:
 def build(card) -> nn.Module:
     p = card.params
     return SiteEphys(card.pre, card.post, card.omission, _nbr(card), int(p["own_filters"]), int(p["nb_filters"]),
-                     int(p["nb_before"]), int(p["nb_after"]), int(p["width"]), int(p.get("depth", 1)))
+                     int(p["nb_before"]), int(p["nb_after"]), int(p["width"]), int(p.get("depth", 1)),
+                     bool(p.get("posterior", False)))
 
 
 def min_frames(card) -> int:

@@ -95,6 +95,8 @@ class SidecarConfig:
     zmq_stream_name: str | None = None
     record: str | None = None
     record_bit_volts: float = 0.195
+    record_settings: str | None = None
+    """The acquisition's Open Ephys settings.xml, copied beside both recordings (probe geometry for sorters)."""
     stats_every: float = 5.0
     stats_file: str | None = None
     duration: float | None = None
@@ -553,7 +555,7 @@ class Sidecar:
         C = first.data.shape[0]
         bv = np.full(C, self.cfg.record_bit_volts)
         names = list(first.channel_names)
-        kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num)
+        kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num, settings=self.cfg.record_settings)
         note = f" (channels that never arrived are zeros, listed in ../{FILLED_FILE})"
         self._rec_root = root
         self.rec_raw = BinaryWriter(root / "raw", first.sample_rate, bv, names, source_processor_name="ZMQ_Interface",

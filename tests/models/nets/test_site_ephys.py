@@ -25,6 +25,7 @@ def cards():
         site_ephys.make_card(C, 30, 30, 1, "fast", positions=np1(C)),  # DI's own window
         site_ephys.make_card(C, 9, 3, 1, "base", positions=np1(C)),  # short lag: ctx_after 4 < nb_span 8
         site_ephys.make_card(C, 7, 0, 2, "fast", positions=np1(C)),  # causal: no lag
+        site_ephys.make_card(C, 12, 12, 1, "blind", positions=np1(C)),  # the blind prediction as output
     ]
 
 
@@ -43,6 +44,7 @@ def test_registered_with_its_facts():
     assert card.params["ctx_before"] == 31 and card.params["ctx_after"] == 31
     assert cards()[2].lag == 0 and cards()[2].params["ctx_after"] == 0 and cards()[2].params["nb_after"] == 0
     assert registry.min_frames(card) == 63
+    assert card.params["posterior"] and not cards()[3].params["posterior"]
 
 
 def test_neighbours_are_the_nearest_other_sites_in_a_fixed_order():
@@ -61,23 +63,26 @@ def test_neighbours_are_the_nearest_other_sites_in_a_fixed_order():
 
 
 @pytest.mark.parametrize("card", cards(), ids=lambda c: f"{c.params['preset']}-{c.pre}-{c.post}-{c.omission}")
-def test_output_of_a_site_never_sees_its_own_hidden_band_but_sees_its_neighbours_at_that_instant(card):
-    """Gradient of output (site c, sample t) wrt every input: site c only at the card's offsets
-    (never t, never the omission band, nothing past t + lag); the K neighbours of c at
-    t - nb_before .. t + nb_after (t itself included); nothing else."""
+@pytest.mark.parametrize("head", [0, 1])
+def test_the_blind_head_of_a_site_never_sees_its_own_hidden_band_but_sees_its_neighbours_at_that_instant(card, head):
+    """Gradient of the blind head (mean, and log variance for posterior models) at (site c, sample t)
+    wrt every input: site c only at the card's offsets (never t, never the omission band, nothing
+    past t + lag); the K neighbours of c at t - nb_before .. t + nb_after (t itself included); nothing else."""
     net = _random_net(card)
     p = card.params
     before, after = p["ctx_before"], p["ctx_after"]
     T_out = 12
     x = torch.randn(1, 1, C, before + T_out + after, dtype=torch.float64, requires_grad=True)
-    y = net(x)
-    assert y.shape == (1, 1, C, T_out)
+    y = net.prior(x)
+    assert y.shape == (1, 2 if p["posterior"] else 1, C, T_out)
+    if head >= y.shape[1]:
+        pytest.skip("no variance head")
     j = 5
     t = j + before
     nbr = np.asarray(p["neighbours"])
     for c in (0, 5, C - 1):
         x.grad = None
-        y[0, 0, c, j].backward(retain_graph=True)
+        y[0, head, c, j].backward(retain_graph=True)
         g = x.grad[0, 0].abs().numpy()
         own = {int(i) - t for i in np.nonzero(g[c])[0]}
         assert own == set(card.offsets), f"site {c}"
@@ -95,9 +100,11 @@ def test_output_of_a_site_never_sees_its_own_hidden_band_but_sees_its_neighbours
 
 
 @pytest.mark.parametrize("card", cards(), ids=lambda c: f"{c.params['preset']}-{c.pre}-{c.post}")
-def test_perturbing_a_site_at_t_never_changes_its_own_output_at_t_through_the_pipeline(card):
-    """Through the offline pipeline (edge rule, blocks): a change of site c's sample t changes
-    neighbours' outputs at t but never site c's own output at t (nor at t - omission .. t + omission)."""
+def test_perturbing_a_site_at_t_changes_its_own_output_only_through_the_posterior(card):
+    """Through the offline pipeline (edge rule, blocks): a change d of site c's sample t changes
+    neighbours' outputs at t; site c's own output at t - omission .. t + omission does not change
+    (a blind model), or, for a posterior model, at t only and by lambda * d with 0 < lambda < 1
+    (lambda = v / (v + noise), the Bayes weight of the observation), never at t +- 1 .. omission."""
     net = _random_net(card).float()
     eng = TorchEngine(card, net, "cpu")
     x = np.random.default_rng(0).standard_normal((200, C)).astype(np.float32) * 10
@@ -108,7 +115,11 @@ def test_perturbing_a_site_at_t_never_changes_its_own_output_at_t_through_the_pi
     out = denoise_array(eng, xp, chunk=53)
     diff = np.abs(out - base) > 1e-5
     for dt in range(-card.omission, card.omission + 1):
-        assert not diff[t + dt, c]
+        if dt == 0 and card.params["posterior"]:
+            lam = (out[t, c] - base[t, c]) / 50.0
+            assert 0.0 < lam < 1.0
+        else:
+            assert not diff[t + dt, c]
     nbr = card.params["neighbours"][c]
     assert any(diff[t, s] for s in nbr if s >= 0)
     assert not diff[:, [s for s in range(C) if s != c and s not in nbr and c not in card.params["neighbours"][s]]].any()
@@ -160,3 +171,17 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(tmp_path, monkeypatch):
     export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx", frame_shape=(C, 512))
     got = denoise_array(open_engine(tmp_path / "m.onnx", "onnxruntime"), x)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("card", cards(), ids=lambda c: f"{c.params['preset']}-{c.pre}-{c.post}")
+def test_tiled_passes_equal_one_pass(card, monkeypatch):
+    net = _random_net(card).float()
+    p = card.params
+    x = torch.randn(1, 1, C, p["ctx_before"] + 700 + p["ctx_after"])
+    with torch.inference_mode():
+        monkeypatch.setattr(site_ephys.SiteEphys, "TILE", 10**9)
+        one = net(x)
+        monkeypatch.setattr(site_ephys.SiteEphys, "TILE", 64)
+        tiled = net(x)
+    assert tiled.shape == one.shape == (1, 1, C, 700)
+    torch.testing.assert_close(tiled, one, rtol=1e-5, atol=1e-5)

@@ -39,13 +39,13 @@ def _model(path, n):
     return path
 
 
-def _run(model, rec, tmp_path):
+def _run(model, rec, tmp_path, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     port = _free_port()
     side = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(model), "--input",
          f"tcp://127.0.0.1:{port}", "--socket-port", "-1", "--zmq-output", "off", "--duration", "60",
-         "--stop-after-idle", "1.5", "--stats-every", "0", "--record", str(tmp_path / "live"), "--json"],
+         "--stop-after-idle", "1.5", "--stats-every", "0", "--record", str(tmp_path / "live"), "--json", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         rp = subprocess.run(
@@ -58,11 +58,15 @@ def _run(model, rec, tmp_path):
     return side.returncode, out, err
 
 
-def test_a_site_model_denoises_live_the_probe_it_was_made_for(rec, tmp_path):
+def test_a_site_model_denoises_live_the_probe_it_was_made_for_and_the_recordings_keep_the_settings(rec, tmp_path):
     from livedenoise.io.readers_ephys import open_recording
 
-    code, out, err = _run(_model(tmp_path / "m.pt", C), rec, tmp_path)
+    settings = tmp_path / "settings.xml"
+    settings.write_text("<SETTINGS><INFO><VERSION>0.6.7</VERSION></INFO></SETTINGS>\n")
+    code, out, err = _run(_model(tmp_path / "m.pt", C), rec, tmp_path, "--record-settings", str(settings))
     assert code == 0, err
+    for which in ("raw", "denoised"):  # the acquisition's settings (probe geometry) beside both recordings
+        assert (tmp_path / "live" / which / "Record Node 101" / "settings.xml").read_bytes() == settings.read_bytes()
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["samples_in"] == stats["output_samples"] == 15000 and stats["lag_samples"] == 0
     assert open_recording(tmp_path / "live" / "denoised").shape == (15000, C)
