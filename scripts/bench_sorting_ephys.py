@@ -63,7 +63,8 @@ def make_probe(pos):
 def ground_truth(channels: int, duration: float, units: int, noise: float, amp: tuple[float, float], seed: int,
                  rate: float = 30000.0):
     """(noisy (T, C) float32 µV, clean (T, C), gt sorting, probe)."""
-    from spikeinterface.core import NoiseGeneratorRecording, generate_sorting
+    from spikeinterface.core import generate_sorting
+    from spikeinterface.core.generate import NoiseGeneratorRecording
     from spikeinterface.core.generate import InjectTemplatesRecording, generate_templates, generate_unit_locations
 
     rng = np.random.default_rng(seed)
@@ -181,7 +182,7 @@ def sort_and_score(y: np.ndarray, probe, rate: float, gt, sorter: str, work: Pat
     from spikeinterface.core import NumpyRecording
 
     r = NumpyRecording([np.ascontiguousarray(y)], rate)
-    r.set_probe(probe, in_place=True)
+    r.set_probe(probe)  # in place (SpikeInterface >= 0.105)
     saved = work / "sort_input"
     if saved.exists():
         import shutil

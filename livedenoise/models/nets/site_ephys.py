@@ -169,9 +169,9 @@ class SiteEphys(nn.Module):
         if self.posterior:  # per-site noise variance (normalised units), learned with the prior
             self.log_noise = nn.Parameter(torch.zeros(self.C))
 
-    TILE = 256
+    TILE = 64
     """Output samples per pass in eager mode: the intermediates of a tile stay in the CPU's cache
-    (3-4x faster than one pass over a 4096-sample block on one core; docs/benchmarks.md)."""
+    (on one core, 64 samples ran 3-4x faster than one pass over a 4096-sample block; docs/benchmarks.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, C, T_in) -> (B, 1, C, T_out): the blind prediction, or with `posterior` the posterior mean."""
