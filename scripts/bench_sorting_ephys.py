@@ -107,7 +107,8 @@ def bandpass_cmr(x: np.ndarray, rate: float) -> np.ndarray:
 
 
 def train_and_denoise(spec: str, x: np.ndarray, rate: float, pos: np.ndarray, steps: int, seed: int, work: Path,
-                      log) -> tuple[np.ndarray, float, dict]:
+                      log, cache: Path | None = None) -> list[tuple[str, np.ndarray, float, dict]]:
+    """Train (or take from `cache`) and denoise; one (name, output, real-time factor, info) per keep= value."""
     import torch
 
     from livedenoise.export.engines import open_engine
@@ -124,22 +125,44 @@ def train_and_denoise(spec: str, x: np.ndarray, rate: float, pos: np.ndarray, st
     post = int(kw.get("post", d["post"]))
     om = int(kw.get("omission", d["omission"]))
     steps = int(kw.get("steps", steps))
+    keeps = [float(k) for k in kw.pop("keep", "0").split("/")]
     torch.set_num_threads(1)
-    out = work / f"{spec.replace(':', '_').replace('=', '')}_s{seed}.pt"
+    trained = "_".join(p for p in spec.split(":") if not p.startswith("keep=")).replace("=", "")
+    out = (cache or work) / f"{trained}_c{x.shape[1]}_d{x.shape[0]}_n{steps}_s{seed}.pt"
     rec = as_recording(x, rate, pos, work / "bench")
     t0 = time.perf_counter()
-    card, hist = train_ephys(rec, arch, out, pre=pre, post=post, omission=om, preset=preset, steps=steps,
-                             lr=float(kw.get("lr", d["lr"])), crop=int(kw.get("crop", d["crop"])),
-                             batch=int(kw["batch"]) if "batch" in kw else None, seed=seed, log=log, log_every=500,
-                             positions=pos, loss=kw.get("loss"))
+    if out.exists():
+        log(f"{out}: trained before, reused")
+        from livedenoise.models.checkpoint import read_checkpoint
+
+        card, _ = read_checkpoint(out)
+        hist = {"val_loss": card.training.get("val_loss")}
+    else:
+        card, hist = train_ephys(rec, arch, out, pre=pre, post=post, omission=om, preset=preset, steps=steps,
+                                 lr=float(kw.get("lr", d["lr"])), crop=int(kw.get("crop", d["crop"])),
+                                 batch=int(kw["batch"]) if "batch" in kw else None, seed=seed, log=log, log_every=500,
+                                 positions=pos, loss=kw.get("loss"))
     train_s = time.perf_counter() - t0
-    eng = open_engine(out, "torch", threads=1)
-    t0 = time.perf_counter()
-    y = denoise_samples(eng, x, chunk=30000)
-    wall = time.perf_counter() - t0
-    info = {"train_s": round(train_s, 1), "steps": card.training.get("steps_done"), "val_loss": hist["val_loss"],
+    info = {"train_s": card.training.get("train_seconds", round(train_s, 1)), "steps": card.training.get("steps_done"),
+            "val_loss": hist["val_loss"],
             "params": int(sum(v.numel() for v in torch.load(out, weights_only=False)["state_dict"].values()))}
-    return y, (x.shape[0] / rate) / wall, info
+    rows = []
+    for keep in keeps:
+        path = out
+        if keep:
+            from livedenoise.models.checkpoint import read_checkpoint, save_checkpoint
+
+            c2, state = read_checkpoint(out)
+            c2.params["keep_noise"] = keep  # site-ephys: give back this fraction of the removed noise
+            path = work / f"{out.stem}_keep{keep}.pt"
+            save_checkpoint(path, c2, state)
+        eng = open_engine(path, "torch", threads=1)
+        t0 = time.perf_counter()
+        y = denoise_samples(eng, x, chunk=30000)
+        wall = time.perf_counter() - t0
+        name = spec if len(keeps) == 1 else f"{trained.replace('_', ':')}:keep={keep:g}"
+        rows.append((name, y, (x.shape[0] / rate) / wall, {**info, "keep_noise": keep}))
+    return rows
 
 
 def band_rms(y: np.ndarray, rate: float, lo: float, hi: float) -> float:
@@ -198,6 +221,13 @@ def sort_and_score(y: np.ndarray, probe, rate: float, gt, sorter: str, work: Pat
     return {"well": well, "found": int(len(s.unit_ids)), "sort_s": round(time.perf_counter() - t0, 1)}
 
 
+def _cache_dir(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--channels", type=int, default=384)
@@ -208,12 +238,14 @@ def main(argv=None) -> int:
     ap.add_argument("--amp-max", type=float, default=150.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", action="append", default=[],
-                    help="ARCH[:PRESET][:key=value...] (pre, post, omission, steps, lr, crop, batch, loss); repeatable")
+                    help="ARCH[:PRESET][:key=value...] (pre, post, omission, steps, lr, crop, batch, loss; keep=A/B/...: "
+                         "site-ephys outputs giving back these fractions of the removed noise); repeatable")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--sorter", default="tridesclous2")
     ap.add_argument("--no-sort", action="store_true", help="waveform and noise metrics only")
     ap.add_argument("--no-baselines", action="store_true", help="skip raw and bandpass+CMR")
     ap.add_argument("--json", default=None, help="append one JSON line per method to this file")
+    ap.add_argument("--cache", default=None, help="folder keeping trained models (reused by a later run)")
     args = ap.parse_args(argv)
     from livedenoise.train.quality import ephys_quality_report
 
@@ -228,15 +260,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench18_") as tmp:
         work = Path(tmp)
-        for name, spec in methods:
-            info: dict = {}
-            rt = None
-            if name == "raw":
-                y = x
-            elif name == "bandpass+CMR":
-                y = bandpass_cmr(x, rate)
-            else:
-                y, rt, info = train_and_denoise(spec, x, rate, pos, args.steps, args.seed, work, log)
+        def score(name, y, rt, info):
             row = {"method": name, "seed": args.seed, "channels": args.channels, "duration": args.duration,
                    "units": args.units, **waveform_metrics(y, clean, gt, rate),
                    "resid": float(np.sqrt(np.mean((y - clean) ** 2))),
@@ -248,11 +272,25 @@ def main(argv=None) -> int:
                         "report_noise_reduction": q["noise_reduction"], "report_warnings": len(q["warnings"])})
             if not args.no_sort:
                 row.update(sort_and_score(y, probe, rate, gt, args.sorter, work, args.seed))
-            rows.append(row)
             log(json.dumps(row))
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
+            return row
+
+        outputs = []
+        for name, spec in methods:
+            if name == "raw":
+                outputs.append((name, x, None, {}))
+            elif name == "bandpass+CMR":
+                outputs.append((name, bandpass_cmr(x, rate), None, {}))
+            else:
+                outputs += train_and_denoise(spec, x, rate, pos, args.steps, args.seed, work, log,
+                                             _cache_dir(args.cache))
+            while outputs:
+                name, y, rt, info = outputs.pop(0)
+                rows.append(score(name, y, rt, info))
+
     print(f"{'method':32s} {'well':>5s} {'amp':>6s} {'amp<25':>6s} {'cos':>6s} {'resid':>6s} {'band':>6s} {'lf':>5s} {'hf':>5s} {'rt':>5s} {'rep_amp':>7s}")
     for r in rows:
         a25 = "-" if r["amp<25"] is None else f"{r['amp<25']:.2f}"

@@ -140,9 +140,13 @@ class SiteEphys(nn.Module):
     """See the module docstring. `nbr`: (C, K) neighbour indices, -1 = none."""
 
     def __init__(self, pre: int, post: int, omission: int, nbr, own_filters: int = 8, nb_filters: int = 2,
-                 nb_before: int = 4, nb_after: int = 4, width: int = 12, depth: int = 1, posterior: bool = False):
+                 nb_before: int = 4, nb_after: int = 4, width: int = 12, depth: int = 1, posterior: bool = False,
+                 keep_noise: float = 0.0):
         super().__init__()
         self.posterior = bool(posterior)
+        if not 0.0 <= keep_noise <= 1.0:
+            raise ValueError(f"keep_noise must be in 0..1, got {keep_noise}")
+        self.keep_noise = float(keep_noise)
         nbr = torch.as_tensor(np.asarray(nbr, np.int64))
         C, K = nbr.shape
         self.C, self.K = int(C), int(K)
@@ -201,13 +205,15 @@ class SiteEphys(nn.Module):
 
     def _output(self, x: torch.Tensor) -> torch.Tensor:
         h = self._blind(x)
-        if not self.posterior:
-            return h
-        # Bayes: prior N(mu, v) from the blind head, observation x_c(t) = s + N(0, noise): posterior mean
-        mu, v = h[:, :1], h[:, 1:].clamp(-12.0, 12.0).exp()
-        noise = self.log_noise.clamp(-12.0, 12.0).exp()[:, None]
         xc = x[..., self.before:x.shape[-1] - self.after]
-        return (mu * noise + xc * v) / (v + noise)
+        if self.posterior:
+            # Bayes: prior N(mu, v) from the blind head, observation x_c(t) = s + N(0, noise): posterior mean
+            mu, v = h[:, :1], h[:, 1:].clamp(-12.0, 12.0).exp()
+            noise = self.log_noise.clamp(-12.0, 12.0).exp()[:, None]
+            h = (mu * noise + xc * v) / (v + noise)
+        if self.keep_noise:  # give back this fraction of what was removed (sorters expect some noise)
+            h = h + self.keep_noise * (xc - h)
+        return h
 
     def _blind(self, x: torch.Tensor) -> torch.Tensor:
         T_in = x.shape[-1]
@@ -238,7 +244,7 @@ def build(card) -> nn.Module:
     p = card.params
     return SiteEphys(card.pre, card.post, card.omission, _nbr(card), int(p["own_filters"]), int(p["nb_filters"]),
                      int(p["nb_before"]), int(p["nb_after"]), int(p["width"]), int(p.get("depth", 1)),
-                     bool(p.get("posterior", False)))
+                     bool(p.get("posterior", False)), float(p.get("keep_noise", 0.0)))
 
 
 def min_frames(card) -> int:

@@ -185,3 +185,23 @@ def test_tiled_passes_equal_one_pass(card, monkeypatch):
         tiled = net(x)
     assert tiled.shape == one.shape == (1, 1, C, 700)
     torch.testing.assert_close(tiled, one, rtol=1e-5, atol=1e-5)
+
+
+def test_keep_noise_gives_back_that_fraction_of_what_was_removed():
+    import dataclasses
+
+    card = cards()[0]
+    net = _random_net(card).float()
+    x = torch.randn(1, 1, C, card.params["ctx_before"] + 100 + card.params["ctx_after"]) * 3
+    xc = x[..., card.params["ctx_before"]:-card.params["ctx_after"]]
+    outs = {}
+    for keep in (0.0, 0.5, 1.0):
+        c2 = dataclasses.replace(card, params={**card.params, "keep_noise": keep})
+        n2 = build_network(c2)
+        n2.load_state_dict(net.state_dict())
+        with torch.inference_mode():
+            outs[keep] = n2.eval()(x)
+    torch.testing.assert_close(outs[1.0], xc)  # everything given back: the input itself
+    torch.testing.assert_close(outs[0.5], 0.5 * (outs[0.0] + xc))
+    with pytest.raises(ValueError, match="keep_noise"):
+        build_network(dataclasses.replace(card, params={**card.params, "keep_noise": 1.5}))
