@@ -71,6 +71,9 @@ def register(sub) -> None:
     r.add_argument("--probe", default=None, metavar="FILE",
                    help="ephys: probe geometry (probeinterface .json or .prb) for models that read neighbouring sites "
                         "(site-ephys), when the recording's settings.xml / .meta holds none")
+    r.add_argument("--keep-noise", type=float, default=None, metavar="F",
+                   help="site-ephys: the fraction (0..1) of the removed noise the output gives back; spike sorters "
+                        "tuned on raw data find more units with some noise left (docs/benchmarks.md, issue 18)")
     c = p.add_argument_group("classic filters (--arch classic)")
     c.add_argument("--kind", choices=("exp", "boxcar", "halfgauss", "gauss", "spatial"), default=None, help="filter kind (default gauss, or the best kind with --tune-against)")
     c.add_argument("--tau", type=float, default=None, help="exp: time constant in frames")
@@ -166,8 +169,10 @@ def _run_train(args, out: Path) -> int:
     for flag in ("kind", "tau", "sigma_t", "sigma_xy", "tune_against"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')} applies to --arch classic only")
-    if args.loss == "nll" or args.probe is not None:
-        raise UserError(f"--{'loss nll' if args.loss == 'nll' else 'probe'} applies to ephys models only")
+    for flag, given in (("loss nll", args.loss == "nll"), ("probe", args.probe is not None),
+                        ("keep-noise", args.keep_noise is not None)):
+        if given:
+            raise UserError(f"--{flag} applies to ephys models only")
     movies = [_open(m, args) for m in args.movies]
     val_movies = [_open(m, args) for m in args.val_movies] if args.val_movies else None
     cfg = TrainConfig(
@@ -339,7 +344,7 @@ def run_ephys(args, out) -> int:
         rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
         lr=args.lr or d["lr"], crop=args.crop or d["crop"], seed=args.seed, device=device, val_fraction=args.val_fraction,
         log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None), probe=getattr(args, "probe", None),
-        loss=args.loss,
+        loss=args.loss, keep_noise=args.keep_noise,
     )
     if getattr(args, "json", False):
         print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),

@@ -107,6 +107,7 @@ def train_ephys(
     probe: str | os.PathLike | None = None,
     positions=None,
     loss: str | None = None,
+    keep_noise: float | None = None,
 ):
     """Train and save a checkpoint; returns (card, history dict). `arch` None: the default ephys
     architecture (`registry.default_name("ephys")`). Architectures that need the probe geometry
@@ -114,7 +115,8 @@ def train_ephys(
     probeinterface file) or the recording's metadata (`io.probe_geometry`); UserError when none.
     `loss`: `l2` (the conditional mean: the least squared error, but it shrinks events the
     model is unsure of) or `l1` (the conditional median: keeps more of a spike's amplitude);
-    None: the architecture's default."""
+    None: the architecture's default. `keep_noise` (site-ephys): the fraction of the removed
+    noise the output gives back (card `params["keep_noise"]`; None: the preset's)."""
     arch = arch or registry.default_name("ephys")
     if isinstance(rec, (str, os.PathLike)):
         from livedenoise.io.readers_ephys import open_recording
@@ -144,6 +146,12 @@ def train_ephys(
 
         positions = require_positions(rec, probe, rec.n_channels, what=f"--arch {arch}")
     card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training, positions)
+    if keep_noise is not None:
+        if "keep_noise" not in card.params:
+            raise UserError(f"--keep-noise applies to models that give back part of the noise (site-ephys), not {arch}")
+        if not 0.0 <= keep_noise <= 1.0:
+            raise UserError(f"--keep-noise must be in 0..1 (got {keep_noise})")
+        card.params["keep_noise"] = float(keep_noise)
     n = rec.n_samples
     registry.check_length(card, n, str(rec.path))
     net = build_network(card).to(device)

@@ -39,16 +39,18 @@ def test_training_needs_the_geometry_and_reads_it_from_a_probe_file(rec, tmp_pat
     assert r.returncode == 2 and "--probe FILE" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x.pt").exists()
     r = _cli("train", rec / "rec", "--arch", "site-ephys", "--probe", rec / "probe.json", "--steps", "30",
-             "--out", tmp_path / "m.pt", "--json", "--threads", "1")
+             "--out", tmp_path / "m.pt", "--json", "--threads", "1", "--keep-noise", "0.5")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     card = out["card"]
-    assert card["arch"] == "site-ephys" and card["training"]["loss"] == "nll"
+    assert card["arch"] == "site-ephys" and card["training"]["loss"] == "nll" and card["params"]["keep_noise"] == 0.5
     assert np.allclose(card["params"]["positions"], np1_positions(C))
     assert out["val_loss"] is not None and np.isfinite(out["val_loss"])
     r = _cli("train", rec / "rec", "--arch", "site-ephys", "--probe", rec / "probe.json", "--loss", "l1",
              "--steps", "3", "--out", tmp_path / "l1.pt")
     assert r.returncode == 2 and "--loss nll" in r.stderr
+    r = _cli("train", rec / "rec", "--arch", "block-ephys", "--keep-noise", "0.5", "--steps", "3", "--out", tmp_path / "b.pt")
+    assert r.returncode == 2 and "--keep-noise applies to" in r.stderr
 
 
 def test_denoise_report_gives_noise_and_spike_amplitude_for_a_recording(rec, tmp_path):

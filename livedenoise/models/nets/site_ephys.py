@@ -59,11 +59,14 @@ GEOMETRY = True
 """The card holds the probe's site positions: `train` reads them from the recording (io/probe_geometry.py)."""
 PRESETS: dict[str, dict] = {
     # CPU: one core, 384 channels at 30 kHz (see docs/benchmarks.md); posterior mean (Bayes with the site's own sample)
-    "fast": {"own_filters": 8, "nb_filters": 4, "nb_span": 6, "k": 8, "width": 16, "depth": 2, "posterior": True},
+    "fast": {"own_filters": 8, "nb_filters": 4, "nb_span": 6, "k": 8, "width": 16, "depth": 2, "posterior": True,
+             "keep_noise": 0.0},
     # more capacity (GPU, or fewer channels)
-    "base": {"own_filters": 16, "nb_filters": 4, "nb_span": 8, "k": 12, "width": 32, "depth": 2, "posterior": True},
+    "base": {"own_filters": 16, "nb_filters": 4, "nb_span": 8, "k": 12, "width": 32, "depth": 2, "posterior": True,
+             "keep_noise": 0.0},
     # the blind prediction itself (the conditional mean without the site's own sample): smaller, shrinks spikes more
-    "blind": {"own_filters": 8, "nb_filters": 2, "nb_span": 4, "k": 8, "width": 12, "depth": 1, "posterior": False},
+    "blind": {"own_filters": 8, "nb_filters": 2, "nb_span": 4, "k": 8, "width": 12, "depth": 1, "posterior": False,
+              "keep_noise": 0.0},
 }
 DEFAULTS = {"pre": 30, "post": 30, "omission": 1}
 
