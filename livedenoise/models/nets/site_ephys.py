@@ -58,12 +58,13 @@ LAYOUTS = ("block",)
 GEOMETRY = True
 """The card holds the probe's site positions: `train` reads them from the recording (io/probe_geometry.py)."""
 PRESETS: dict[str, dict] = {
-    # CPU: one core, 384 channels at 30 kHz (see docs/benchmarks.md); posterior mean (Bayes with the site's own sample)
+    # CPU: one core, 384 channels at 30 kHz (see docs/benchmarks.md); posterior mean (Bayes with the site's own
+    # sample), half of the removed noise given back: tridesclous2 found the most units with it (issue 18)
     "fast": {"own_filters": 8, "nb_filters": 4, "nb_span": 6, "k": 8, "width": 16, "depth": 2, "posterior": True,
-             "keep_noise": 0.0},
+             "keep_noise": 0.5},
     # more capacity (GPU, or fewer channels)
     "base": {"own_filters": 16, "nb_filters": 4, "nb_span": 8, "k": 12, "width": 32, "depth": 2, "posterior": True,
-             "keep_noise": 0.0},
+             "keep_noise": 0.5},
     # the blind prediction itself (the conditional mean without the site's own sample): smaller, shrinks spikes more
     "blind": {"own_filters": 8, "nb_filters": 2, "nb_span": 4, "k": 8, "width": 12, "depth": 1, "posterior": False,
               "keep_noise": 0.0},
