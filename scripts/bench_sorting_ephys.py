@@ -125,7 +125,7 @@ def train_and_denoise(spec: str, x: np.ndarray, rate: float, pos: np.ndarray, st
     post = int(kw.get("post", d["post"]))
     om = int(kw.get("omission", d["omission"]))
     steps = int(kw.get("steps", steps))
-    keeps = [float(k) for k in kw.pop("keep", "0").split("/")]
+    keeps = [float(k) for k in kw.pop("keep").split("/")] if "keep" in kw else [None]  # None: the preset's
     torch.set_num_threads(1)
     trained = "_".join(p for p in spec.split(":") if not p.startswith("keep=")).replace("=", "")
     out = (cache or work) / f"{trained}_c{x.shape[1]}_d{x.shape[0]}_n{steps}_s{seed}.pt"
@@ -149,7 +149,7 @@ def train_and_denoise(spec: str, x: np.ndarray, rate: float, pos: np.ndarray, st
     rows = []
     for keep in keeps:
         path = out
-        if keep:
+        if keep is not None:
             from livedenoise.models.checkpoint import read_checkpoint, save_checkpoint
 
             c2, state = read_checkpoint(out)
@@ -161,7 +161,8 @@ def train_and_denoise(spec: str, x: np.ndarray, rate: float, pos: np.ndarray, st
         y = denoise_samples(eng, x, chunk=30000)
         wall = time.perf_counter() - t0
         name = spec if len(keeps) == 1 else f"{trained.replace('_', ':')}:keep={keep:g}"
-        rows.append((name, y, (x.shape[0] / rate) / wall, {**info, "keep_noise": keep}))
+        kept = keep if keep is not None else card.params.get("keep_noise")
+        rows.append((name, y, (x.shape[0] / rate) / wall, {**info, "keep_noise": kept}))
     return rows
 
 
