@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt)")
     p.add_argument("--arch", choices=registry.names(), default=None,
                    help=f"architecture (default {registry.default_name('2p')}; "
-                        f"{registry.default_name('ephys')} for ephys recordings)")
+                        f"{registry.default_name('ephys')} for ephys recordings that carry their probe geometry, "
+                        "else the next ephys architecture that needs none, with a note)")
     p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
     p.add_argument("--pre", type=int, default=None,
                    help="frames (ephys: samples) before the predicted one (default 8, ephys 30; "
@@ -136,6 +137,12 @@ def _resolve_arch(args) -> str:
     from livedenoise.io.readers_ephys import is_ephys_path
 
     data = "ephys" if is_ephys_path(args.movies[0]) else "2p"
+    if args.arch is None and data == "ephys" and len(args.movies) == 1:
+        from livedenoise.commands.args import open_from_args
+        from livedenoise.train.ephys import default_arch
+
+        arch, args.arch_note = default_arch(open_from_args(args.movies[0], args), args.probe)
+        return arch
     if args.arch is None:
         return registry.default_name(data)
     if data == "ephys" and registry.modality(args.arch) != "ephys":
@@ -337,6 +344,8 @@ def run_ephys(args, out) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
     log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    if getattr(args, "arch_note", None):
+        print(f"note: {args.arch_note}", file=sys.stderr, flush=True)
     log(f"training {arch} on {rec.describe()}; window pre={pre} post={post} omission={omission}")
     steps = args.steps or 2000
     d = registry.defaults(arch)

@@ -53,6 +53,25 @@ def needs_geometry(arch: str) -> bool:
     return bool(getattr(registry.arch_module(arch), "GEOMETRY", False))
 
 
+def default_arch(rec, probe=None) -> tuple[str, str | None]:
+    """(architecture, note) that `train` picks for `rec` when none is named: the registry's default
+    ephys architecture, unless it needs the probe geometry and neither `probe` nor the recording's
+    metadata gives it; then the next one that does not, and a note saying so (never silently)."""
+    names = ephys_archs()  # the registry's order: the default first
+    first = names[0]
+    for name in names:
+        if not needs_geometry(name) or probe is not None:
+            break
+        from livedenoise.io.probe_geometry import site_positions
+
+        if site_positions(rec)[0] is not None:
+            break
+    if name == first:
+        return name, None
+    return name, (f"{rec.path} carries no probe geometry, so this is {name}, not {first} (the default: it reads "
+                  f"neighbouring sites and keeps spikes better for sorting); pass --probe FILE or --arch {name}")
+
+
 def make_card(arch: str, n_channels: int, pre: int, post: int, omission: int, preset: str | None, layout: str | None,
               mean: float, std: float, training: dict, positions=None):
     """The card of an ephys architecture; None preset / layout take the architecture's defaults.
@@ -109,19 +128,21 @@ def train_ephys(
     loss: str | None = None,
     keep_noise: float | None = None,
 ):
-    """Train and save a checkpoint; returns (card, history dict). `arch` None: the default ephys
-    architecture (`registry.default_name("ephys")`). Architectures that need the probe geometry
+    """Train and save a checkpoint; returns (card, history dict). `arch` None: `default_arch(rec)`
+    (the registry's default ephys architecture when the recording allows it). Architectures that need the probe geometry
     (site-ephys) take `positions` ((C, 2) µm) when given, else read them from `probe` (a
     probeinterface file) or the recording's metadata (`io.probe_geometry`); UserError when none.
     `loss`: `l2` (the conditional mean: the least squared error, but it shrinks events the
     model is unsure of) or `l1` (the conditional median: keeps more of a spike's amplitude);
     None: the architecture's default. `keep_noise` (site-ephys): the fraction of the removed
     noise the output gives back (card `params["keep_noise"]`; None: the preset's)."""
-    arch = arch or registry.default_name("ephys")
     if isinstance(rec, (str, os.PathLike)):
         from livedenoise.io.readers_ephys import open_recording
 
         rec = open_recording(rec)
+    note = None
+    if arch is None:
+        arch, note = default_arch(rec, probe if positions is None else positions)
     neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
     if neural is not None and 0 < len(neural) < rec.n_channels and list(neural) == list(range(len(neural))):
         import dataclasses
@@ -131,6 +152,8 @@ def train_ephys(
     if log is None:
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
+    if note:
+        log(f"note: {note}")
     loss_name = loss or str(registry.defaults(arch).get("loss", "l2"))
     if loss_name not in ("l1", "l2", "nll"):
         raise UserError(f"ephys training takes --loss l1, l2 or nll (got {loss_name!r})")

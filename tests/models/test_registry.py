@@ -38,7 +38,7 @@ def test_the_five_architectures_are_registered():
     assert set(registry.names(trainable=True)) == {"interp2d", "cad3d", "interp-ephys", "block-ephys", "site-ephys"}
     assert registry.names(trainable=False) == ["classic"]
     assert registry.names(trainer="imaging") == ["interp2d", "cad3d"]
-    assert registry.default_name("2p") == "interp2d" and registry.default_name("ephys") == "block-ephys"
+    assert registry.default_name("2p") == "interp2d" and registry.default_name("ephys") == "site-ephys"
     assert dict(registry.ARCHS)["cad3d"] == "livedenoise.models.nets.cad3d"
 
 

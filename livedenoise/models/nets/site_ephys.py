@@ -75,6 +75,7 @@ ARCH = Arch(
     name="site-ephys",
     modality="ephys",
     trainer="ephys",
+    default=True,
     layout="block",
     layouts=LAYOUTS,
     presets=PRESETS,
