@@ -30,6 +30,18 @@ Network (all per site, weights shared by every site):
   and nothing mixes time after the first filters (it would bring the hidden band
   back through a neighbouring output).
 
+Output (presets `fast`, `base`: `params["posterior"]`): the head gives the mean mu and log
+variance v of the hidden sample given the blind inputs; with the site's noise variance
+sigma^2 (learned per site) the output is the Bayes posterior mean
+(mu sigma^2 + x v) / (v + sigma^2) with the site's own sample x(c, t) (Laine, Karras,
+Lehtinen & Aila 2019, "High-quality self-supervised deep image denoising"): where the model
+is sure (v small) it is mu, at a spike it keeps more of the recorded peak. Trained by the
+Gaussian likelihood of the hidden sample (`nll`). Then `params["keep_noise"]` k gives back
+that fraction of what was removed: out = post + k (x - post) (0.5 in the presets: the
+sorting benchmark's best, docs/benchmarks.md). Preset `blind` outputs mu itself (L2).
+So the blind spot holds for the head (`prior`), and the output reads x(c, t) -- never
+x(c, t +- 1 .. omission) -- with weight k + (1 - k) v / (v + sigma^2) < 1.
+
 The geometry lives in the card (`params["positions"]`, (C, 2) µm, in the
 recording's channel order; `params["neighbours"]`, (C, K) site indices, -1 =
 none), so a model is made for one probe layout and channel count; the pipeline
