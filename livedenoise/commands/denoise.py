@@ -75,7 +75,9 @@ def register(sub) -> None:
     p.add_argument("--report", action="store_true",
                    help="also score the model on the first 300 frames (a centre crop): its self-supervised loss "
                         "against the best classic filter at the same lag, the previous frame and the noise floor "
-                        "(no ground truth needed; docs/models.md)")
+                        "(no ground truth needed; docs/models.md); for a recording: the noise before and after "
+                        "and the amplitude detected spikes keep over its first 10 s, with a warning when they lose "
+                        "more than 5%%")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress (a bar on a terminal, else a line every 5 s)")
     from livedenoise.commands.args import add_reading_arguments
@@ -227,13 +229,13 @@ def run_ephys(args) -> str:
                         f"({', '.join(kinds) or 'sync/digital'} only); there is nothing to denoise")
     eng = open_ephys_engine(args.model, args.backend, threads=args.threads)
     notes = list(rec.notes) + check_model_rate(eng.card, rec, args.model, getattr(args, "force_rate", False))
-    if args.report:
-        notes.append("note: --report scores imaging models; no quality report for a recording")
     quiet = args.quiet or args.json
     rep = denoise_recording(rec, args.model, args.output, engine=eng, progress=not quiet)
+    quality = _ephys_quality(rec, eng) if args.report else None
     if args.json:
         return json.dumps({"input": str(args.input), "output": rep["out"], "model": str(args.model),
-                           "stream": rec.stream_name, "sample_rate": rec.sample_rate, "notes": notes, **rep})
+                           "stream": rec.stream_name, "sample_rate": rec.sample_rate, "notes": notes, **rep,
+                           **({"quality": quality} if quality is not None else {})})
     seg = (f"; {rep['segments']} segments (sample numbers: {rep['gaps']} gaps, {rep['restarts']} restarts), "
            "each denoised on its own" if rep["segments"] > 1 else "")
     what = f" (stream '{rec.stream_name}')" if rec.format == "openephys" else ""
@@ -242,4 +244,25 @@ def run_ephys(args) -> str:
     if rec.format == "openephys":
         lines.append("the rest of the recording is copied as it is (events, sync messages, settings, other "
                      "streams), its sample numbers and timestamps unchanged")
+    if quality is not None:
+        from livedenoise.train.quality import ephys_summary_lines
+
+        lines += ephys_summary_lines(quality) if "skipped" not in quality else [f"no quality report: {quality['skipped']}"]
     return "\n".join(lines + notes)
+
+
+def _ephys_quality(rec, eng, seconds: float = 10.0) -> dict:
+    """The ephys quality report (train/quality.py) on the recording's first `seconds`, denoised by the same pipeline."""
+    import numpy as np
+
+    from livedenoise.stream.ephys import denoise_samples
+    from livedenoise.train.quality import ephys_quality_report
+
+    n = min(rec.n_samples, int(seconds * rec.sample_rate))
+    neural = rec.meta.get("neural_channels")
+    raw = rec.read(0, n) if neural is None else rec.read(0, n)[:, np.asarray(neural, np.int64)]
+    try:
+        den = denoise_samples(eng, raw, sample_numbers=rec.sample_numbers[:n])
+        return ephys_quality_report(raw, den, rec.sample_rate)
+    except (ValueError, UserError) as exc:
+        return {"skipped": str(exc)}

@@ -54,6 +54,10 @@ def register(subparsers) -> None:
     p.add_argument("--record", default=None, metavar="DIR",
                    help="write raw and denoised Open Ephys Binary recordings under DIR/raw and DIR/denoised")
     p.add_argument("--record-bit-volts", type=float, default=0.195, help="µV per bit of the recorded int16 data")
+    p.add_argument("--record-settings", default=None, metavar="SETTINGS_XML",
+                   help="the Open Ephys GUI's settings.xml of this acquisition: copied into both --record recordings "
+                        "(Record Node folder), so that SpikeInterface and probeinterface read the probe geometry "
+                        "from them as from the GUI's own recording")
     p.add_argument("--stats-every", type=float, default=5.0, help="seconds between stats lines (0: only at the end)")
     p.add_argument("--stats-file", default=None, help="append every stats snapshot as a JSON line to this file")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -107,6 +111,13 @@ def make_sidecar(args):
         stream_logger.setLevel(logging.WARNING)
     if not args.max_queue_mb > 0:
         raise UserError(f"--max-queue-mb must be > 0 (got {args.max_queue_mb}); the default is 1024")
+    if args.record_settings is not None:
+        from pathlib import Path
+
+        if not args.record:
+            raise UserError("--record-settings goes with --record DIR (it is copied into the recordings)")
+        if not Path(args.record_settings).is_file():
+            raise UserError(f"--record-settings {args.record_settings}: no such file")
     cfg = SidecarConfig(
         model=args.model, input=args.input, stream=args.stream, channels=args.channels, backend=args.backend,
         device=args.device, threads=args.threads, batch=args.batch, socket_port=args.socket_port,
@@ -114,6 +125,7 @@ def make_sidecar(args):
         socket_samples=args.socket_samples,
         zmq_output=None if str(args.zmq_output).lower() in ("off", "none", "") else args.zmq_output,
         zmq_stream_name=args.zmq_stream_name, record=args.record, record_bit_volts=args.record_bit_volts,
+        record_settings=args.record_settings,
         stats_every=args.stats_every, stats_file=args.stats_file, duration=args.duration,
         stop_after_idle=args.stop_after_idle, idle_flush_s=args.idle_flush, max_backlog_s=args.max_backlog,
         max_queue_mb=args.max_queue_mb,

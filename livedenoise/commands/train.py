@@ -38,7 +38,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, help="checkpoint to write (.pt)")
     p.add_argument("--arch", choices=registry.names(), default=None,
                    help=f"architecture (default {registry.default_name('2p')}; "
-                        f"{registry.default_name('ephys')} for ephys recordings; "
+                        f"{registry.default_name('ephys')} for ephys recordings that carry their probe geometry, "
+                        "else the next ephys architecture that needs none, with a note; "
                         f"{registry.default_name('fmri')} for 4D NIfTI fMRI runs)")
     p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
     p.add_argument("--pre", type=int, default=None,
@@ -48,7 +49,8 @@ def register(sub) -> None:
     p.add_argument("--omission", type=int, default=None,
                    help="frames hidden on each side of the predicted frame (default 0, ephys 1)")
     g = p.add_argument_group("training")
-    g.add_argument("--loss", choices=("l1", "l2", "mixed"), default=None, help="default: l2 (interp2d), mixed (cad3d)")
+    g.add_argument("--loss", choices=("l1", "l2", "mixed", "nll"), default=None,
+                   help="default: l2 (interp2d, block-ephys), mixed (cad3d), nll (site-ephys: likelihood of its posterior)")
     g.add_argument("--crop", type=int, default=None,
                    help="training crop: square side in pixels (default 64); ephys: samples (default 512)")
     g.add_argument("--batch", type=int, default=None,
@@ -75,6 +77,12 @@ def register(sub) -> None:
     from livedenoise.commands.args import add_movie_arguments
 
     add_movie_arguments(r)
+    r.add_argument("--probe", default=None, metavar="FILE",
+                   help="ephys: probe geometry (probeinterface .json or .prb) for models that read neighbouring sites "
+                        "(site-ephys), when the recording's settings.xml / .meta holds none")
+    r.add_argument("--keep-noise", type=float, default=None, metavar="F",
+                   help="site-ephys: the fraction (0..1) of the removed noise the output gives back; spike sorters "
+                        "tuned on raw data find more units with some noise left (docs/benchmarks.md, issue 18)")
     c = p.add_argument_group("classic filters (--arch classic)")
     c.add_argument("--kind", choices=("exp", "boxcar", "halfgauss", "gauss", "spatial"), default=None, help="filter kind (default gauss, or the best kind with --tune-against)")
     c.add_argument("--tau", type=float, default=None, help="exp: time constant in frames")
@@ -140,6 +148,12 @@ def _resolve_arch(args) -> str:
         if is_nifti_path(m) != (data == "fmri"):
             raise UserError(f"{m} and {args.movies[0]} are not the same kind of data (4D NIfTI runs and movies "
                             "train different models); train on one kind at a time")
+    if args.arch is None and data == "ephys" and len(args.movies) == 1:
+        from livedenoise.commands.args import open_from_args
+        from livedenoise.train.ephys import default_arch
+
+        arch, args.arch_note = default_arch(open_from_args(args.movies[0], args), args.probe)
+        return arch
     if args.arch is None:
         return registry.default_name(data)
     if data == "ephys" and registry.modality(args.arch) != "ephys":
@@ -187,6 +201,10 @@ def _run_train(args, out: Path) -> int:
     for flag in ("kind", "tau", "sigma_t", "sigma_xy", "tune_against"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')} applies to --arch classic only")
+    for flag, given in (("loss nll", args.loss == "nll"), ("probe", args.probe is not None),
+                        ("keep-noise", args.keep_noise is not None)):
+        if given:
+            raise UserError(f"--{flag} applies to ephys models only")
     movies = [_open(m, args) for m in args.movies]
     val_movies = [_open(m, args) for m in args.val_movies] if args.val_movies else None
     cfg = TrainConfig(
@@ -351,6 +369,8 @@ def run_ephys(args, out) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     quiet = getattr(args, "quiet", False) or getattr(args, "json", False)
     log = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    if getattr(args, "arch_note", None):
+        print(f"note: {args.arch_note}", file=sys.stderr, flush=True)
     log(f"training {arch} on {rec.describe()}; window pre={pre} post={post} omission={omission}")
     steps = args.steps or 2000
     d = registry.defaults(arch)
@@ -358,6 +378,7 @@ def run_ephys(args, out) -> int:
         rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
         lr=args.lr or d["lr"], crop=args.crop or d["crop"], seed=args.seed, device=device, val_fraction=args.val_fraction,
         log=log, time_limit=(args.max_minutes * 60 if args.max_minutes else None), init=args.init,
+        probe=getattr(args, "probe", None), loss=args.loss, keep_noise=args.keep_noise,
     )
     if getattr(args, "json", False):
         print(_json.dumps({"out": str(out), "card": card.to_dict(), "steps": card.training.get("steps_done"),

@@ -256,6 +256,7 @@ class BinaryWriter(EphysWriter):
         first_sample: int = 0,
         description: str = "",
         flush_every_s: float | None = FLUSH_EVERY_S,
+        settings: str | os.PathLike | None = None,
     ):
         self.session = Path(out)
         if self.session.exists() and not self.session.is_dir():
@@ -275,6 +276,17 @@ class BinaryWriter(EphysWriter):
         self.flush_every_s = flush_every_s
         experiment = Path(f"Record Node {record_node_id}") / "experiment1"
         rel = experiment / f"recording{_next_recording(self.session / experiment)}"
+        settings_dst = None
+        if settings is not None:  # the acquisition's settings.xml (probe geometry): readers find it at the Record Node
+            settings = Path(settings)
+            if not settings.is_file():
+                raise UserError(f"{settings}: no such settings file")
+            settings_dst = Path(f"Record Node {record_node_id}") / "settings.xml"
+            there = self.session / settings_dst
+            if there.exists():
+                if not (there.is_file() and filecmp.cmp(settings, there, shallow=False)):
+                    raise UserError(f"{there} exists and differs from {settings}; choose a new folder")
+                settings_dst = None
         self.path = self.session / rel
         """The final recording folder (where structure.oebin is once closed)."""
         self._out = atomic.Output(self.session, folder=True, owner=self, progress=self._progress)
@@ -316,6 +328,8 @@ class BinaryWriter(EphysWriter):
         try:
             cont.mkdir(parents=True)
             (self._dir / "events").mkdir()
+            if settings_dst is not None:
+                shutil.copy2(settings, self._out.partial / settings_dst)
             self.dat = open(cont / "continuous.dat", "wb")
             self.sn = NpyAppender(cont / "sample_numbers.npy", "<i8")
             self.ts = NpyAppender(cont / "timestamps.npy", "<f8")

@@ -109,6 +109,10 @@ class SamplePipeline:
         if card.modality != "ephys":
             raise UserError(f"model is a {card.modality} model; the ephys denoiser needs an ephys model (interp-ephys, block-ephys)")
         self.C = int(n_channels)
+        fixed = card.params.get("positions")
+        if fixed is not None and len(fixed) != self.C:  # a model made for one probe's geometry (site-ephys)
+            raise UserError(f"this {card.arch} model was made for {len(fixed)} channels (its probe geometry); "
+                            f"the data has {self.C}: train one on this recording")
         self.block = card.layout == "block"
         self.spec = card.window
         self.lag = int(card.lag)

@@ -1,6 +1,6 @@
 """Self-supervised training of the ephys models on a user's own recording.
 
-L2 loss between the prediction and the hidden input sample(s); one global
+L2 (or, with `loss="l1"`, L1) loss between the prediction and the hidden input sample(s); one global
 mean / std per recording, stored in the model card. No clean data needed.
 
 Training pairs are the architecture's (its module's ``training_batch``, asked
@@ -48,12 +48,39 @@ def recording_stats(rec, max_samples: int = 300_000, seed: int = 0) -> tuple[flo
     return float(vals.mean()), (std if std > 0 else 1.0)
 
 
+def needs_geometry(arch: str) -> bool:
+    """True for architectures whose card holds the probe's site positions (module constant GEOMETRY)."""
+    return bool(getattr(registry.arch_module(arch), "GEOMETRY", False))
+
+
+def default_arch(rec, probe=None) -> tuple[str, str | None]:
+    """(architecture, note) that `train` picks for `rec` when none is named: the registry's default
+    ephys architecture, unless it needs the probe geometry and neither `probe` nor the recording's
+    metadata gives it; then the next one that does not, and a note saying so (never silently)."""
+    names = ephys_archs()  # the registry's order: the default first
+    first = names[0]
+    for name in names:
+        if not needs_geometry(name) or probe is not None:
+            break
+        from livedenoise.io.probe_geometry import site_positions
+
+        if site_positions(rec)[0] is not None:
+            break
+    if name == first:
+        return name, None
+    return name, (f"{rec.path} carries no probe geometry, so this is {name}, not {first} (the default: it reads "
+                  f"neighbouring sites and keeps spikes better for sorting); pass --probe FILE or --arch {name}")
+
+
 def make_card(arch: str, n_channels: int, pre: int, post: int, omission: int, preset: str | None, layout: str | None,
-              mean: float, std: float, training: dict):
-    """The card of an ephys architecture; None preset / layout take the architecture's defaults."""
+              mean: float, std: float, training: dict, positions=None):
+    """The card of an ephys architecture; None preset / layout take the architecture's defaults.
+    `positions` ((C, 2) µm) go to architectures that need the geometry (`needs_geometry`)."""
     if arch not in ephys_archs():
         raise UserError(f"architecture {arch!r} is not an ephys model; choose one of {', '.join(ephys_archs())}")
     extra = {"layout": layout} if layout is not None else {}
+    if needs_geometry(arch):
+        extra["positions"] = positions
     try:
         return registry.make_card(arch, n_channels=n_channels, pre=pre, post=post, omission=omission, preset=preset,
                                   norm_mean=mean, norm_std=std, training=training, **extra)
@@ -97,15 +124,28 @@ def train_ephys(
     log_every: int = 50,
     time_limit: float | None = None,
     init: str | os.PathLike | None = None,
+    probe: str | os.PathLike | None = None,
+    positions=None,
+    loss: str | None = None,
+    keep_noise: float | None = None,
 ):
-    """Train and save a checkpoint; returns (card, history dict). `arch` None: the default ephys
-    architecture (`registry.default_name("ephys")`, block-ephys). `init`: a checkpoint of the same
-    architecture and channel count to start from (its window may differ where models/retarget.py can move it)."""
-    arch = arch or registry.default_name("ephys")
+    """Train and save a checkpoint; returns (card, history dict). `arch` None: `default_arch(rec)`
+    (the registry's default ephys architecture when the recording allows it). `init`: a checkpoint of the same
+    architecture and channel count to start from (its window may differ where models/retarget.py can move it).
+    Architectures that need the probe geometry
+    (site-ephys) take `positions` ((C, 2) µm) when given, else read them from `probe` (a
+    probeinterface file) or the recording's metadata (`io.probe_geometry`); UserError when none.
+    `loss`: `l2` (the conditional mean: the least squared error, but it shrinks events the
+    model is unsure of) or `l1` (the conditional median: keeps more of a spike's amplitude);
+    None: the architecture's default. `keep_noise` (site-ephys): the fraction of the removed
+    noise the output gives back (card `params["keep_noise"]`; None: the preset's)."""
     if isinstance(rec, (str, os.PathLike)):
         from livedenoise.io.readers_ephys import open_recording
 
         rec = open_recording(rec)
+    note = None
+    if arch is None:
+        arch, note = default_arch(rec, probe if positions is None else positions)
     neural = rec.meta.get("neural_channels") if rec.format == "spikeglx" else None
     if neural is not None and 0 < len(neural) < rec.n_channels and list(neural) == list(range(len(neural))):
         import dataclasses
@@ -115,14 +155,29 @@ def train_ephys(
     if log is None:
         def log(msg):
             print(msg, file=sys.stderr, flush=True)
+    if note:
+        log(f"note: {note}")
+    loss_name = loss or str(registry.defaults(arch).get("loss", "l2"))
+    if loss_name not in ("l1", "l2", "nll"):
+        raise UserError(f"ephys training takes --loss l1, l2 or nll (got {loss_name!r})")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mean, std = recording_stats(rec, seed=seed)
     training = {
         "source": str(rec.path), "format": rec.format, "stream": rec.stream_name, "n_channels": rec.n_channels,
-        "n_samples": rec.n_samples, "sample_rate": rec.sample_rate, "steps": steps, "lr": lr, "loss": "l2", "seed": seed,
+        "n_samples": rec.n_samples, "sample_rate": rec.sample_rate, "steps": steps, "lr": lr, "loss": loss_name, "seed": seed,
     }
-    card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training)
+    if needs_geometry(arch) and positions is None:
+        from livedenoise.io.probe_geometry import require_positions
+
+        positions = require_positions(rec, probe, rec.n_channels, what=f"--arch {arch}")
+    card = make_card(arch, rec.n_channels, pre, post, omission, preset, layout, mean, std, training, positions)
+    if keep_noise is not None:
+        if "keep_noise" not in card.params:
+            raise UserError(f"--keep-noise applies to models that give back part of the noise (site-ephys), not {arch}")
+        if not 0.0 <= keep_noise <= 1.0:
+            raise UserError(f"--keep-noise must be in 0..1 (got {keep_noise})")
+        card.params["keep_noise"] = float(keep_noise)
     n = rec.n_samples
     registry.check_length(card, n, str(rec.path))
     net = build_network(card)
@@ -145,6 +200,16 @@ def train_ephys(
         card.training["init"] = str(init) if how == "same window" else f"{init} ({how})"
         log(f"--init {init}: {how}")
     net = net.to(device)
+    # a model whose output is a posterior (site-ephys): trained on its blind head, by likelihood
+    posterior = bool(getattr(net, "posterior", False))
+    what = f"{arch} {card.params.get('preset', '')}".strip()
+    if posterior and loss not in (None, "nll"):
+        raise UserError(f"{what} outputs a posterior and trains by likelihood (--loss nll), not {loss}")
+    if not posterior and loss_name == "nll":
+        if loss is not None:
+            raise UserError(f"--loss nll trains models with a posterior output (site-ephys fast, base), not {what}")
+        loss_name = "l2"
+    card.training["loss"] = loss_name
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     before = card.pre + card.omission
@@ -165,12 +230,16 @@ def train_ephys(
             data = chunks.refresh()
         x, y, m = registry.training_batch(card, data, batch, crop, channels_per_crop, rng)
         x, y = x.to(device), y.to(device)
-        pred = net(x)
-        if m is not None:
-            m = m.to(device)
-            loss = ((pred - y) ** 2 * m).sum() / (m.sum() * pred.shape[0])
+        if posterior:
+            loss = net.nll(x, y)
         else:
-            loss = torch.mean((pred - y) ** 2)
+            pred = net(x)
+            err = (pred - y).abs() if loss_name == "l1" else (pred - y) ** 2
+            if m is not None:
+                m = m.to(device)
+                loss = (err * m).sum() / (m.sum() * pred.shape[0])
+            else:
+                loss = torch.mean(err)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -191,7 +260,7 @@ def train_ephys(
             losses = []
             for _ in range(4):
                 x, y, m = registry.training_batch(card, vdata, batch, crop, channels_per_crop, rng)
-                pred = net(x)
+                pred = net.prior(x)[:, :1] if posterior else net(x)  # the blind prediction: its L2 is comparable
                 if m is not None:
                     losses.append(float(((pred - y) ** 2 * m).sum() / (m.sum() * pred.shape[0])))
                 else:

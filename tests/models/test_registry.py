@@ -24,20 +24,24 @@ NETS = PKG / "models" / "nets"
 
 def _card(name: str) -> ModelCard:
     extra = {"n_channels": 12} if registry.modality(name) == "ephys" else {}
+    if getattr(registry.arch_module(name), "GEOMETRY", False):  # site-ephys: the card holds the probe's sites
+        from livedenoise.io.probe_geometry import np1_positions
+
+        extra["positions"] = np1_positions(12)
     return registry.make_card(name, **extra)
 
 
-def test_the_seven_architectures_are_registered():
+def test_the_eight_architectures_are_registered():
     assert set(registry.names()) == {"interp2d", "cad3d", "classic", "interp-ephys", "block-ephys", "interp-ephys-di",
-                                     "fmri-blind"}
+                                     "site-ephys", "fmri-blind"}
     assert registry.names(modality="2p") == ["interp2d", "cad3d", "classic"]
-    assert set(registry.names(modality="ephys")) == {"interp-ephys", "block-ephys", "interp-ephys-di"}
+    assert set(registry.names(modality="ephys")) == {"interp-ephys", "block-ephys", "interp-ephys-di", "site-ephys"}
     assert registry.names(modality="fmri") == ["fmri-blind"]
     assert set(registry.names(trainable=True)) == {"interp2d", "cad3d", "interp-ephys", "block-ephys", "interp-ephys-di",
-                                                   "fmri-blind"}
+                                                   "site-ephys", "fmri-blind"}
     assert registry.names(trainable=False) == ["classic"]
     assert registry.names(trainer="imaging") == ["interp2d", "cad3d", "fmri-blind"]
-    assert registry.default_name("2p") == "interp2d" and registry.default_name("ephys") == "block-ephys"
+    assert registry.default_name("2p") == "interp2d" and registry.default_name("ephys") == "site-ephys"
     assert registry.default_name("fmri") == "fmri-blind"
     assert dict(registry.ARCHS)["cad3d"] == "livedenoise.models.nets.cad3d"
 

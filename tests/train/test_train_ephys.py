@@ -142,9 +142,24 @@ def test_ephys_train_arch_defaults_and_the_length_rule(tmp_path, capsys):
     d = tmp_path / "rec"
     simulate_ephys(d, n_channels=8, duration=0.02, seed=3)  # 600 samples
     out = tmp_path / "m.pt"
+    capsys.readouterr()
     assert main(["train", str(d), "--out", str(out), "--steps", "2", "--crop", "64", "--batch", "2", "--quiet"]) == 0
     card, _ = load_model(out)
-    assert card.arch == registry.default_name("ephys") == "block-ephys"
+    # the default (site-ephys) needs the probe geometry, which this recording lacks: the next one, said so
+    assert registry.default_name("ephys") == "site-ephys" and card.arch == "block-ephys"
+    err = capsys.readouterr().err
+    assert "note:" in err and "no probe geometry" in err and "site-ephys" in err and "--probe" in err
+    import probeinterface as pi
+
+    from livedenoise.io.probe_geometry import np1_positions
+
+    probe = pi.Probe(ndim=2, si_units="um")
+    probe.set_contacts(positions=np1_positions(8), shapes="circle", shape_params={"radius": 5})
+    probe.set_device_channel_indices(list(range(8)))
+    pi.write_probeinterface(tmp_path / "probe.json", probe)
+    assert main(["train", str(d), "--out", str(out), "--steps", "2", "--crop", "64", "--batch", "2", "--quiet",
+                 "--probe", str(tmp_path / "probe.json")]) == 0
+    assert load_model(out)[0].arch == "site-ephys"
     capsys.readouterr()
     assert main(["train", str(d), "--arch", "cad3d", "--out", str(out), "--steps", "1", "--quiet"]) == 2
     assert "ephys recording" in capsys.readouterr().err

@@ -154,7 +154,12 @@ def _card(spec: str, C: int):
     if arch not in registry.names(modality="ephys"):
         raise SystemExit(f"unknown model {spec!r}; use arch:preset from {MODELS}")
     # the architecture's defaults: DeepInterpolation's window (30, 30, 1) and preset
-    return registry.make_card(arch, n_channels=C, preset=preset or None, norm_std=20.0)
+    extra = {}
+    if getattr(registry.arch_module(arch), "GEOMETRY", False):  # site-ephys: a Neuropixels 1.0 layout
+        from livedenoise.io.probe_geometry import np1_positions
+
+        extra["positions"] = np1_positions(C)
+    return registry.make_card(arch, n_channels=C, preset=preset or None, norm_std=20.0, **extra)
 
 
 def bench_model(spec: str, backend: str, C: int = 384, block: int = 1024, seconds: float = 2.0, budget: float = 20.0,

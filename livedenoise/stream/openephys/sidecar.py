@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from livedenoise.errors import UserError
 from livedenoise.models.card import rate_mismatch
 from livedenoise.stream import gaps
 from livedenoise.stream.ephys import SamplePipeline, Samples, open_ephys_engine, ring_capacity
@@ -98,6 +99,8 @@ class SidecarConfig:
     zmq_stream_name: str | None = None
     record: str | None = None
     record_bit_volts: float = 0.195
+    record_settings: str | None = None
+    """The acquisition's Open Ephys settings.xml, copied beside both recordings (probe geometry for sorters)."""
     stats_every: float = 5.0
     stats_file: str | None = None
     duration: float | None = None
@@ -430,8 +433,17 @@ class Sidecar:
                 self.stats.segments_before += self.pipe.segments
                 self.stats.passthrough_before += self.pipe.passthrough
                 self.stats.too_short_before += self.pipe.too_short
-            self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch,
-                                       max_gap=self.max_gap)
+            try:
+                self.pipe = SamplePipeline(self.engine, C, max_block=self.cfg.max_block, batch=self.cfg.batch,
+                                           max_gap=self.max_gap)
+            except UserError as exc:  # a model made for another probe layout (site-ephys): refuse, record raw
+                self.pipe = None
+                if self.refused is None:
+                    self.refused = f"stream {first.stream!r}: {exc}"
+                    self._on_fatal(self.refused)
+                for b in blocks:
+                    self._skip(b, count=False)
+                return
             if self.socket is not None:
                 self.socket.configure(C, self.cfg.socket_samples or first.data.shape[1])
         if self.stats.first_data is None:
@@ -557,7 +569,7 @@ class Sidecar:
         C = first.data.shape[0]
         bv = np.full(C, self.cfg.record_bit_volts)
         names = list(first.channel_names)
-        kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num)
+        kw = dict(stream_name=first.stream or "stream", first_sample=first.sample_num, settings=self.cfg.record_settings)
         note = f" (channels that never arrived are zeros, listed in ../{FILLED_FILE})"
         self._rec_root = root
         self.rec_raw = BinaryWriter(root / "raw", first.sample_rate, bv, names, source_processor_name="ZMQ_Interface",
