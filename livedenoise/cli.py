@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livedenoise",
         description=(
-            "Real-time self-supervised denoising for two-photon imaging and "
-            "Neuropixels recordings. Run `livedenoise <verb> --help` for each verb."
+            "Real-time self-supervised denoising for two-photon imaging, Neuropixels "
+            "recordings and fMRI runs. Run `livedenoise <verb> --help` for each verb."
         ),
     )
     parser.add_argument("--version", action="version", version=f"livedenoise {__version__}")

@@ -46,7 +46,7 @@ def add_innovation_arguments(p) -> None:
 def register(sub) -> None:
     p = sub.add_parser(
         "denoise",
-        help="denoise a movie file with a trained model (TIFF/HDF5 out, same frame count)",
+        help="denoise a movie, 4D NIfTI run or ephys recording with a trained model (same frames/samples out)",
         description=(
             "Denoise a movie (TIFF, ScanImage TIFF, HDF5, .npy) with a model (.pt checkpoint, .onnx, or TensorRT "
             ".engine) and write TIFF or HDF5 (by OUT's extension) with exactly as many frames as the input. "

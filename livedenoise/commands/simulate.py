@@ -26,12 +26,13 @@ from livedenoise.errors import UserError
 def register(sub) -> None:
     p = sub.add_parser(
         "simulate",
-        help="write a synthetic noisy two-photon movie plus its noise-free ground truth",
+        help="write a synthetic noisy two-photon movie, fMRI run or Neuropixels recording plus its ground truth",
         description=(
             "Simulate a two-photon calcium-imaging movie: neurons with calcium transients, neuropil, a static "
             "baseline with vessels, slow bleaching, Poisson shot noise and Gaussian read noise at a chosen photon "
             "level. OUT gets the noisy int16 movie (.tif, .h5 or .npy); <stem>.truth.h5 beside it gets the "
-            "ground truth (clean movie, masks, traces, event frames)."
+            "ground truth (clean movie, masks, traces, event frames). OUT ending in .nii/.nii.gz simulates a 4D "
+            "fMRI run instead (--volumes, --volume-size, --tr, --tsnr); --ephys a Neuropixels-like recording."
         ),
     )
     p.add_argument("out", metavar="OUT", help="movie to write (.tif, .h5 or .npy); .nii or .nii.gz: an fMRI run")
