@@ -171,6 +171,12 @@ class EphysWriter:
         """Make `n_written` what the files hold, in whole samples (a write interrupted by Ctrl-C may have
         reached the file in part, or not have been counted): the files are cut to whole samples."""
 
+    def _open_failed(self, exc: OSError, what: str) -> UserError:
+        """Opening failed: close what was opened, leave no partial output; the one-line error to raise."""
+        self._release()
+        self._out.interrupted(False)
+        return UserError(f"cannot write {what}: {exc.strerror or exc}")
+
     def _release(self) -> None:
         raise NotImplementedError
 
@@ -343,9 +349,7 @@ class BinaryWriter(EphysWriter):
                 f"{int(round(self.sample_rate))} Hz: {int(first_sample)}\r\n"
             )
         except OSError as exc:
-            self._release()
-            self._out.interrupted(False)
-            raise UserError(f"cannot write the recording in {self.session}: {exc.strerror or exc}") from None
+            raise self._open_failed(exc, f"the recording in {self.session}") from None
         self._closed = False
         self._last_flush = time.monotonic()
 
@@ -526,9 +530,7 @@ class OpenEphysCopyWriter(BinaryWriter):
                     self._npys.append(self._per_sample(src_stream / name, cont / name, rec))
             self._write_oebin(complete=False)
         except OSError as exc:
-            self._release()
-            self._out.interrupted(False)
-            raise UserError(f"cannot write the recording in {self.session}: {exc.strerror or exc}") from None
+            raise self._open_failed(exc, f"the recording in {self.session}") from None
         self._closed = False
         self._last_flush = time.monotonic()
 
@@ -622,9 +624,7 @@ class DatWriter(EphysWriter):
             self.f = open(self._out.partial, "wb")
             self._opened()
         except OSError as exc:
-            self._release()
-            self._out.interrupted(False)
-            raise UserError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise self._open_failed(exc, str(self.path)) from None
         self._closed = False
         self._last_flush = time.monotonic()
 
