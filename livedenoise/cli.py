@@ -8,13 +8,20 @@ are simply absent from this list's modules.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.util
-import sys
+import os
 
-from livedenoise import __version__
-from livedenoise.errors import UserError
+# Before anything loads PyTorch: OpenMP threads that spin-wait for work make a 2-thread `train` 3-10x slower
+# than 1 thread on a CPU other processes also use (docs/benchmarks.md, "Threads"); passive waiting costs
+# nothing measurable on an idle machine. A value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+
+from livedenoise import __version__  # noqa: E402
+from livedenoise.errors import UserError  # noqa: E402
 
 # Order is the order shown in --help.
 VERBS = [
@@ -80,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"livedenoise {args.verb}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `livedenoise ... | head`: the reader left; no traceback
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
 

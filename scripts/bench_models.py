@@ -3,8 +3,9 @@
 
 Simulates a training movie (seed 1) and a DIFFERENT test movie (seed 2), both
 256x256 x 2000 frames at ~1 photon/pixel/frame by default; trains interp2d
-`lite` for each lag (post=1 short-lag, post=0 causal) within a wall-clock
-budget on a fixed number of CPU threads; tunes every classic filter per lag
+`fast` (the default model) and `lite` (each `--preset`), each with its own
+default window unless `--pre` is given, for each lag (post=1 short-lag,
+post=0 causal) within the same wall-clock budget on a fixed number of CPU threads; tunes every classic filter per lag
 against the TRAINING movie's ground truth (so neither side sees the test
 truth); then scores everything on the first `--eval-frames` frames of the
 test movie (denoised as a movie of its own, edges reflected as in
@@ -42,9 +43,10 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=None, help="step budget per model (with or instead of --minutes)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--posts", type=int, nargs="+", default=[1, 0])
-    p.add_argument("--pre", type=int, default=16)
+    p.add_argument("--pre", type=int, default=None, help="past frames (default: each model's own: fast 16, lite 8)")
     p.add_argument("--tune-crop", type=int, default=128, help="classic tuning on this top-left square of the training movie")
-    p.add_argument("--preset", default="lite")
+    p.add_argument("--preset", action="append", default=None,
+                   help="interp2d preset to train (repeatable; default: the default preset, fast, and lite)")
     p.add_argument("--crop", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -122,6 +124,7 @@ def main(argv=None):
     from livedenoise.models.nets import classic as baselines
     from livedenoise.sim import metrics
     from livedenoise.models.checkpoint import save_checkpoint
+    from livedenoise.models import registry
     from livedenoise.models.registry import build_network
     from livedenoise.train.imaging import TrainConfig, train
 
@@ -157,39 +160,40 @@ def main(argv=None):
                               {"notes": f"tuned on the training movie's truth ({len(results)} candidates, {time.time() - t1:.0f} s)",
                                "ms_per_frame": 1000 * per_frame, "params": p, "pre": card.pre}))
 
-        name = f"interp2d_{args.preset}_post{post}.pt"
-        if args.models_from:
-            from livedenoise.models.checkpoint import read_checkpoint
+        for preset in args.preset or [registry.defaults("interp2d")["preset"], "lite"]:
+            name = f"interp2d_{preset}_post{post}.pt"
+            if args.models_from:
+                from livedenoise.models.checkpoint import read_checkpoint
 
-            card, state = read_checkpoint(Path(args.models_from) / name)
-            hist = {"steps": card.training.get("steps"), "best_step": card.training.get("best_step")}
-            secs = float(card.training.get("seconds", 0.0))
-        else:
-            cfg = TrainConfig(arch="interp2d", preset=args.preset, pre=args.pre, post=post, max_minutes=args.minutes,
-                              steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr, loss=args.loss,
-                              seed=args.seed, progress=False, device="cpu", sources=[f"sim seed {args.train_seed}"])
-            t1 = time.time()
-            card, state, hist = train([train_sim.noisy], cfg)
-            secs = time.time() - t1
-            if work:
-                save_checkpoint(work / name, card, state)
-        net = build_network(card)
-        net.load_state_dict(state)
-        net.eval()
-        est, per_frame = run_card(card, net, test["noisy"])
-        rows.append(score(est, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post}", card.lag,
-                          {"notes": f"{hist['steps']} steps in {secs / 60:.1f} min (best at {hist['best_step']}), "
-                                    f"{1000 * per_frame:.0f} ms/frame inference",
-                           "steps": hist["steps"], "train_s": secs, "ms_per_frame": 1000 * per_frame}))
-        if args.innovation:
-            from livedenoise.models.innovation import InnovationStep, config_for
+                card, state = read_checkpoint(Path(args.models_from) / name)
+                hist = {"steps": card.training.get("steps"), "best_step": card.training.get("best_step")}
+                secs = float(card.training.get("seconds", 0.0))
+            else:
+                cfg = TrainConfig(arch="interp2d", preset=preset, pre=args.pre, post=post, max_minutes=args.minutes,
+                                  steps=args.steps, crop=args.crop, batch=args.batch, lr=args.lr, loss=args.loss,
+                                  seed=args.seed, progress=False, device="cpu", sources=[f"sim seed {args.train_seed}"])
+                t1 = time.time()
+                card, state, hist = train([train_sim.noisy], cfg)
+                secs = time.time() - t1
+                if work:
+                    save_checkpoint(work / name, card, state)
+            net = build_network(card)
+            net.load_state_dict(state)
+            net.eval()
+            est, per_frame = run_card(card, net, test["noisy"])
+            rows.append(score(est, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post}", card.lag,
+                              {"notes": f"{hist['steps']} steps in {secs / 60:.1f} min (best at {hist['best_step']}), "
+                                        f"{1000 * per_frame:.0f} ms/frame inference",
+                               "steps": hist["steps"], "train_s": secs, "ms_per_frame": 1000 * per_frame}))
+            if args.innovation:
+                from livedenoise.models.innovation import InnovationStep, config_for
 
-            for k in [None, *args.innovation_k]:
-                icfg, origin = config_for(card, k)
-                est2 = InnovationStep(icfg).apply(est.copy(), test["noisy"])
-                rows.append(score(est2, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post} + innovation "
-                                              f"(sigma_xy={icfg.sigma_xy:g}, k={icfg.k:g})", card.lag,
-                                  {"notes": f"`--innovation`, settings {origin} (no ground truth); reads frame t"}))
+                for k in [None, *args.innovation_k]:
+                    icfg, origin = config_for(card, k)
+                    est2 = InnovationStep(icfg).apply(est.copy(), test["noisy"])
+                    rows.append(score(est2, test, f"interp2d {card.params.get('preset')}, pre={card.pre} post={post} + innovation "
+                                                  f"(sigma_xy={icfg.sigma_xy:g}, k={icfg.k:g})", card.lag,
+                                      {"notes": f"`--innovation`, settings {origin} (no ground truth); reads frame t"}))
 
         if args.cad3d_minutes > 0:
             cfg = TrainConfig(arch="cad3d", preset="rt", pre=args.pre, post=post, max_minutes=args.cad3d_minutes,
@@ -201,7 +205,7 @@ def main(argv=None):
             net.load_state_dict(state)
             net.eval()
             est, per_frame = run_card(card, net, test["noisy"])
-            rows.append(score(est, test, f"cad3d rt, pre={args.pre} post={post}", card.lag,
+            rows.append(score(est, test, f"cad3d rt, pre={card.pre} post={post}", card.lag,
                               {"notes": f"{hist['steps']} steps in {secs / 60:.1f} min, {1000 * per_frame:.0f} ms/frame",
                                "steps": hist["steps"], "train_s": secs, "ms_per_frame": 1000 * per_frame}))
 

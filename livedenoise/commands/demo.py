@@ -28,7 +28,7 @@ import numpy as np
 
 from livedenoise.errors import UserError
 
-SHIPPED_MODEL = "demo-lite-post1.pt"
+SHIPPED_MODEL = "demo-fast-post1.pt"
 PACE_SHARE = 0.6
 """Replay at most this share of the rate the model runs at alone: the rest of the pipeline (ZeroMQ, the
 recorder, the replay and the collector in this same process) and a changing load need the remainder."""
@@ -103,11 +103,11 @@ def _get_model(args, out: Path, quiet: bool) -> Path:
     from livedenoise.sim.imaging import SimConfig, simulate_movie
     from livedenoise.train.imaging import TrainConfig, train
 
-    # the shipped model's recipe: the default imaging architecture and preset (interp2d lite), pre 8, post 1
-    cfg = TrainConfig(pre=8, post=1, max_minutes=args.train_minutes,
-                      steps=None, seed=0, progress=not quiet, sources=["demo simulation"]).resolved()
-    _say(f"[2/5] model: training {cfg.arch} {cfg.preset} (pre 8, post 1) for {args.train_minutes:g} min "
-         "on a second simulated movie", quiet)
+    # the shipped model's recipe: what `train` builds with no --arch/--preset (interp2d fast, pre 16, post 1)
+    cfg = TrainConfig(max_minutes=args.train_minutes, steps=None, seed=0, progress=not quiet,
+                      sources=["demo simulation"]).resolved()
+    _say(f"[2/5] model: training {cfg.arch} {cfg.preset} (pre {cfg.pre}, post {cfg.post}) for "
+         f"{args.train_minutes:g} min on a second simulated movie", quiet)
     sim = simulate_movie(SimConfig(frames=1000, height=args.size, width=args.size, photons=args.photons, seed=args.seed + 100))
     card, state, _ = train([sim.noisy], cfg)
     return save_checkpoint(out / "model.pt", card, state)

@@ -41,9 +41,10 @@ def register(sub) -> None:
                         f"{registry.default_name('ephys')} for ephys recordings that carry their probe geometry, "
                         "else the next ephys architecture that needs none, with a note; "
                         f"{registry.default_name('fmri')} for 4D NIfTI fMRI runs)")
-    p.add_argument("--preset", default=None, help="size preset (interp2d: lite, di; cad3d: rt); default lite / rt")
+    p.add_argument("--preset", default=None,
+                   help="size preset (interp2d: fast, lite, di; cad3d: rt); default fast / rt (with --init: the checkpoint's)")
     p.add_argument("--pre", type=int, default=None,
-                   help="frames (ephys: samples) before the predicted one (default 8, ephys 30; "
+                   help="frames (ephys: samples) before the predicted one (default 16 for interp2d fast, else 8; ephys 30; "
                         "for --tune-against, the cap on past frames, default 64)")
     p.add_argument("--post", type=int, default=None, help="frames after it (0 = causal, zero lag; default 1, ephys 30)")
     p.add_argument("--omission", type=int, default=None,
@@ -52,10 +53,10 @@ def register(sub) -> None:
     g.add_argument("--loss", choices=("l1", "l2", "mixed", "nll"), default=None,
                    help="default: l2 (interp2d, block-ephys), mixed (cad3d), nll (site-ephys: likelihood of its posterior)")
     g.add_argument("--crop", type=int, default=None,
-                   help="training crop: square side in pixels (default 64); ephys: samples (default 512)")
+                   help="training crop: square side in pixels (default 128 for interp2d fast, else 64); ephys: samples (default 512)")
     g.add_argument("--batch", type=int, default=None,
                    help="crops per step (default 8 interp2d, 2 cad3d; ephys 32 interp-ephys, 8 block-ephys)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3 interp2d, 3e-4 cad3d)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3 interp2d fast, 1e-3 lite, 3e-4 cad3d)")
     g.add_argument("--steps", type=int, default=None, help="optimiser steps (default 2000 when --max-minutes is not given)")
     g.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; stops at whichever of --steps/--max-minutes comes first")
     g.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of each movie held out for validation")
@@ -133,7 +134,7 @@ def _default_window(args, init_card=None) -> tuple[int, int, int]:
     Neuropixels window for ephys); a filter grid-searched against ground truth caps past frames at `tune_pre`."""
     if init_card is not None:
         return int(init_card.pre), int(init_card.post), int(init_card.omission)
-    d = registry.defaults(args.arch)
+    d = registry.defaults(args.arch, args.preset)
     pre = d.get("tune_pre", d["pre"]) if args.tune_against else d["pre"]
     return int(pre), int(d["post"]), int(d["omission"])
 
@@ -183,6 +184,8 @@ def run(args) -> int:
     args.arch = _resolve_arch(args)
     if init_card is not None and init_card.arch != args.arch:
         init_card = None  # train/ refuses the mismatch with its own message
+    if init_card is not None and args.preset is None:
+        args.preset = init_card.params.get("preset")  # fine-tuning keeps the network, so its training defaults too
     for name, default in zip(("pre", "post", "omission"), _default_window(args, init_card)):
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -373,7 +376,7 @@ def run_ephys(args, out) -> int:
         print(f"note: {args.arch_note}", file=sys.stderr, flush=True)
     log(f"training {arch} on {rec.describe()}; window pre={pre} post={post} omission={omission}")
     steps = args.steps or 2000
-    d = registry.defaults(arch)
+    d = registry.defaults(arch, args.preset)
     card, hist = train_ephys(
         rec, arch, out, pre=pre, post=post, omission=omission, preset=args.preset, steps=steps, batch=args.batch,
         lr=args.lr or d["lr"], crop=args.crop or d["crop"], seed=args.seed, device=device, val_fraction=args.val_fraction,

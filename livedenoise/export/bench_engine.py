@@ -8,6 +8,7 @@ name        network                                window (default)
 ==========  =====================================  ===========================
 ``di``      interp2d ``di`` (unet_single_1024)      pre=30 post=30 (60 inputs)
 ``lite``    interp2d ``lite``                       pre=8 post=1 (9 inputs)
+``fast``    interp2d ``fast`` (the default)         pre=16 post=1 (17 inputs)
 ``cad3d``   cad3d ``rt`` (DeepCAD-RT 3D U-Net)      pre=16 post=0 (8 inputs)
 ==========  =====================================  ===========================
 
@@ -41,6 +42,7 @@ from livedenoise.errors import UserError
 NAMED = {
     "di": ("interp2d", "di", 30, 30, 0),
     "lite": ("interp2d", "lite", 8, 1, 0),
+    "fast": ("interp2d", "fast", 16, 1, 0),
     "cad3d": ("cad3d", "rt", 16, 0, 0),
 }
 ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")
@@ -125,6 +127,28 @@ def time_engine(engine, sample: tuple[int, ...], batch: int, repeats: int, warmu
         "latency_ms_p99": _percentile_ms(lat, 99),
         "latency_ms_mean": total / len(lat) * 1e3,
     }
+
+
+def matmul_gflops(threads: int | None = None, n: int = 1024, seconds: float = 1.0) -> float:
+    """This machine's float32 matrix-multiply rate (GFLOP/s, median over calls of an n x n product, torch on
+    the CPU with `threads` threads, default torch's own): the practical peak a convolution can approach."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        times: list[float] = []
+        t_end = time.perf_counter() + seconds
+        while len(times) < 3 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    return 2.0 * n ** 3 / float(np.median(times)) / 1e9
 
 
 def _cpu_name() -> str:

@@ -73,6 +73,8 @@ class Arch:
     """Size presets: name -> architecture parameters."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """Defaults for `train`: pre, post, omission, preset, and loss/crop/batch/lr where they apply."""
+    preset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Training defaults that differ for one preset (e.g. a larger crop): preset -> {key: value}."""
     layout: str = "frames"
     """How one input frame is laid out: `frames` (H x W image), `volumes` (I x J x K fMRI volume), or the default
     ephys layout."""
@@ -243,9 +245,13 @@ def arch_for(card) -> Arch:
     return info(card.arch)
 
 
-def defaults(arch: str) -> dict[str, Any]:
-    """A copy of the defaults `train` uses for `arch` (pre, post, omission, preset, loss, crop, batch, lr)."""
-    return dict(info(arch).defaults)
+def defaults(arch: str, preset: str | None = None) -> dict[str, Any]:
+    """A copy of the defaults `train` uses for `arch` (pre, post, omission, preset, loss, crop, batch, lr), with
+    those of `preset` (default: the architecture's default preset) where it declares its own."""
+    a = info(arch)
+    out = dict(a.defaults)
+    out.update(a.preset_defaults.get(preset or out["preset"], {}))
+    return out
 
 
 def presets(arch: str) -> list[str]:
@@ -271,8 +277,8 @@ def make_card(arch: str, *, preset: str | None = None, pre: int | None = None, p
     """
     decl = info(arch)
     mod = arch_module(arch)
-    d = decl.defaults
-    preset = d["preset"] if preset is None else preset
+    preset = decl.defaults["preset"] if preset is None else preset
+    d = defaults(arch, preset)
     pre = int(d["pre"] if pre is None else pre)
     post = int(d["post"] if post is None else post)
     omission = int(d["omission"] if omission is None else omission)

@@ -8,16 +8,25 @@ paced publisher and read by a subscriber:
   frame is denoised (`--policy latest` skips nothing, the ring never
   overflows) and latency does not grow over the run (median of the last
   quarter within 2 frame periods + 20 ms of the first quarter), trying 0.6,
-  0.8, 1.0 and 1.25 x the engine's batched throughput (then lower fractions);
+  0.8, 1.0 and 1.25 x the engine's batched throughput (then lower fractions),
+  then `--fps` when nothing at or above it was sustained, then two bisections
+  between the best rate sustained and the lowest that was not;
 - latency: frame sent -> its denoised frame received, p50 / p99, at `--fps`
   (30 Hz, a typical two-photon rate), or at half the sustained rate when the
   model cannot sustain `--fps`; a lag-L model adds L frame periods.
 
 The publisher and subscriber share the process (and, on a small machine, the
 cores) with the service, so the numbers are a lower bound for a dedicated
-machine. Without `--model`, two random-init `interp2d` `lite` checkpoints
-are used (causal pre=4 post=0 and short-lag pre=4 post=1): speed does not
-depend on the weights.
+machine. Without `--model`, two random-init checkpoints are compared in the
+same run (speed does not depend on the weights): the model `train` builds
+with no `--arch`/`--preset` (interp2d `fast`, pre 16, post 1) and `lite` (the
+default before it: pre 8, post 1), each with its own default window; each row
+then says its rate as a multiple of lite's.
+
+Each row also gives the network's multiply-adds per frame (models/cost.py)
+and the FLOP/s that makes at the highest sustained rate, next to this
+machine's matrix-multiply rate measured in the same run (`matmul_gflops`):
+how far the service is from the hardware's limit.
 """
 
 from __future__ import annotations
@@ -40,7 +49,9 @@ def register(subparsers) -> None:
         help="live service: end-to-end latency and highest sustained frame rate",
         description=__doc__.split("\n\n")[1],
     )
-    p.add_argument("--model", action="append", default=None, help="model file (repeatable); default: two lite models")
+    p.add_argument("--model", action="append", default=None,
+                   help="model file (repeatable); default: the default model (fast) and lite, random weights, "
+                        "each with its default window")
     p.add_argument("--backend", action="append", default=None,
                    help="backend (repeatable); default: torch and onnxruntime")
     p.add_argument("--size", type=int, action="append", default=None, help="frame side in pixels (default 256 and 512)")
@@ -164,8 +175,10 @@ def batched_throughput(engine, shape, max_batch: int) -> float:
 
 
 def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, log=None,
-                 innovation: bool = False) -> tuple[float, list]:
-    """Highest rate sustained among fractions of the engine's batched throughput (an upper bound)."""
+                 innovation: bool = False, target: float | None = None, refine: int = 2) -> tuple[float, list]:
+    """Highest sustained rate: fractions of the engine's batched throughput (an upper bound), then `target`
+    itself (e.g. the acquisition rate) when no fraction at or above it was sustained, then `refine` bisections
+    between the best rate sustained and the lowest that was not."""
     cap = batched_throughput(engine, shape, max_batch)
     tried: list = []
     best = 0.0
@@ -181,9 +194,11 @@ def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, 
 
     up = [f * cap for f in (0.6, 0.8, 1.0, 1.25)]
     down = [f * cap for f in (0.4, 0.25, 0.15, 0.1)]
+    failed = None
     for rate in up:
         rate = min(max_fps, rate)
         if not attempt(rate):
+            failed = rate
             break
         best = rate
         if rate >= max_fps:
@@ -193,21 +208,61 @@ def highest_rate(engine, shape, seconds: float, max_batch: int, max_fps: float, 
             if attempt(rate):
                 best = rate
                 break
+            failed = rate
+    if target and best < target <= max_fps:
+        if attempt(target):
+            best = target
+        else:
+            failed = min(failed or target, target)
+    for _ in range(refine):  # bisect between the best sustained and the lowest failed rate
+        if not best or failed is None or failed - best < 0.05 * best:
+            break
+        mid = (best + failed) / 2
+        if attempt(mid):
+            best = mid
+        else:
+            failed = mid
     return round(best, 1), tried
 
 
+REFERENCE = "lite"
+"""The preset every row's rate is compared with (the default model before issue 14)."""
+
+
 def _default_models(tmp: Path) -> list[Path]:
+    """Random-weight checkpoints: what `train` builds with no --arch/--preset, and `lite` with its window."""
     import torch
 
     from livedenoise.models import registry
     from livedenoise.models.checkpoint import save_checkpoint
 
+    arch = registry.default_name("2p")
+    default = registry.defaults(arch)["preset"]
     out = []
-    for post in (0, 1):
-        card = registry.make_card("interp2d", preset="lite", pre=4, post=post, omission=0, norm_mean=1000.0, norm_std=500.0)
+    for preset in dict.fromkeys((default, REFERENCE)):
+        card = registry.make_card(arch, preset=preset, norm_mean=1000.0, norm_std=500.0)  # the preset's own window
         torch.manual_seed(0)
-        out.append(save_checkpoint(tmp / f"lite_pre4_post{post}.pt", card, registry.build_network(card).state_dict()))
+        name = f"{'default-' if preset == default else ''}{preset}_pre{card.pre}_post{card.post}.pt"
+        out.append(save_checkpoint(tmp / name, card, registry.build_network(card).state_dict()))
     return out
+
+
+def _gmac(card, size: int) -> float | None:
+    from livedenoise.models.cost import multiply_adds
+
+    try:
+        return multiply_adds(card, (size, size)) / 1e9
+    except Exception:  # a network this frame size does not fit: no count, the speed still stands
+        return None
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's sustained rate / the `lite` row's with the same backend, size and innovation (in place)."""
+    ref = {(r["backend"], r["size"], r["innovation"]): r["max_sustained_fps"]
+           for r in rows if r.get("preset") == REFERENCE}
+    for r in rows:
+        base = ref.get((r["backend"], r["size"], r["innovation"]))
+        r["x_lite"] = round(r["max_sustained_fps"] / base, 2) if base else None
 
 
 def _open(model: Path, backend: str, size: int, tmp: Path):
@@ -236,15 +291,21 @@ def run(args) -> int:
         if not args.json:
             print(msg, flush=True)
 
+    from livedenoise.export.bench_engine import matmul_gflops
+
+    peak = round(matmul_gflops(), 1)
+    log(f"this machine's matrix-multiply rate: {peak:g} GFLOP/s (float32, torch, {_threads()} threads)")
     with tempfile.TemporaryDirectory(prefix="livedenoise-bench-") as d:
         tmp = Path(d)
         models = [Path(m) for m in args.model] if args.model else _default_models(tmp)
         for model in models:
             for backend, size, innovation in itertools.product(backends, sizes, (False, True) if args.innovation else (False,)):
                 engine = _open(model, backend, size, tmp)
+                gmac = _gmac(engine.card, size)
                 log(f"{model.name} [{engine.card.summary()}] on {backend} at {size}x{size}"
                     f"{' with the innovation step' if innovation else ''}:")
-                best, _ = highest_rate(engine, (size, size), args.seconds, args.max_batch, args.max_fps, log, innovation)
+                best, _ = highest_rate(engine, (size, size), args.seconds, args.max_batch, args.max_fps, log, innovation,
+                                       target=args.fps)
                 log(f"  highest sustained rate: {best:g} frames/s")
                 rate = args.fps if best >= args.fps or not best else round(best / 2, 1)
                 lat = run_once(engine, (size, size), rate, args.seconds, args.max_batch, innovation=innovation)
@@ -256,8 +317,13 @@ def run(args) -> int:
                     "describe": engine.describe(), "size": size, "lag": engine.card.lag,
                     "latency_fps": rate, "latency_ms_p50": lat["latency_ms_p50"],
                     "latency_ms_p99": lat["latency_ms_p99"], "latency_all_out": sustained(lat),
-                    "max_sustained_fps": best,
+                    "max_sustained_fps": best, "sustains_fps": best >= args.fps,
+                    "preset": engine.card.params.get("preset"),
+                    "gmac_per_frame": None if gmac is None else round(gmac, 3),
+                    "gflops_sustained": None if gmac is None else round(2 * gmac * best, 1),
+                    "peak_gflops": peak,
                 })
+    add_ratios(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -266,10 +332,23 @@ def run(args) -> int:
     return 0
 
 
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _fmt(v, spec: str = "g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| model | lag | backend | frame | input rate for latency (Hz) | latency p50 / p99 (ms) | max sustained (frames/s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | lag | backend | frame | input rate for latency (Hz) | latency p50 / p99 (ms) | max sustained (frames/s) "
+             "| x lite | GMAC/frame | GFLOP/s at max (machine's matmul) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['lag']} | {r['backend']} | {r['size']}x{r['size']} | "
-                     f"{r['latency_fps']:g} | {r['latency_ms_p50']} / {r['latency_ms_p99']} | {r['max_sustained_fps']:g} |")
+                     f"{r['latency_fps']:g} | {r['latency_ms_p50']} / {r['latency_ms_p99']} | {r['max_sustained_fps']:g} | "
+                     f"{_fmt(r.get('x_lite'))} | {_fmt(r.get('gmac_per_frame'))} | "
+                     f"{_fmt(r.get('gflops_sustained'))} ({_fmt(r.get('peak_gflops'))}) |")
     return "\n".join(lines)

@@ -258,6 +258,11 @@ class FramePipeline:
         self._starts: list[int] = [0]
         """First index of each segment still of interest, ascending."""
         self._last_counter: int | None = None
+        n_cache = span + self.max_batch + 2
+        self._normed = np.empty((n_cache, *self.shape), np.float32)
+        """Frames normalised once each (a frame enters up to len(offsets) windows): slot j % n_cache holds frame j."""
+        self._normed_idx = np.full(n_cache, -1, np.int64)
+        self._normed_stats: tuple[float, float] | None = None
 
     # ------------------------------------------------------------------ input
     def push(self, frame: np.ndarray, counter: int | None = None, t: float = 0.0, arrival: float = 0.0) -> Step:
@@ -392,6 +397,25 @@ class FramePipeline:
             self._norm_block = k
         return self.mean, self.std
 
+    def _normalised(self, j: int, mean: float, std: float) -> np.ndarray:
+        """Ring frame j normalised with (mean, std), non-finite values as 0 (the mean); computed once per frame
+        and statistics, then reused by every window that holds it (a view of a cache slot)."""
+        if self._normed_stats != (mean, std):
+            self._normed_idx[:] = -1
+            self._normed_stats = (mean, std)
+        slot = j % len(self._normed_idx)
+        buf = self._normed[slot]
+        if self._normed_idx[slot] != j:
+            normalise(self.ring.data[j % self.ring.capacity], mean, std, out=buf)
+            if self._float:  # non-finite inputs take the mean (0 once normalised)
+                fmask = self.batch.fmask
+                np.isfinite(buf, out=fmask)
+                if not fmask.all():
+                    np.logical_not(fmask, out=fmask)
+                    np.copyto(buf, np.float32(0.0), where=fmask)
+            self._normed_idx[slot] = j
+        return buf
+
     def _prune(self) -> None:
         floor = min(self.next_out, self.ring.oldest)
         while len(self._starts) > 1 and self._starts[1] <= floor:
@@ -449,12 +473,7 @@ class FramePipeline:
                 b.norm_mean[rows], b.norm_std[rows] = mean, std
                 w = b.windows[rows]
                 for c in range(len(idx)):
-                    normalise(data[idx[c] % cap], mean, std, out=w[c])
-                    if self._float:  # non-finite inputs take the mean (0 once normalised)
-                        np.isfinite(w[c], out=b.fmask)
-                        if not b.fmask.all():
-                            np.logical_not(b.fmask, out=b.fmask)
-                            np.copyto(w[c], np.float32(0.0), where=b.fmask)
+                    np.copyto(w[c], self._normalised(int(idx[c]), mean, std))
                 if self.innovation is not None or self._float:
                     np.copyto(b.current[rows], data[s], casting="unsafe")
                 rows += 1

@@ -91,7 +91,7 @@ class TrainConfig:
             out.arch = registry.default_name("2p")
         if out.arch not in trainable():
             raise ValueError(f"architecture {out.arch!r} is not trainable here; choose one of {', '.join(trainable())}")
-        d = registry.defaults(out.arch)
+        d = registry.defaults(out.arch, out.preset)
         for k in TRAINED_DEFAULTS:
             if getattr(out, k) is None:
                 setattr(out, k, d[k])

@@ -34,6 +34,7 @@ def make_checkpoint(path, arch="interp2d", preset="lite", pre=4, post=1, omissio
 MODELS = [
     ("lite-causal", "interp2d", "lite", 6, 0, 0, (32, 40)),
     ("lite-shortlag", "interp2d", "lite", 4, 2, 1, (36, 32)),
+    ("fast-default", "interp2d", "fast", 8, 1, 0, (40, 52)),
     ("di-causal", "interp2d", "di", 3, 0, 0, (32, 32)),
     ("di-shortlag", "interp2d", "di", 2, 1, 0, (32, 32)),
     ("cad3d-causal", "cad3d", "rt", 8, 0, 0, (32, 32)),

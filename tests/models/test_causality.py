@@ -83,6 +83,12 @@ def test_interp2d_lite(post, omission):
 
 @pytest.mark.parametrize("post", POSTS)
 @pytest.mark.parametrize("omission", OMISSIONS)
+def test_interp2d_fast_the_default(post, omission):
+    check(model_card("interp2d", "fast", 4, post, omission), size=16)
+
+
+@pytest.mark.parametrize("post", POSTS)
+@pytest.mark.parametrize("omission", OMISSIONS)
 def test_interp2d_di(post, omission):
     check(model_card("interp2d", "di", 3, post, omission))
 
@@ -105,6 +111,7 @@ def test_classic(kind, post):
 
 @pytest.mark.parametrize("card", [
     model_card("interp2d", "lite", 8, 1, 0),
+    model_card("interp2d", "fast", 8, 1, 0),
     model_card("interp2d", "di", 30, 30, 1),
     model_card("cad3d", "rt", 8, 0, 0),
     model_card("cad3d", "rt", 8, 3, 1),

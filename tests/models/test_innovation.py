@@ -162,3 +162,48 @@ def test_noise_passed_is_the_variance_the_step_lets_through_from_the_movies_own_
     # the static soma does not count (second temporal differences), and shrinkage passes less
     assert noise_passed(noise, InnovationConfig(1.5, 0.0)) == pytest.approx(got, rel=1e-3)
     assert noise_passed(movie, InnovationConfig(1.5, 4.0)) < 0.2 * got
+
+
+def test_noise_level_on_a_pixel_grid_matches_the_full_frame_median():
+    # 512 x 512: the median of e^2 is taken on every 4th pixel; the shrinkage must equal (within the median's
+    # ~1% sampling error) what the full-frame median gives, so the step is the same function at every frame size
+    rng = np.random.default_rng(3)
+    raw = rng.poisson(20.0 + 30.0 * _blob(512, 512, 200, 300, 12.0)[None], size=(2, 512, 512)).astype(np.float32)
+    pred = np.full_like(raw, 20.0)
+    step = InnovationStep(InnovationConfig(2.0, 4.0, exclude=0))
+    e = step._smoothed(pred, raw).copy()
+    assert step._stride == 4 and step._sq.shape == (128, 128)
+    sub = step.apply(pred.copy(), raw)
+    full = pred.copy()
+    var = np.median(np.square(e), axis=(1, 2)) / 0.454936423119572
+    wgt = np.clip(1.0 - 4.0 * var[:, None, None] / np.maximum(np.square(e), 1e-30), 0.0, 1.0)
+    full += wgt * e
+    assert np.abs(sub - full).max() < 0.02 * np.abs(full - pred).max()
+    small = InnovationStep(InnovationConfig(2.0, 4.0, exclude=0))
+    small.apply(pred[:, :128, :128].copy(), raw[:, :128, :128])
+    assert small._stride == 1, "frames up to 128 x 128 use every pixel"
+
+
+@pytest.mark.parametrize("shape,sigma,exclude", [((2, 37, 50), 2.0, 0), ((1, 64, 64), 3.0, 1), ((3, 20, 90), 4.0, 2),
+                                                 ((1, 9, 11), 4.0, 4)])
+def test_fft_smoothing_equals_the_gaussian_with_its_block_removed(shape, sigma, exclude):
+    """The step's smoothing, written out with scipy.ndimage: the zero-padded Gaussian minus the taps within
+    `exclude` of the centre, over the weight of the kept taps that fall inside the frame."""
+    from scipy.ndimage import correlate1d
+
+    rng = np.random.default_rng(5)
+    raw = rng.poisson(20.0, shape).astype(np.float32)
+    pred = np.full(shape, 20.0, np.float32)
+    d = (raw - pred).astype(np.float64)
+    r = int(3.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    block = taps[r - exclude:r + exclude + 1]
+
+    def sep(a, t):
+        return correlate1d(correlate1d(a, t, axis=-2, mode="constant"), t, axis=-1, mode="constant")
+
+    ones = np.ones(shape[1:])
+    expected = (sep(d, taps) - sep(d, block)) / (sep(ones, taps) - sep(ones, block))
+    got = InnovationStep(InnovationConfig(sigma, 1.0, exclude))._smoothed(pred, raw)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())

@@ -65,11 +65,15 @@ def test_every_architecture_declares_its_facts(name):
     assert (static["modality"], static["trainer"], static["default"], static["layout"]) == \
         (decl.modality, decl.trainer, decl.default, decl.layout)
     assert registry.modality(name) == decl.modality and registry.trainer(name) == decl.trainer
-    assert registry.defaults(name) == dict(decl.defaults)
+    assert registry.defaults(name) == {**decl.defaults, **decl.preset_defaults.get(decl.defaults["preset"], {})}
+    for preset, extra in decl.preset_defaults.items():
+        assert preset in decl.presets and set(extra) <= set(decl.defaults) - {"preset"}, (name, preset)
+        assert registry.defaults(name, preset) == {**decl.defaults, **extra}
 
     card = _card(name)
     assert card.arch == name and card.layout == decl.layout
-    assert (card.pre, card.post, card.omission) == tuple(decl.defaults[k] for k in ("pre", "post", "omission")) or name == "classic"
+    assert (card.pre, card.post, card.omission) == tuple(registry.defaults(name)[k] for k in ("pre", "post", "omission")) \
+        or name == "classic"
     assert registry.arch_for(card) is decl
     net = registry.build_network(card)
     assert isinstance(net, torch.nn.Module)

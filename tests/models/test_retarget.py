@@ -28,23 +28,24 @@ def test_fold_weight_keeps_the_sum_over_offsets():
     assert torch.equal(grown[:, 0], torch.zeros(8, 3, 3))  # an offset no old one folds onto starts at zero
 
 
-def test_a_temporally_constant_movie_gives_the_old_output_after_folding():
+@pytest.mark.parametrize("preset", ["lite", "fast"])
+def test_a_temporally_constant_movie_gives_the_old_output_after_folding(preset):
     """The rule's promise: for frames that do not change over the folded offsets, the new window's network
-    computes exactly what the old one did."""
+    computes exactly what the old one did (`fast`: each offset owns 16 space-to-depth channels)."""
     torch.manual_seed(0)
-    old = registry.make_card("interp2d", preset="lite", pre=4, post=4)
-    new = registry.make_card("interp2d", preset="lite", pre=4, post=1)
+    old = registry.make_card("interp2d", preset=preset, pre=4, post=4)
+    new = registry.make_card("interp2d", preset=preset, pre=4, post=1)
     net_old = registry.build_network(old).eval()
     state, how = retarget(old, new, net_old.state_dict())
     assert "+2..+4" in how
     net_new = registry.build_network(new).eval()
     net_new.load_state_dict(state)
-    frame = torch.randn(1, 1, 24, 24)
+    frame = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(net_new(frame.expand(1, new.n_inputs, 24, 24)),
-                                   net_old(frame.expand(1, old.n_inputs, 24, 24)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net_new(frame.expand(1, new.n_inputs, 32, 32)),
+                                   net_old(frame.expand(1, old.n_inputs, 32, 32)), rtol=1e-5, atol=1e-5)
         # and a moving movie does not: the check can fail
-        moving = torch.randn(1, old.n_inputs, 24, 24)
+        moving = torch.randn(1, old.n_inputs, 32, 32)
         idx = [old.offsets.index(o) for o in new.offsets]
         assert not torch.allclose(net_new(moving[:, idx]), net_old(moving), atol=1e-4)
 

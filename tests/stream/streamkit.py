@@ -38,18 +38,21 @@ def endpoints() -> tuple[str, str]:
         return f"tcp://127.0.0.1:{a.getsockname()[1]}", f"tcp://127.0.0.1:{b.getsockname()[1]}"
 
 
-def lite_card(pre: int = 3, post: int = 0, mean: float = 100.0, std: float = 20.0) -> ModelCard:
-    return ModelCard("interp2d", interp2d.preset_params("lite"), "2p", pre, post, 0,
+def lite_card(pre: int = 3, post: int = 0, mean: float = 100.0, std: float = 20.0, preset: str = "lite") -> ModelCard:
+    return ModelCard("interp2d", interp2d.preset_params(preset), "2p", pre, post, 0,
                      list(interp2d.window(pre, post, 0).offsets), norm_mean=mean, norm_std=std)
 
 
 def make_checkpoint(path, pre=3, post=0, seed=0, arch="interp2d", **kw):
-    """A random-init checkpoint: interp2d lite, or DeepCAD-RT (`arch="cad3d"`)."""
+    """A random-init checkpoint: interp2d lite (`arch="interp2d"`), the default `fast` (`arch="interp2d-fast"`),
+    or DeepCAD-RT (`arch="cad3d"`)."""
     if arch == "cad3d":
         from livedenoise.models.nets import cad3d
         card = ModelCard("cad3d", cad3d.preset_params("rt"), "2p", pre, post, 0,
                          list(cad3d.window(pre, post, 0).offsets), norm_mean=kw.get("mean", 100.0),
                          norm_std=kw.get("std", 20.0))
+    elif arch == "interp2d-fast":
+        card = lite_card(pre, post, preset="fast", **kw)
     else:
         card = lite_card(pre, post, **kw)
     torch.manual_seed(seed)

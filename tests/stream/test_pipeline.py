@@ -340,3 +340,31 @@ def test_slow_renormalisation_follows_a_drift_and_depends_on_the_index_only(engi
         expected = 0.5 * expected + 0.5 * estimate_norm(frames[(k - 1) * 10:k * 10])[0]
     assert pipe.mean == pytest.approx(expected, rel=1e-6)
     assert m1 > first_only[0]
+
+
+def test_each_frame_is_normalised_once_however_many_windows_hold_it(engines, monkeypatch):
+    """pre 3 post 1: a frame enters 4 windows; the windows are still exactly the per-window normalisation."""
+    import livedenoise.stream.pipeline as pipeline_module
+    from livedenoise.models.norm import normalise
+
+    calls = []
+
+    def counting(frames, mean, std, out=None):
+        calls.append(1)
+        return normalise(frames, mean, std, out=out)
+
+    monkeypatch.setattr(pipeline_module, "normalise", counting)
+    eng = engines[("interp2d", 3, 1)]
+    mov = movie(30, seed=4)
+    pipe = FramePipeline(eng, mov.shape[1:], mov.dtype, capacity=64, max_batch=4)
+    pipe.push_many(mov)
+    pipe.finish()
+    card = eng.card
+    while (job := pipe.collect("all")) is not None:
+        b = job.batch
+        for k in range(job.n):
+            assert not b.passthrough[k]
+            idx = card.window.source_indices(int(b.index[k]), len(mov) - 1)
+            np.testing.assert_array_equal(b.windows[b.row[k]], normalise(mov[idx], card.norm_mean, card.norm_std))
+        pipe.run(job)
+    assert len(calls) == len(mov), f"{len(calls)} normalisations for {len(mov)} frames"

@@ -36,8 +36,10 @@ def _offline(tmp_path, movie_path, model, innovation_k=None):
 # The test movie has no calcium events, so the innovation is noise: k=1 lets part of it through
 # (shrunk, not zeroed), which the streamed and offline outputs must then agree on.
 @pytest.mark.parametrize("arch,post,innovation_k", [("interp2d", 0, None), ("interp2d", 1, None), ("cad3d", 1, None),
-                                                    ("interp2d", 0, 1.0), ("interp2d", 1, 1.0)],
-                         ids=["causal", "lag1", "cad3d-lag1", "causal+innovation", "lag1+innovation"])
+                                                    ("interp2d", 0, 1.0), ("interp2d", 1, 1.0),
+                                                    ("interp2d-fast", 1, 1.0)],
+                         ids=["causal", "lag1", "cad3d-lag1", "causal+innovation", "lag1+innovation",
+                              "default-fast-lag1+innovation"])
 def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, arch, post, innovation_k):
     innovation = innovation_k is not None
     movie_path, mov = movie

@@ -44,7 +44,7 @@ def test_volume_crops_follow_the_blind_window():
 def test_the_window_defaults_to_the_architectures():
     cfg = TrainConfig(arch="fmri-blind").resolved()
     assert (cfg.pre, cfg.post, cfg.omission, cfg.crop, cfg.preset) == (2, 2, 0, 16, "fast")
-    assert (TrainConfig().resolved().pre, TrainConfig().resolved().post) == (8, 1)  # interp2d's, as before
+    assert (TrainConfig().resolved().pre, TrainConfig().resolved().post) == (16, 1)  # interp2d fast's (issue 14)
 
 
 def test_train_fits_a_run_and_records_volumes():

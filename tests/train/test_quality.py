@@ -59,3 +59,26 @@ def test_lite_beats_raw_on_a_different_movie(movies, post, min_gain_db):
           f"onset rise {est['spike_rise_fraction']:.2f} -> {inn['spike_rise_fraction']:.2f}")
     assert est["spike_rise_fraction"] < 0.05 < 0.1 < inn["spike_rise_fraction"]
     assert inn["psnr_db"] >= est["psnr_db"] - 0.5 and inn["trace_r_median"] >= est["trace_r_median"]
+
+
+def test_the_default_model_is_as_good_as_lite_trained_with_the_same_budget(movies):
+    """Issue 14's bound: what `train` builds with no --arch/--preset (fast, its own window) against lite (its own
+    window, pre 8), both lag 1 with the innovation step they tuned: PSNR and pixel SNR within 0.3 dB, median trace r
+    within 0.005, onset rise within 0.05."""
+    train_sim, test_sim = movies
+    clean = test_sim.clean[:EVAL]
+    spikes = [s[s < EVAL] for s in test_sim.spikes]
+    scores = {}
+    for preset in (None, "lite"):
+        card, state, _ = train([train_sim.noisy], TrainConfig(preset=preset, post=1, max_minutes=MINUTES,
+                                                              progress=False, device="cpu"))
+        pred = _denoise(card, state, test_sim.noisy[:EVAL])
+        out = InnovationStep(config_for(card)[0]).apply(pred, test_sim.noisy[:EVAL])
+        scores[card.params["preset"]] = metrics.summary(out, clean, test_sim.masks, spikes)
+    fast, lite = scores["fast"], scores["lite"]
+    print({k: {m: round(float(v[m]), 3) for m in ("psnr_db", "pixel_snr_db", "trace_r_median", "spike_rise_fraction")}
+           for k, v in scores.items()})
+    assert fast["psnr_db"] >= lite["psnr_db"] - 0.3
+    assert fast["pixel_snr_db"] >= lite["pixel_snr_db"] - 0.3
+    assert fast["trace_r_median"] >= lite["trace_r_median"] - 0.005
+    assert fast["spike_rise_fraction"] >= lite["spike_rise_fraction"] - 0.05

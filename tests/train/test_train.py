@@ -193,3 +193,12 @@ def test_non_finite_pixels_are_left_out_of_training():
     assert card.norm_mean == pytest.approx(float(finite.mean()), rel=0.05)  # over the training frames
     assert card.norm_std == pytest.approx(float(finite.std()), rel=0.1)
     assert all(np.isfinite(v).all() for v in (t.numpy() for t in state.values()))
+
+
+def test_the_default_preset_brings_its_own_crop_and_learning_rate():
+    default = TrainConfig().resolved()
+    assert (default.arch, default.preset, default.pre, default.post) == ("interp2d", "fast", 16, 1)
+    assert (default.crop, default.lr) == (128, 2e-3)
+    lite = TrainConfig(preset="lite").resolved()
+    assert (lite.pre, lite.post, lite.crop, lite.lr) == (8, 1, 64, 1e-3)
+    assert TrainConfig(crop=32, lr=5e-4).resolved().crop == 32  # what the user says wins

@@ -2,7 +2,18 @@
 
 Input: the window's frames stacked as channels (B, C, H, W), normalised;
 output: the predicted centre frame (B, 1, H, W). Any frame size works: the
-input is reflection-padded to a multiple of 2**depth and cropped back.
+input is edge-padded to a multiple of unshuffle * 2**depth and cropped back.
+
+The `fast` preset (the default) works in space-to-depth blocks
+(pixel unshuffle / shuffle, Shi et al. 2016, "Real-time single image and video
+super-resolution using an efficient sub-pixel convolutional neural network"):
+its first layer is a 4x4 convolution with stride 4, which mixes the window's
+frames and the 16 pixels of each block (a pixel unshuffle followed by a 1x1
+conv, computed without moving the input), the U-Net runs at a quarter of the
+resolution, and a pixel shuffle puts its 16 outputs per block back in place.
+That takes the multiply-adds per output pixel from ~29,000 (`lite`) to ~5,000,
+and a window frame costs ~30 of them, so `fast` reads 16 past frames where
+`lite` reads 8 (docs/benchmarks.md, "Issue 14").
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ PRESETS: dict[str, dict] = {
     # lite: tuned for a 5-minute CPU training budget and CPU inference (~0.1 s per
     # 256x256 frame on one core); see docs/benchmarks.md.
     "lite": {"widths": [16, 32, 64], "convs": 2},
+    # fast: a 4x4 stride-4 first layer (space-to-depth), then a U-Net at a quarter of the resolution (module docstring)
+    "fast": {"widths": [32, 48, 64], "convs": 2, "unshuffle": 4, "stem": 1},
 }
 
 ARCH = Arch(
@@ -30,7 +43,11 @@ ARCH = Arch(
     default=True,
     presets=PRESETS,
     # l2: Poisson noise at low counts
-    defaults={"pre": 8, "post": 1, "omission": 0, "preset": "lite", "loss": "l2", "crop": 64, "batch": 8, "lr": 1e-3},
+    defaults={"pre": 8, "post": 1, "omission": 0, "preset": "fast", "loss": "l2", "crop": 64, "batch": 8, "lr": 1e-3},
+    # fast: its 1x1 first layer makes a frame of the window cheap (~30 multiply-adds per pixel), so it reads
+    # 16 past frames where lite reads 8; it sees 4x4 blocks, so a 128-pixel crop gives its quarter-resolution
+    # U-Net the context a 64-pixel crop gives lite (docs/benchmarks.md, issue 14)
+    preset_defaults={"fast": {"pre": 16, "crop": 128, "lr": 2e-3}},
     summary="DeepInterpolation 2D U-Net: the window's frames as channels, predicts frame t",
 )
 
@@ -91,10 +108,13 @@ def _conv(cin: int, cout: int, kernel: tuple[int, int], edge: str = "zeros") -> 
     return SameConv(cin, cout, kernel, edge)
 
 
-def _block(cin: int, cout: int, convs: int, kernel: tuple[int, int], edge: str = "zeros") -> nn.Sequential:
+def _block(cin: int, cout: int, convs: int, kernel: tuple[int, int], edge: str = "zeros",
+           first: tuple[int, int] | None = None) -> nn.Sequential:
+    """`convs` conv+ReLU layers; the first with kernel `first` when given (a 1x1 stem)."""
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [_conv(cin if i == 0 else cout, cout, kernel, edge), nn.ReLU(inplace=True)]
+        k = first if i == 0 and first is not None else kernel
+        layers += [_conv(cin if i == 0 else cout, cout, k, edge), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -104,15 +124,27 @@ class UNet2d(nn.Module):
 
     def __init__(self, in_channels: int, widths: list[int], convs: int = 2,
                  kernel: tuple[int, int] = (3, 3), pool: tuple[int, int] = (2, 2), pad_mode: str = "replicate",
-                 edge: str = "zeros"):
+                 edge: str = "zeros", unshuffle: int = 1, stem: int | None = None):
         super().__init__()
         self.depth = len(widths) - 1
         self.convs = convs
+        self.stem = int(stem) if stem else None
+        """Kernel side of the first layer when it differs from `kernel` (1: a 1x1 conv mixes the frames)."""
+        self.unshuffle = int(unshuffle)
+        """Space-to-depth factor s (1: none): the first layer is an s x s convolution with stride s (what a pixel
+        unshuffle and a 1x1 conv compute, without moving the input in memory), the head predicts s * s values per
+        block and a pixel shuffle puts them in place."""
+        if self.unshuffle < 1 or (self.unshuffle > 1 and self.stem != 1):
+            raise ValueError(f"unshuffle must be >= 1, and > 1 only with stem 1; got unshuffle {unshuffle}, stem {stem}")
         self.kernel, self.pool, self.pad_mode = tuple(kernel), tuple(pool), pad_mode
         self.encoders = nn.ModuleList()
         cin = in_channels
-        for w in widths[:-1]:
-            self.encoders.append(_block(cin, w, convs, self.kernel, edge))
+        for i, w in enumerate(widths[:-1]):
+            first = (stem, stem) if i == 0 and stem else None  # the first layer's kernel: mixes frames (and pixels)
+            block = _block(cin, w, convs, self.kernel, edge, first)
+            if i == 0 and self.unshuffle > 1:
+                block[0] = nn.Conv2d(cin, w, self.unshuffle, stride=self.unshuffle)
+            self.encoders.append(block)
             cin = w
         self.bottleneck = _block(cin, widths[-1], convs, self.kernel, edge)
         self.decoders = nn.ModuleList()
@@ -120,11 +152,12 @@ class UNet2d(nn.Module):
         for w in reversed(widths[:-1]):
             self.decoders.append(_block(cin + w, w, convs, self.kernel, edge))
             cin = w
-        self.head = nn.Conv2d(cin, 1, 1)
+        self.head = nn.Conv2d(cin, self.unshuffle ** 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % self.pool[0] ** self.depth, (-w) % self.pool[1] ** self.depth
+        s = self.unshuffle
+        ph, pw = (-h) % (s * self.pool[0] ** self.depth), (-w) % (s * self.pool[1] ** self.depth)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode=self.pad_mode)
         skips = []
@@ -138,6 +171,8 @@ class UNet2d(nn.Module):
             x = F.interpolate(x, scale_factor=scale, mode="nearest")
             x = dec(torch.cat([x, skip], dim=1))
         x = self.head(x)
+        if s > 1:
+            x = F.pixel_shuffle(x, s)
         return x[..., :h, :w]
 
     def spatial_receptive_field(self) -> int:
@@ -152,8 +187,13 @@ class UNet2d(nn.Module):
         for _ in range(self.depth):
             scale //= p
             rf += (p - 1) * scale + per_block * scale  # nearest upsample, then convs
-        return rf
+        if self.stem:
+            rf -= self.kernel[0] - self.stem  # the first layer, at scale 1
+        s = self.unshuffle
+        return rf * s + s - 1  # rf blocks of s pixels, centred on an output pixel anywhere in its block
 
 
 def build(card) -> nn.Module:
-    return UNet2d(card.n_inputs, list(card.params["widths"]), int(card.params.get("convs", 2)))
+    p = card.params
+    return UNet2d(card.n_inputs, list(p["widths"]), int(p.get("convs", 2)), unshuffle=int(p.get("unshuffle", 1)),
+                  stem=p.get("stem"))
