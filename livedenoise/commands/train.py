@@ -68,7 +68,8 @@ def register(sub) -> None:
                         "docs/models.md)")
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed + same --steps = same weights on CPU)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; on a CPU that other jobs share, 1 is faster)")
     g.add_argument("--modality", choices=("2p", "fmri"), default="2p",
                    help="recorded in the model card of a 2D imaging model (fMRI runs, .nii/.nii.gz, train the fmri "
                         "architecture, whose card says fmri)")

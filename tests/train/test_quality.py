@@ -61,6 +61,7 @@ def test_lite_beats_raw_on_a_different_movie(movies, post, min_gain_db):
     assert inn["psnr_db"] >= est["psnr_db"] - 0.5 and inn["trace_r_median"] >= est["trace_r_median"]
 
 
+@pytest.mark.timeout(1800)  # two trainings of MINUTES each, then denoising 600 frames twice
 def test_the_default_model_is_as_good_as_lite_trained_with_the_same_budget(movies):
     """Issue 14's bound: what `train` builds with no --arch/--preset (fast, its own window) against lite (its own
     window, pre 8), both lag 1 with the innovation step they tuned: PSNR and pixel SNR within 0.3 dB, median trace r
