@@ -41,8 +41,8 @@ from livedenoise.errors import UserError
 
 NAMED = {
     "di": ("interp2d", "di", 30, 30, 0),
-    "lite": ("interp2d", "lite", 8, 1, 0),
-    "fast": ("interp2d", "fast", 16, 1, 0),
+    "lite": ("interp2d", "lite", None, None, None),  # None: the preset's own default window (registry)
+    "fast": ("interp2d", "fast", None, None, None),
     "cad3d": ("cad3d", "rt", 16, 0, 0),
 }
 ALL_BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")
@@ -82,14 +82,13 @@ def named_checkpoint(spec: str, folder: Path, pre=None, post=None, omission=None
         arch, preset, d_pre, d_post, d_om = NAMED[spec]
     elif ":" in spec:
         arch, preset = spec.split(":", 1)
-        d = registry.defaults(arch)  # UserError for an unknown architecture
-        d_pre, d_post, d_om = d["pre"], d["post"], d["omission"]
+        d_pre = d_post = d_om = None
     else:
         raise UserError(f"--model {spec!r}: give a .pt/.onnx/.engine file or one of {', '.join(NAMED)} (or ARCH:PRESET)")
     pre = d_pre if pre is None else pre
     post = d_post if post is None else post
     omission = d_om if omission is None else omission
-    try:
+    try:  # a window still None: the preset's default (make_card); UserError for an unknown architecture
         card = registry.make_card(arch, preset=preset, pre=pre, post=post, omission=omission)
     except (ValueError, TypeError) as exc:
         raise UserError(f"--model {spec}: {exc}") from None

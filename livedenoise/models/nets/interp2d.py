@@ -109,12 +109,12 @@ def _conv(cin: int, cout: int, kernel: tuple[int, int], edge: str = "zeros") -> 
 
 
 def _block(cin: int, cout: int, convs: int, kernel: tuple[int, int], edge: str = "zeros",
-           first: tuple[int, int] | None = None) -> nn.Sequential:
-    """`convs` conv+ReLU layers; the first with kernel `first` when given (a 1x1 stem)."""
+           first: nn.Module | None = None) -> nn.Sequential:
+    """`convs` conv+ReLU layers; the first is `first` when given (cin -> cout)."""
     layers: list[nn.Module] = []
     for i in range(convs):
-        k = first if i == 0 and first is not None else kernel
-        layers += [_conv(cin if i == 0 else cout, cout, k, edge), nn.ReLU(inplace=True)]
+        conv = first if i == 0 and first is not None else _conv(cin if i == 0 else cout, cout, kernel, edge)
+        layers += [conv, nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -140,11 +140,12 @@ class UNet2d(nn.Module):
         self.encoders = nn.ModuleList()
         cin = in_channels
         for i, w in enumerate(widths[:-1]):
-            first = (stem, stem) if i == 0 and stem else None  # the first layer's kernel: mixes frames (and pixels)
-            block = _block(cin, w, convs, self.kernel, edge, first)
+            first = None  # the first layer mixes the window's frames (and, with space-to-depth, a block's pixels)
             if i == 0 and self.unshuffle > 1:
-                block[0] = nn.Conv2d(cin, w, self.unshuffle, stride=self.unshuffle)
-            self.encoders.append(block)
+                first = nn.Conv2d(cin, w, self.unshuffle, stride=self.unshuffle)
+            elif i == 0 and self.stem:
+                first = _conv(cin, w, (self.stem, self.stem), edge)
+            self.encoders.append(_block(cin, w, convs, self.kernel, edge, first))
             cin = w
         self.bottleneck = _block(cin, widths[-1], convs, self.kernel, edge)
         self.decoders = nn.ModuleList()
