@@ -82,6 +82,13 @@ class Arch:
     """Every layout the architecture accepts (default: just `layout`)."""
     default: bool = False
     """The architecture `train` picks for its modality when --arch is not given."""
+    cpu_backend: str = "torch"
+    """What `--backend auto` runs a .pt checkpoint on without a CUDA GPU: `torch`, or `onnxruntime` (exported on
+    the fly, cached) where the architecture measured faster there (docs/benchmarks.md)."""
+    tile: int | None = None
+    """Block models (layout `block`): output samples per engine pass. Their layers are 'valid' convolutions along
+    time, so passes over tiles whose inputs overlap by the context are exact; small tiles keep a pass's
+    intermediates in the CPU's cache. None: one pass per block."""
     summary: str = ""
     """One line for listings."""
 
@@ -95,6 +102,8 @@ class Arch:
             raise ValueError(f"architecture {self.name!r}: defaults lack {', '.join(missing)}")
         if self.defaults["preset"] not in self.presets:
             raise ValueError(f"architecture {self.name!r}: default preset {self.defaults['preset']!r} is not a preset")
+        if self.cpu_backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"architecture {self.name!r}: cpu_backend must be torch or onnxruntime, got {self.cpu_backend!r}")
         if not self.layouts:
             object.__setattr__(self, "layouts", (self.layout,))
 

@@ -15,7 +15,8 @@ runs it:
   `engines.tensorrt`.
 - ``auto``: TensorRT when an NVIDIA GPU, TensorRT and pycuda are present; else
   onnxruntime (CUDA provider if present, else CPU) for ``.onnx``; PyTorch for
-  ``.pt``. Every engine carries a ``reason`` saying what was picked and why,
+  ``.pt`` (on a CPU: onnxruntime where the architecture declares it faster,
+  `Arch.cpu_backend`). Every engine carries a ``reason`` saying what was picked and why,
   and ``describe()`` prints it.
 
 Every backend implements the `Engine` contract of `engines.base` and imports
@@ -99,6 +100,15 @@ class DeferredExportEngine(Engine):
             self._inner.close()
 
 
+def _cpu_backend(path: Path) -> str:
+    """The backend a checkpoint's architecture declares fastest on a CPU (`Arch.cpu_backend`)."""
+    from livedenoise.models.checkpoint import read_checkpoint
+    from livedenoise.models.registry import arch_for
+
+    card, _ = read_checkpoint(path)
+    return arch_for(card).cpu_backend
+
+
 def open_engine(
     path: str | os.PathLike,
     backend: str = "auto",
@@ -141,6 +151,11 @@ def open_engine(
             import torch
 
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            if dev == "cpu" and _cpu_backend(path) == "onnxruntime":
+                eng = open_engine(path, "onnxruntime", frame_shape=frame_shape, threads=threads)
+                eng.reason = ("no CUDA GPU; this architecture runs faster in onnxruntime than in PyTorch on a CPU "
+                              f"(exported on the fly, cached): {eng.reason}")
+                return eng
             why = "a .pt checkpoint runs in PyTorch" + (
                 "; CUDA GPU found" if dev.startswith("cuda") else "; no CUDA GPU for PyTorch, so CPU"
             ) + " (export it to ONNX/TensorRT for the faster backends)"

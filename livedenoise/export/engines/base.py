@@ -53,6 +53,24 @@ def example_input(card: ModelCard, frame_shape):
     return registry_example_input(card, frame_shape)
 
 
+def block_tile(card: ModelCard) -> tuple[int, int] | None:
+    """(output samples per engine pass, context samples) for a block model whose architecture declares a tile.
+
+    A block model (card.layout ``block``: `block-ephys`, `site-ephys`) is made of
+    'valid' convolutions along time, so its output over a long block equals the
+    concatenation of its outputs over tiles whose inputs overlap by the context
+    (ctx_before + ctx_after): the tiling is exact (`Arch.tile`). None: one pass.
+    """
+    if card.layout != "block":
+        return None
+    from livedenoise.models.registry import arch_for
+
+    tile = arch_for(card).tile
+    if not tile:
+        return None
+    return int(tile), int(card.params["ctx_before"]) + int(card.params["ctx_after"])
+
+
 def cache_dir() -> Path:
     """Where derived files (on-the-fly ONNX exports) go: $LIVEDENOISE_CACHE or ~/.cache/livedenoise."""
     env = os.environ.get("LIVEDENOISE_CACHE")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import UserError
-from livedenoise.export.engines.base import Engine, default_threads, read_onnx_card
+from livedenoise.export.engines.base import Engine, block_tile, default_threads, read_onnx_card
 
 ORT_PROVIDERS = {
     "onnxruntime": "CPUExecutionProvider",
@@ -72,10 +72,13 @@ class OnnxRuntimeEngine(Engine):
         out_shape = outputs[0].shape
         self._out_tail = tuple(int(d) for d in out_shape[1:]) if all(isinstance(d, int) for d in out_shape[1:]) else None
         self._lock = threading.Lock()
+        self._tile = block_tile(self.card) if self._out_tail is None else None
 
     def run(self, windows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         windows = self.check_windows(windows)
         b = windows.shape[0]
+        if self._tile is not None and windows.shape[-1] - self._tile[1] > self._tile[0]:
+            return self._run_tiles(windows, out)
         if self._out_tail is None:  # shapes unknown up front: let onnxruntime allocate
             y = self.session.run([self.out_name], {self.in_name: windows})[0][:, 0]
             if out is None:
@@ -93,6 +96,17 @@ class OnnxRuntimeEngine(Engine):
             binding.bind_cpu_input(self.in_name, windows)
             binding.bind_output(self.out_name, "cpu", 0, np.float32, [b, *self._out_tail], res.ctypes.data)
             self.session.run_with_iobinding(binding)
+        return res
+
+    def _run_tiles(self, windows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """A block model over tiles of `tile` output samples (exact: see `base.block_tile`)."""
+        tile, ctx = self._tile
+        n = windows.shape[-1] - ctx
+        res = self._out(out, (windows.shape[0], *windows.shape[2:-1], n))
+        for a in range(0, n, tile):
+            e = min(n, a + tile)
+            piece = np.ascontiguousarray(windows[..., a:e + ctx])
+            res[..., a:e] = self.session.run([self.out_name], {self.in_name: piece})[0][:, 0]
         return res
 
     def describe(self) -> str:

@@ -82,6 +82,10 @@ PRESETS: dict[str, dict] = {
               "keep_noise": 0.0},
 }
 DEFAULTS = {"pre": 30, "post": 30, "omission": 1}
+TILE = 64
+"""Output samples per pass (`Arch.tile`; PyTorch eager and onnxruntime alike): a tile's intermediates stay in the
+CPU's cache. One core, 384 channels: 64 samples ran 1.5x faster than one pass over a 4096-sample block
+(docs/benchmarks.md, issue 18)."""
 
 ARCH = Arch(
     name="site-ephys",
@@ -89,6 +93,8 @@ ARCH = Arch(
     trainer="ephys",
     default=True,
     layout="block",
+    cpu_backend="onnxruntime",
+    tile=TILE,
     layouts=LAYOUTS,
     presets=PRESETS,
     defaults={**DEFAULTS, "preset": "fast", "loss": "nll", "crop": 256, "batch": 8, "lr": 2e-3},
@@ -158,8 +164,9 @@ class SiteEphys(nn.Module):
 
     def __init__(self, pre: int, post: int, omission: int, nbr, own_filters: int = 8, nb_filters: int = 2,
                  nb_before: int = 4, nb_after: int = 4, width: int = 12, depth: int = 1, posterior: bool = False,
-                 keep_noise: float = 0.0):
+                 keep_noise: float = 0.0, tile: int = TILE):
         super().__init__()
+        self.tile = int(tile)
         self.posterior = bool(posterior)
         if not 0.0 <= keep_noise <= 1.0:
             raise ValueError(f"keep_noise must be in 0..1, got {keep_noise}")
@@ -190,10 +197,6 @@ class SiteEphys(nn.Module):
         if self.posterior:  # per-site noise variance (normalised units), learned with the prior
             self.log_noise = nn.Parameter(torch.zeros(self.C))
 
-    TILE = 64
-    """Output samples per pass in eager mode: the intermediates of a tile stay in the CPU's cache
-    (on one core, 64 samples ran 3-4x faster than one pass over a 4096-sample block; docs/benchmarks.md)."""
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, C, T_in) -> (B, 1, C, T_out): the blind prediction, or with `posterior` the posterior mean."""
         return self._tiled(x, self._output)
@@ -215,10 +218,10 @@ class SiteEphys(nn.Module):
         if x.shape[-2] != self.C:
             raise ValueError(f"this site-ephys model was made for {self.C} channels (its probe geometry), got {x.shape[-2]}")
         T_out = x.shape[-1] - self.before - self.after
-        if T_out <= self.TILE or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if T_out <= self.tile or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return fn(x)
         ctx = self.before + self.after  # 'valid' convolutions: tiles overlapping by the context are exact
-        return torch.cat([fn(x[..., a:min(T_out, a + self.TILE) + ctx]) for a in range(0, T_out, self.TILE)], dim=-1)
+        return torch.cat([fn(x[..., a:min(T_out, a + self.tile) + ctx]) for a in range(0, T_out, self.tile)], dim=-1)
 
     def _output(self, x: torch.Tensor) -> torch.Tensor:
         h = self._blind(x)
@@ -242,8 +245,8 @@ class SiteEphys(nn.Module):
         nb = F.pad(nb, (0, 0, 0, 1))  # the zero site C, read by missing neighbours
         g = nb.index_select(2, self.idx).reshape(B, F2 * self.K, self.C, T)  # (F2, K) x C
         first = self.mlp[0]
-        f1 = own.shape[1]  # first layer over [own, g] without concatenating them
-        h = F.conv2d(own, first.weight[:, :f1], first.bias) + F.conv2d(g, first.weight[:, f1:])
+        f1 = own.shape[1]  # first layer over [own, g] without concatenating them (a concatenated copy was slower
+        h = F.conv2d(own, first.weight[:, :f1], first.bias) + F.conv2d(g, first.weight[:, f1:])  # in both engines)
         h = F.relu_(h)
         for conv in self.mlp[1:]:
             h = F.relu_(conv(h))

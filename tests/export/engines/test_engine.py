@@ -40,6 +40,32 @@ def test_auto_on_a_checkpoint_is_torch_and_says_why(files):
     assert "picked:" in e.describe()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU: auto runs a .pt in PyTorch on it")
+def test_auto_on_a_cpu_runs_a_checkpoint_where_its_architecture_declares_it_faster(tmp_path):
+    from livedenoise.io.probe_geometry import np1_positions
+    from livedenoise.models import registry
+    from livedenoise.models.checkpoint import save_checkpoint
+
+    card = registry.make_card("site-ephys", n_channels=8, positions=np1_positions(8))
+    save_checkpoint(tmp_path / "site.pt", card, registry.build_network(card).state_dict())
+    e = open_engine(tmp_path / "site.pt")
+    assert registry.info("site-ephys").cpu_backend == "onnxruntime"
+    assert isinstance(e, DeferredExportEngine) and e.backend == "onnxruntime"
+    assert "faster in onnxruntime" in e.reason
+    e.run(np.zeros((1, 1, 8, 200), np.float32))  # exported at the first block's size
+    assert isinstance(e._inner, OnnxRuntimeEngine) and "faster in onnxruntime" in e.describe()
+    lite = make_checkpoint(tmp_path / "lite.pt", pre=4, post=1)  # an architecture that declares torch
+    assert isinstance(open_engine(lite), TorchEngine)
+
+
+def test_an_architecture_declares_only_a_known_cpu_backend():
+    from livedenoise.models.registry import Arch
+
+    with pytest.raises(ValueError, match="cpu_backend"):
+        Arch(name="x", modality="ephys", trainer="ephys", presets={"a": {}},
+             defaults={"pre": 1, "post": 1, "omission": 0, "preset": "a"}, cpu_backend="tensorflow")
+
+
 @pytest.mark.skipif(TRT_OK, reason="this machine has TensorRT: auto picks it")
 def test_auto_on_onnx_without_tensorrt_is_onnxruntime_and_says_why(files):
     e = open_engine(files[1])

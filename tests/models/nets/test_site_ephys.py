@@ -174,17 +174,40 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("card", cards(), ids=lambda c: f"{c.params['preset']}-{c.pre}-{c.post}")
-def test_tiled_passes_equal_one_pass(card, monkeypatch):
+def test_tiled_passes_equal_one_pass(card):
     net = _random_net(card).float()
     p = card.params
-    x = torch.randn(1, 1, C, p["ctx_before"] + 700 + p["ctx_after"])
+    x = torch.randn(1, 1, C, p["ctx_before"] + 700 + p["ctx_after"])  # 10 tiles of 64 and one of 60
     with torch.inference_mode():
-        monkeypatch.setattr(site_ephys.SiteEphys, "TILE", 10**9)
+        net.tile = 10**9
         one = net(x)
-        monkeypatch.setattr(site_ephys.SiteEphys, "TILE", 64)
+        net.tile = site_ephys.TILE
         tiled = net(x)
     assert tiled.shape == one.shape == (1, 1, C, 700)
     torch.testing.assert_close(tiled, one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("card", cards(), ids=lambda c: f"{c.params['preset']}-{c.pre}-{c.post}")
+def test_onnxruntime_runs_a_block_in_tiles_equal_to_one_pass(card, tmp_path):
+    from livedenoise.export.engines import open_engine
+    from livedenoise.export.onnx_export import export_onnx
+    from livedenoise.models.checkpoint import save_checkpoint
+
+    net = _random_net(card).float()
+    save_checkpoint(tmp_path / "m.pt", card, net.state_dict())
+    export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx", frame_shape=(C, 512))
+    eng = open_engine(tmp_path / "m.onnx", "onnxruntime", threads=1)
+    p = card.params
+    ctx = p["ctx_before"] + p["ctx_after"]
+    assert eng._tile == (site_ephys.TILE, ctx)  # the architecture's tile (Arch.tile)
+    x = np.random.default_rng(1).standard_normal((2, 1, C, ctx + 700)).astype(np.float32)  # 10 tiles + 60 samples
+    out = np.full((2, C, 700), np.nan, np.float32)
+    got = eng.run(x, out)
+    assert got is out and np.isfinite(out).all()
+    with torch.inference_mode():
+        net.tile = 10**9
+        one = net(torch.from_numpy(x))[:, 0].numpy()
+    np.testing.assert_allclose(got, one, rtol=1e-4, atol=1e-4)
 
 
 def test_keep_noise_gives_back_that_fraction_of_what_was_removed():
