@@ -8,8 +8,9 @@ peak amplitudes uniform in [--amp-min, --amp-max] µV; white Gaussian noise of
 sorted by a SpikeInterface sorter that installs from PyPI (tridesclous2 by
 default; needs numba, hdbscan, scikit-learn: `pip install -e ".[bench]"`).
 
-For each method (raw, bandpass+CMR, every --model ARCH[:PRESET][:post=N]) it prints
-and writes (--json) one row:
+For each method (the baselines: raw, bandpass+CMR and the half-noise oracle, the same
+spikes with half the noise, what a perfect denoiser that keeps half the noise would
+give; then every --model ARCH[:PRESET][:post=N]) it prints and writes (--json) one row:
 
 - well: ground-truth units sorted with accuracy > 0.8 (`compare_sorter_to_ground_truth`,
   `get_well_detected_units(0.8)`);
@@ -42,6 +43,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+BASELINES = ("raw", "bandpass+CMR", "half-noise")
 
 
 def np1_positions(n: int) -> np.ndarray:
@@ -268,7 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--sorter", default="tridesclous2")
     ap.add_argument("--no-sort", action="store_true", help="waveform and noise metrics only")
-    ap.add_argument("--no-baselines", action="store_true", help="skip raw and bandpass+CMR")
+    ap.add_argument("--baseline", action="append", choices=BASELINES, default=None,
+                    help="run only these baselines (repeatable; default: all of them)")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the baselines (models only)")
     ap.add_argument("--json", default=None, help="append one JSON line per method to this file")
     ap.add_argument("--cache", default=None, help="folder keeping trained models (reused by a later run)")
     args = ap.parse_args(argv)
@@ -281,7 +287,7 @@ def main(argv=None) -> int:
     pos = np.asarray(probe.contact_positions)
     log(f"ground truth: {args.channels} ch x {args.duration} s, {args.units} units ({args.amp_dist} {args.amp_min}-"
         f"{args.amp_max} µV), noise {args.noise} µV, seed {args.seed}")
-    methods = [] if args.no_baselines else [("raw", None), ("bandpass+CMR", None)]
+    methods = [] if args.no_baselines else [(b, None) for b in (args.baseline or BASELINES)]
     methods += [(m, m) for m in args.model]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench18_") as tmp:
@@ -309,6 +315,8 @@ def main(argv=None) -> int:
         for name, spec in methods:
             if name == "raw":
                 outputs.append((name, x, None, {}))
+            elif name == "half-noise":  # the oracle: the same spikes, half the noise (needs the ground truth)
+                outputs.append((name, clean + np.float32(0.5) * (x - clean), None, {}))
             elif name == "bandpass+CMR":
                 outputs.append((name, bandpass_cmr(x, rate), None, {}))
             else:

@@ -1,0 +1,45 @@
+"""scripts/bench_sorting_ephys.py: the ground truth it generates and the metrics it scores (no sorter run here)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("spikeinterface")
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("bench_sorting_ephys", ROOT / "scripts" / "bench_sorting_ephys.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+@pytest.mark.parametrize("dist, lo, hi", [("log", 20, 46), ("uniform", 3, 20)])
+def test_amplitudes_are_drawn_log_uniformly_by_default_as_in_the_issue(dist, lo, hi):
+    # log-uniform over 15-150 µV puts log(25/15)/log(10) = 22 % of the units under 25 µV (the issue: 31 of 150);
+    # uniform puts 7 % there
+    noisy, clean, gt, probe = bench.ground_truth(8, 0.2, 150, 7.0, (15.0, 150.0), seed=1, amp_dist=dist)
+    peaks = np.asarray(gt.get_property("gt_peak_uv"))
+    assert peaks.shape == (150,) and peaks.min() >= 15.0 - 1e-3 and peaks.max() <= 150.0 + 1e-3
+    assert lo <= int((peaks < 25).sum()) <= hi
+    assert noisy.shape == clean.shape == (6000, 8) and noisy.dtype == np.float32
+    assert 6.5 < float(np.std(noisy - clean)) < 7.5  # 7 µV of white noise per site
+    assert np.asarray(probe.contact_positions).shape == (8, 2)
+
+
+def test_an_unknown_amplitude_distribution_is_refused():
+    with pytest.raises(ValueError, match="amp_dist"):
+        bench.ground_truth(4, 0.1, 3, 7.0, (15.0, 150.0), seed=0, amp_dist="normal")
+
+
+def test_waveform_metrics_read_the_clean_peak_and_shape():
+    noisy, clean, gt, _ = bench.ground_truth(16, 2.0, 6, 7.0, (40.0, 150.0), seed=0)
+    same = bench.waveform_metrics(clean, clean, gt, 30000.0)
+    assert same["amp"] == pytest.approx(1.0) and same["cos"] == pytest.approx(1.0)
+    half = bench.waveform_metrics(0.5 * clean, clean, gt, 30000.0)
+    assert half["amp"] == pytest.approx(0.5, abs=1e-6) and half["cos"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_residual_rms_in_chunks_equals_the_whole_array():
+    rng = np.random.default_rng(0)
+    y, c = rng.standard_normal((1001, 3)).astype(np.float32), rng.standard_normal((1001, 3)).astype(np.float32)
+    assert bench.resid_rms(y, c, chunk=97) == pytest.approx(float(np.sqrt(np.mean((y - c) ** 2.0))), rel=1e-6)
