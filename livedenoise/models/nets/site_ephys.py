@@ -245,8 +245,11 @@ class SiteEphys(nn.Module):
         nb = F.pad(nb, (0, 0, 0, 1))  # the zero site C, read by missing neighbours
         g = nb.index_select(2, self.idx).reshape(B, F2 * self.K, self.C, T)  # (F2, K) x C
         first = self.mlp[0]
-        f1 = own.shape[1]  # first layer over [own, g] without concatenating them (a concatenated copy was slower
-        h = F.conv2d(own, first.weight[:, :f1], first.bias) + F.conv2d(g, first.weight[:, f1:])  # in both engines)
+        # first layer over [own, g] without concatenating them (a concatenated copy was slower in both engines);
+        # f1 is a constant, not own.shape[1], so that the export folds the weight slices into initializers
+        # (onnxruntime then runs both convolutions in its blocked layout: 1.1x the speed)
+        f1 = self.own.out_channels
+        h = F.conv2d(own, first.weight[:, :f1], first.bias) + F.conv2d(g, first.weight[:, f1:])
         h = F.relu_(h)
         for conv in self.mlp[1:]:
             h = F.relu_(conv(h))

@@ -228,3 +228,21 @@ def test_keep_noise_gives_back_that_fraction_of_what_was_removed():
     torch.testing.assert_close(outs[0.5], 0.5 * (outs[0.0] + xc))
     with pytest.raises(ValueError, match="keep_noise"):
         build_network(dataclasses.replace(card, params={**card.params, "keep_noise": 1.5}))
+
+
+def test_the_onnx_export_has_constant_convolution_weights(tmp_path):
+    # onnxruntime runs a convolution in its fast blocked layout only when the weight is a constant: a slice of a
+    # parameter computed from a runtime shape left the first layer's convolutions on the slow path
+    import onnx
+
+    from livedenoise.export.onnx_export import export_onnx
+    from livedenoise.models.checkpoint import save_checkpoint
+
+    card = cards()[0]
+    save_checkpoint(tmp_path / "m.pt", card, _random_net(card).float().state_dict())
+    export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx", frame_shape=(C, 512))
+    g = onnx.load(tmp_path / "m.onnx").graph
+    constants = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert len(convs) >= 5
+    assert [n.name for n in convs if n.input[1] not in constants] == []
