@@ -86,9 +86,10 @@ class Arch:
     """What `--backend auto` runs a .pt checkpoint on without a CUDA GPU: `torch`, or `onnxruntime` (exported on
     the fly, cached) where the architecture measured faster there (docs/benchmarks.md)."""
     tile: int | None = None
-    """Block models (layout `block`): output samples per engine pass. Their layers are 'valid' convolutions along
-    time, so passes over tiles whose inputs overlap by the context are exact; small tiles keep a pass's
-    intermediates in the CPU's cache. None: one pass per block."""
+    """Block models (layout `block`): output samples per onnxruntime pass (`engines.base.block_tile`; site-ephys
+    also tiles itself in PyTorch). Their layers are 'valid' convolutions along time, so passes over tiles whose
+    inputs overlap by the context are exact; small tiles keep a pass's intermediates in the CPU's cache.
+    None: one pass per block."""
     summary: str = ""
     """One line for listings."""
 
@@ -102,6 +103,8 @@ class Arch:
             raise ValueError(f"architecture {self.name!r}: defaults lack {', '.join(missing)}")
         if self.defaults["preset"] not in self.presets:
             raise ValueError(f"architecture {self.name!r}: default preset {self.defaults['preset']!r} is not a preset")
+        if self.tile is not None and (not isinstance(self.tile, int) or self.tile < 1):
+            raise ValueError(f"architecture {self.name!r}: tile must be a positive number of samples, got {self.tile!r}")
         if self.cpu_backend not in ("torch", "onnxruntime"):
             raise ValueError(f"architecture {self.name!r}: cpu_backend must be torch or onnxruntime, got {self.cpu_backend!r}")
         if not self.layouts:

@@ -58,12 +58,38 @@ def test_auto_on_a_cpu_runs_a_checkpoint_where_its_architecture_declares_it_fast
     assert isinstance(open_engine(lite), TorchEngine)
 
 
-def test_an_architecture_declares_only_a_known_cpu_backend():
+@pytest.mark.parametrize("bad", [{"cpu_backend": "tensorflow"}, {"tile": 0}, {"tile": 6.5}])
+def test_an_architecture_declares_only_a_known_cpu_backend_and_a_positive_tile(bad):
     from livedenoise.models.registry import Arch
 
-    with pytest.raises(ValueError, match="cpu_backend"):
+    with pytest.raises(ValueError, match=next(iter(bad))):
         Arch(name="x", modality="ephys", trainer="ephys", presets={"a": {}},
-             defaults={"pre": 1, "post": 1, "omission": 0, "preset": "a"}, cpu_backend="tensorflow")
+             defaults={"pre": 1, "post": 1, "omission": 0, "preset": "a"}, **bad)
+
+
+@pytest.mark.parametrize("arch", ["block-ephys", "site-ephys"])
+def test_onnxruntime_tiles_of_a_block_model_equal_one_pass(arch, tmp_path):
+    from livedenoise.io.probe_geometry import np1_positions
+    from livedenoise.models import registry
+    from livedenoise.models.checkpoint import save_checkpoint
+
+    card = registry.make_card(arch, n_channels=8, positions=np1_positions(8)) if arch == "site-ephys" else \
+        registry.make_card(arch, n_channels=8)
+    torch.manual_seed(0)
+    net = registry.build_network(card)
+    for p in net.parameters():  # weights far from zero: every input shows in the output
+        p.data.normal_(0.0, 0.5)
+    save_checkpoint(tmp_path / "m.pt", card, net.state_dict())
+    export_onnx(tmp_path / "m.pt", tmp_path / "m.onnx", frame_shape=(8, 600))
+    eng = open_engine(tmp_path / "m.onnx", "onnxruntime", threads=1)
+    tile, ctx = eng._tile
+    assert tile == registry.info(arch).tile and ctx == card.params["ctx_before"] + card.params["ctx_after"]
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, ctx + 5 * tile + 7)).astype(np.float32)  # a partial tile
+    tiled = eng.run(x)
+    eng._tile = None
+    one = eng.run(x)
+    assert tiled.shape == one.shape == (1, 8, 5 * tile + 7)
+    np.testing.assert_allclose(tiled, one, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(TRT_OK, reason="this machine has TensorRT: auto picks it")
