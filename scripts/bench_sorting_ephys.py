@@ -244,8 +244,23 @@ def sort_and_score(y: np.ndarray, probe, rate: float, gt, sorter: str, work: Pat
     t0 = time.perf_counter()
     s = ss.run_sorter(sorter, r, folder=folder, remove_existing_folder=True, verbose=False, **params)
     cmp = sc.compare_sorter_to_ground_truth(gt, s, exhaustive_gt=True)
-    well = len(cmp.get_well_detected_units(well_detected_score=0.8))
-    return {"well": well, "found": int(len(s.unit_ids)), "sort_s": round(time.perf_counter() - t0, 1)}
+    well = cmp.get_well_detected_units(well_detected_score=0.8)
+    return {"well": len(well), "well_by_amp": well_by_amplitude(well, gt), "found": int(len(s.unit_ids)),
+            "sort_s": round(time.perf_counter() - t0, 1)}
+
+
+def well_by_amplitude(well_ids, gt, edges=(25.0, 50.0)) -> dict:
+    """{"<25": [well detected, units], "25-50": [...], ">=50": [...]}: where the units go, by the ground truth's
+    peak amplitude (`gt_peak_uv`, µV) split at `edges`."""
+    peaks = dict(zip(gt.unit_ids, np.asarray(gt.get_property("gt_peak_uv"), float)))
+    well = set(well_ids)
+    bounds = [0.0, *edges, np.inf]
+    out = {}
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        name = f"<{hi:g}" if lo == 0 else f">={lo:g}" if hi == np.inf else f"{lo:g}-{hi:g}"
+        units = [u for u, p in peaks.items() if lo <= p < hi]
+        out[name] = [sum(u in well for u in units), len(units)]
+    return out
 
 
 def _cache_dir(path: str | None) -> Path | None:

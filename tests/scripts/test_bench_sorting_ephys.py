@@ -43,3 +43,16 @@ def test_residual_rms_in_chunks_equals_the_whole_array():
     rng = np.random.default_rng(0)
     y, c = rng.standard_normal((1001, 3)).astype(np.float32), rng.standard_normal((1001, 3)).astype(np.float32)
     assert bench.resid_rms(y, c, chunk=97) == pytest.approx(float(np.sqrt(np.mean((y - c) ** 2.0))), rel=1e-6)
+
+
+def test_well_detected_units_are_counted_by_their_ground_truth_amplitude():
+    _, _, gt, _ = bench.ground_truth(8, 0.2, 40, 7.0, (15.0, 150.0), seed=2)
+    peaks = np.asarray(gt.get_property("gt_peak_uv"))
+    ids = np.asarray(gt.unit_ids)
+    small, big = ids[peaks < 25], ids[peaks >= 50]
+    got = bench.well_by_amplitude([*small[:2], *big], gt)
+    assert list(got) == ["<25", "25-50", ">=50"]
+    assert got["<25"] == [min(2, len(small)), len(small)]
+    assert got["25-50"] == [0, int(((peaks >= 25) & (peaks < 50)).sum())]
+    assert got[">=50"] == [len(big), len(big)]
+    assert sum(n for _, n in got.values()) == 40
