@@ -227,7 +227,6 @@ def waveform_metrics(y: np.ndarray, clean: np.ndarray, sorting, rate: float, max
 
 
 def sort_and_score(y: np.ndarray, probe, rate: float, gt, sorter: str, work: Path, seed: int) -> dict:
-    import spikeinterface.comparison as sc
     import spikeinterface.sorters as ss
     from spikeinterface.core import NumpyRecording
 
@@ -243,10 +242,19 @@ def sort_and_score(y: np.ndarray, probe, rate: float, gt, sorter: str, work: Pat
     folder = work / f"sort_{sorter}"
     t0 = time.perf_counter()
     s = ss.run_sorter(sorter, r, folder=folder, remove_existing_folder=True, verbose=False, **params)
-    cmp = sc.compare_sorter_to_ground_truth(gt, s, exhaustive_gt=True)
-    well = cmp.get_well_detected_units(well_detected_score=0.8)
-    return {"well": len(well), "well_by_amp": well_by_amplitude(well, gt), "found": int(len(s.unit_ids)),
-            "sort_s": round(time.perf_counter() - t0, 1)}
+    return {**score_sorting(gt, s), "sort_s": round(time.perf_counter() - t0, 1)}
+
+
+def score_sorting(gt, sorted_units) -> dict:
+    """Compare a sorter's output with the ground truth (SpikeInterface, exhaustive ground truth): "well" = units
+    matched at accuracy (agreement score) >= 0.8, "well_by_amp" = the same by ground-truth amplitude, "found" =
+    units the sorter reported."""
+    import spikeinterface.comparison as sc
+
+    cmp = sc.compare_sorter_to_ground_truth(gt, sorted_units, exhaustive_gt=True)
+    well = cmp.get_well_detected_units(well_detected_score=0.8)  # the sorter's unit ids
+    gt_well = [cmp.hungarian_match_21[u] for u in well]  # the ground-truth units they match
+    return {"well": len(well), "well_by_amp": well_by_amplitude(gt_well, gt), "found": int(len(sorted_units.unit_ids))}
 
 
 def well_by_amplitude(well_ids, gt, edges=(25.0, 50.0)) -> dict:
@@ -341,10 +349,13 @@ def main(argv=None) -> int:
                 name, y, rt, info = outputs.pop(0)
                 rows.append(score(name, y, rt, info))
 
-    print(f"{'method':32s} {'well':>5s} {'amp':>6s} {'amp<25':>6s} {'cos':>6s} {'resid':>6s} {'band':>6s} {'lf':>5s} {'hf':>5s} {'rt':>5s} {'rep_amp':>7s}")
+    bins = next((list(r["well_by_amp"]) for r in rows if "well_by_amp" in r), [])
+    print(f"{'method':32s} {'well':>5s} " + "".join(f"{'well' + b:>11s} " for b in bins)
+          + f"{'amp':>6s} {'amp<25':>6s} {'cos':>6s} {'resid':>6s} {'band':>6s} {'lf':>5s} {'hf':>5s} {'rt':>5s} {'rep_amp':>7s}")
     for r in rows:
         a25 = "-" if r["amp<25"] is None else f"{r['amp<25']:.2f}"
-        print(f"{r['method']:32s} {r.get('well', '-')!s:>5s} {r['amp']:6.3f} {a25:>6s} {r['cos']:6.3f} {r['resid']:6.2f} "
+        by = "".join(f"{'%d/%d' % tuple(r['well_by_amp'][b]) if 'well_by_amp' in r else '-':>11s} " for b in bins)
+        print(f"{r['method']:32s} {r.get('well', '-')!s:>5s} {by}{r['amp']:6.3f} {a25:>6s} {r['cos']:6.3f} {r['resid']:6.2f} "
               f"{r['resid_band']:6.2f} {r['lf']:5.2f} {r['hf']:5.2f} {r['rt'] if r['rt'] is not None else '-'!s:>5s} {r['report_amp'] or 0:7.3f}")
     return 0
 

@@ -56,3 +56,18 @@ def test_well_detected_units_are_counted_by_their_ground_truth_amplitude():
     assert got["25-50"] == [0, int(((peaks >= 25) & (peaks < 50)).sum())]
     assert got[">=50"] == [len(big), len(big)]
     assert sum(n for _, n in got.values()) == 40
+
+
+def test_a_sorting_is_scored_against_the_ground_truth_units_it_matches():
+    # the sorter names its units its own way: the amplitude bins must follow the matched ground-truth units
+    from spikeinterface.core import NumpySorting
+
+    _, _, gt, _ = bench.ground_truth(8, 10.0, 12, 7.0, (15.0, 150.0), seed=3)
+    peaks = np.asarray(gt.get_property("gt_peak_uv"))
+    ids = list(gt.unit_ids)
+    keep = [u for u, p in zip(ids, peaks) if p >= 25]  # the sorter found only the units of 25 µV or more
+    trains = {f"s{i}": gt.get_unit_spike_train(u) for i, u in enumerate(keep)}
+    got = bench.score_sorting(gt, NumpySorting.from_unit_dict([trains], gt.get_sampling_frequency()))
+    assert got["well"] == got["found"] == len(keep)
+    assert got["well_by_amp"]["<25"] == [0, int((peaks < 25).sum())]
+    assert got["well_by_amp"]["25-50"][0] + got["well_by_amp"][">=50"][0] == len(keep)
