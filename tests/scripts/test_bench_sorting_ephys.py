@@ -60,6 +60,7 @@ def test_well_detected_units_are_counted_by_their_ground_truth_amplitude():
 
 def test_a_sorting_is_scored_against_the_ground_truth_units_it_matches():
     # the sorter names its units its own way: the amplitude bins must follow the matched ground-truth units
+    pytest.importorskip("numba", reason="SpikeInterface's comparison needs numba: pip install -e '.[bench]'")
     from spikeinterface.core import NumpySorting
 
     _, _, gt, _ = bench.ground_truth(8, 10.0, 12, 7.0, (15.0, 150.0), seed=3)
