@@ -3,7 +3,7 @@
 
 A SpikeInterface ground-truth recording on Neuropixels 1.0 geometry (4 staggered
 columns, x = 43/11/59/27 µm, 20 µm rows; `generate_templates` units scaled to
-peak amplitudes uniform in [--amp-min, --amp-max] µV; white Gaussian noise of
+peak amplitudes in [--amp-min, --amp-max] µV, log-uniform (default) or uniform (--amp-dist); white Gaussian noise of
 --noise µV per site, independent between sites), denoised by each method, then
 sorted by a SpikeInterface sorter that installs from PyPI (tridesclous2 by
 default; needs numba, hdbscan, scikit-learn: `pip install -e ".[bench]"`).
@@ -13,7 +13,8 @@ spikes with half the noise, what a perfect denoiser that keeps half the noise wo
 give; then every --model ARCH[:PRESET][:post=N]) it prints and writes (--json) one row:
 
 - well: ground-truth units sorted with accuracy > 0.8 (`compare_sorter_to_ground_truth`,
-  `get_well_detected_units(0.8)`);
+  `get_well_detected_units(0.8)`); well_by_amp: the same by the unit's clean peak
+  amplitude (under 25 µV, 25-50 µV, 50 µV and more: [well detected, units]);
 - amp: median over units of the method's mean spike waveform at the unit's clean
   peak (channel and sample) divided by the clean one; amp<25: the same for units
   whose clean peak is under 25 µV;

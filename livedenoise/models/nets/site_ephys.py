@@ -38,7 +38,7 @@ Lehtinen & Aila 2019, "High-quality self-supervised deep image denoising"): wher
 is sure (v small) it is mu, at a spike it keeps more of the recorded peak. Trained by the
 Gaussian likelihood of the hidden sample (`nll`). Then `params["keep_noise"]` k gives back
 that fraction of what was removed: out = post + k (x - post) (0.6 in the presets: on the
-sorting benchmark it keeps the spike amplitude >= 0.97 on both seeds, and the sorter finds as
+sorting benchmark it keeps the spike amplitude >= 0.97 on three seeds, and the sorter finds as
 many units as with 0.35-0.65; docs/benchmarks.md). Preset `blind` outputs mu itself (L2).
 So the blind spot holds for the head (`prior`), and the output reads x(c, t) -- never
 x(c, t +- 1 .. omission) -- with weight k + (1 - k) v / (v + sigma^2) < 1.
