@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from livedenoise.errors import UserError
+from livedenoise.stream.loopback import free_endpoints
 
 SHIPPED_MODEL = "demo-fast-post1.pt"
 PACE_SHARE = 0.6
@@ -69,12 +69,6 @@ def register(sub) -> None:
                    help="open the live viewer: auto (when a display is available), yes, no")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _display_available() -> bool:
@@ -186,8 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{_short_of(rate, args.fps)}, replaying at {args.fps:g} Hz anyway (--no-pace): frames will queue "
                 "and the demo waits for every one"), quiet)
 
-    port_in, port_out = _free_port(), _free_port()
-    endpoint_in, endpoint_out = f"tcp://127.0.0.1:{port_in}", f"tcp://127.0.0.1:{port_out}"
+    endpoint_in, endpoint_out = free_endpoints(2)
     stop = threading.Event()
     latencies: list[float] = []
     received = [0]

@@ -66,25 +66,19 @@ def register(subparsers) -> None:
 
 
 # ----------------------------------------------------------------------------- one run
-def _port() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
 def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_batch: int = 8,
              policy: str = "latest", warm_fraction: float = 0.1, innovation: bool = False) -> dict:
     """Publish `fps` x `seconds` frames through a fresh service; latency and counters."""
     import zmq
 
     from livedenoise.stream.protocols.frames import FrameHeader, FrameMessage, decode, encode_frame
+    from livedenoise.stream.loopback import free_endpoints
     from livedenoise.stream.replay import open_publisher, wait_for_subscriber
     from livedenoise.stream.service import ServeConfig, Service
 
     n = max(24, int(round(fps * seconds)))
-    cfg = ServeConfig(input=_port(), output=_port(), policy=policy, max_batch=max_batch, ring=max(256, 4 * max_batch),
+    endpoint_in, endpoint_out = free_endpoints(2)
+    cfg = ServeConfig(input=endpoint_in, output=endpoint_out, policy=policy, max_batch=max_batch, ring=max(256, 4 * max_batch),
                       stats_interval=0.5, innovation=innovation)
     stop = threading.Event()
     svc = Service(cfg, engine, stop)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import zmq
 
-from tests.stream.streamkit import endpoints, free_port, make_checkpoint
+from livedenoise.stream.loopback import free_port
+from tests.stream.streamkit import endpoints, make_checkpoint
 
 
 def cli(*args, timeout=120):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -10,23 +9,9 @@ import time
 import pytest
 
 from livedenoise.cli import main
+from livedenoise.stream.loopback import free_port
 
 C = 16
-
-
-def _free_pair():
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", p + 1))
-            if p < 65000:
-                return p
-        except OSError:
-            pass
-    raise RuntimeError("no free ports")
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +35,8 @@ def _env():
 
 def test_sidecar_and_replay_from_the_command_line(setup, tmp_path):
     d = setup
-    data, out = _free_pair(), _free_pair()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        sock_port = s.getsockname()[1]
+    data = free_port(span=5)  # data + heartbeat, ZMQ output + its heartbeat, Ephys Socket
+    out, sock_port = data + 2, data + 4
     side = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(d / "m.pt"), "--input",
          f"tcp://127.0.0.1:{data}", "--socket-port", str(sock_port), "--zmq-output", f"tcp://127.0.0.1:{out}",
@@ -103,7 +86,7 @@ def test_a_model_trained_at_another_rate_is_refused_live_as_offline(setup, tmp_p
     card, net = load_model(d / "m.pt")
     card.training = {**(card.training or {}), "sample_rate": 20000.0}  # the recording is at 30 kHz
     save_checkpoint(tmp_path / "m20k.pt", card, net.state_dict())
-    data = _free_pair()
+    data = free_port(span=2)  # data + heartbeat
     side = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(tmp_path / "m20k.pt"), "--input",
          f"tcp://127.0.0.1:{data}", "--socket-port", "-1", "--zmq-output", "off", "--duration", "60",

@@ -1,19 +1,17 @@
 """Helpers for the GUI tests: real ZMQ publishers on free loopback ports, protocol frames."""
 
-import socket
 import threading
 import time
 
 import numpy as np
 import zmq
 
+from livedenoise.stream.loopback import free_endpoints
 from livedenoise.stream.protocols.frames import FrameHeader, encode_control, encode_frame
 
 
 def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return free_endpoints(1)[0]
 
 
 class Publisher:

@@ -5,7 +5,6 @@ Imported as `streamkit` by tests/stream and as `tests.stream.streamkit` by tests
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -18,24 +17,16 @@ from livedenoise.export.engines.base import Engine
 from livedenoise.models.nets import interp2d
 from livedenoise.models.card import ModelCard
 from livedenoise.models.checkpoint import save_checkpoint
+from livedenoise.stream.loopback import free_endpoints
 from livedenoise.stream.protocols.frames import decode, encode_control
 from livedenoise.stream.replay import open_publisher, wait_for_subscriber
 from livedenoise.stream.service import ServeConfig, Service
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def endpoints() -> tuple[str, str]:
-    """Two different free loopback endpoints (both sockets held while picking, so the OS cannot hand out one
-    port twice)."""
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{a.getsockname()[1]}", f"tcp://127.0.0.1:{b.getsockname()[1]}"
+    """Two different free loopback endpoints, outside the ephemeral range (livedenoise.stream.loopback)."""
+    a, b = free_endpoints(2)
+    return a, b
 
 
 def lite_card(pre: int = 3, post: int = 0, mean: float = 100.0, std: float = 20.0, preset: str = "lite") -> ModelCard:

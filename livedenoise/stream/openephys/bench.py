@@ -110,9 +110,9 @@ def bench_ingest_zmq(C: int = 384, block: int = 1024, seconds: float = 2.0, rate
 
     from livedenoise.stream.sources.openephys import Block, OpenEphysReceiver
 
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from livedenoise.stream.loopback import free_port
+
+    port = free_port(span=2)  # data + heartbeat
     n_blocks = max(2, int(seconds * rate / block))
     proc = mp.get_context("spawn").Process(target=_publisher, args=(port, C, block, n_blocks, rate), daemon=True)
     proc.start()

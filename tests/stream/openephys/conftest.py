@@ -1,12 +1,11 @@
 """Fixtures for the Open Ephys sidecar tests: free ports, a small recording, tiny models."""
 
-import socket
-
 import numpy as np
 import pytest
 import torch
 
 from livedenoise.models.nets import block_ephys, interp_ephys
+from livedenoise.stream.loopback import free_port
 from livedenoise.models.checkpoint import save_checkpoint
 from livedenoise.models.registry import build_network
 from livedenoise.sim.ephys import simulate_ephys
@@ -14,26 +13,11 @@ from livedenoise.sim.ephys import simulate_ephys
 C = 16
 
 
-def free_port_pair() -> int:
-    """A port p with p and p + 1 both free on 127.0.0.1 (data + heartbeat)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p > 65000:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
-
-
 @pytest.fixture
 def ports():
-    return [free_port_pair() for _ in range(2)]
+    """Two data ports p, each with p + 1 free for its heartbeats."""
+    p = free_port(span=4)
+    return [p, p + 2]
 
 
 @pytest.fixture(scope="session")
@@ -62,4 +46,4 @@ def tiny_models(tmp_path_factory):
     }
 
 
-__all__ = ["free_port_pair", "C", "np"]
+__all__ = ["C", "np"]

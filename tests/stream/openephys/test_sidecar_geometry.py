@@ -8,16 +8,9 @@ import sys
 import pytest
 
 from livedenoise.io.probe_geometry import np1_positions
+from livedenoise.stream.loopback import free_port
 
 C = 16
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def _model(path, n):
 
 def _run(model, rec, tmp_path, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    port = _free_port()
+    port = free_port(span=2)  # data + heartbeat
     side = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(model), "--input",
          f"tcp://127.0.0.1:{port}", "--socket-port", "-1", "--zmq-output", "off", "--duration", "60",

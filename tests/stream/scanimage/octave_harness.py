@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from livedenoise.stream.loopback import free_port
 from livedenoise.stream.protocols.frames import ControlMessage, FrameMessage, decode
 from livedenoise.stream.scanimage import matlab_path
 
@@ -76,12 +76,6 @@ def require_octave() -> str:
         )
     _FOUND.append(exe)
     return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _oct(v) -> str:

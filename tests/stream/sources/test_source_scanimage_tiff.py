@@ -119,19 +119,17 @@ def test_missing_and_truncated_files(tmp_path):
 
 def test_livedenoise_replay_publishes_the_recorded_stream(tmp_path):
     """`livedenoise replay` of a ScanImage TIFF: what a subscriber gets equals the recording."""
-    import socket
     import threading
 
     import zmq
 
     replay = pytest.importorskip("livedenoise.stream.replay")
+    from livedenoise.stream.loopback import free_endpoints
     from livedenoise.stream.protocols.frames import ControlMessage, decode
 
     data = volumes(3, 2, 2)
     path = write_scanimage_tiff(tmp_path / "rep.tif", data, channels=(1, 2), frame_rate=60.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    endpoint = free_endpoints(1)[0]
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
