@@ -71,7 +71,7 @@ def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_bat
     """Publish `fps` x `seconds` frames through a fresh service; latency and counters."""
     import zmq
 
-    from livedenoise.stream.protocols.frames import FrameHeader, FrameMessage, decode, encode_frame
+    from livedenoise.stream.protocols.frames import ControlMessage, FrameHeader, FrameMessage, decode, encode_frame
     from livedenoise.stream.loopback import free_endpoints
     from livedenoise.stream.replay import open_publisher, wait_for_subscriber
     from livedenoise.stream.service import ServeConfig, Service
@@ -87,11 +87,13 @@ def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_bat
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"frame")
+    sub.setsockopt(zmq.SUBSCRIBE, b"stats")  # the first stats message says the subscription is in place
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(cfg.output)
     received = np.full(n, np.nan)
     sent = np.full(n, np.nan)
     done = threading.Event()
+    listening = threading.Event()
 
     def collect():
         while not done.is_set():
@@ -100,6 +102,8 @@ def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_bat
                 now = time.perf_counter()
                 if isinstance(msg, FrameMessage) and 0 <= msg.header.frame < n:
                     received[msg.header.frame] = now
+                elif isinstance(msg, ControlMessage):
+                    listening.set()
 
     col = threading.Thread(target=collect, daemon=True)
     pub = open_publisher(ctx, cfg.input)
@@ -111,7 +115,8 @@ def run_once(engine, shape: tuple[int, int], fps: float, seconds: float, max_bat
     try:
         if not wait_for_subscriber(pub, 30):
             raise UserError("bench: the service did not subscribe within 30 s")
-        time.sleep(0.3)  # the bench subscriber's subscription reaches the service's PUB
+        if not listening.wait(30):  # the service's output reaches the bench subscriber
+            raise UserError("bench: no stats from the service's output within 30 s")
         t0 = time.perf_counter()
         for k in range(n):
             due = t0 + k / fps

@@ -77,7 +77,8 @@ def wait_for_subscriber(sock: zmq.Socket, timeout_s: float, stop_event: threadin
     return seen
 
 
-def _drain_subscriptions(sock: zmq.Socket) -> None:
+def drain_subscriptions(sock: zmq.Socket) -> None:
+    """Read and drop every (un)subscription queued on an XPUB socket (non-blocking)."""
     while True:
         try:
             sock.recv(zmq.NOBLOCK)
@@ -183,7 +184,7 @@ def publish(sock: zmq.Socket, start_meta: dict, one_pass: Callable[[], Iterable[
             sent += 1
             max_frame, max_t = max(max_frame, h.frame - frame_offset), max(max_t, h.t - t_offset)
         passes += 1
-        _drain_subscriptions(sock)
+        drain_subscriptions(sock)
         if not loop or max_frame < 0:
             break
         frame_offset += max_frame + 1

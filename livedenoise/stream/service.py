@@ -3,8 +3,10 @@
 `run_service(cfg)` runs the whole service in the calling thread (the engine
 loop) plus a receiver thread and, with `--record`, a writer thread. It returns
 the final stats once `stop_event` is set (or `cfg.duration` has passed): it
-then closes every stream, denoises what is left, flushes the files and sends
-a last `stats` message.
+then takes the messages already queued in the input socket (raw data is never
+dropped; without waiting for more, at most `FINAL_DRAIN_S` s), closes every
+stream, denoises what is left, flushes the files and sends a last `stats`
+message.
 
 The denoising itself is stream/pipeline.py, the same core `livedenoise
 denoise` runs on files: windows, edge rule, gap/restart segments, the length
@@ -52,7 +54,7 @@ from livedenoise.models.registry import min_frames
 from livedenoise.stream.health import ThreadHealth
 from livedenoise.stream.protocols.frames import DEFAULT_INPUT, DEFAULT_OUTPUT, FrameHeader
 from livedenoise.stream.pipeline import FRAME_AXES, Batch, FramePipeline
-from livedenoise.stream.sources.frames import Acquisition, FrameReceiver, RateLimitedLog, StreamTable
+from livedenoise.stream.sources.frames import FINAL_DRAIN_S, Acquisition, FrameReceiver, RateLimitedLog, StreamTable
 from livedenoise.stream.stats import ServiceStats
 
 log = logging.getLogger("livedenoise.stream")
@@ -269,6 +271,7 @@ class Service:
                     self._engine_fault(exc)
             final = self._shutdown()
         except BaseException:
+            self.receiver.take_queued_on_stop = False  # not a graceful stop: end reception at once
             self._recv_stop.set()
             self.receiver.join(2)
             if self.recorder is not None:
@@ -332,8 +335,8 @@ class Service:
         self._give_up.set()
 
     def _shutdown(self) -> dict:
-        self._recv_stop.set()
-        self.receiver.join(5)
+        self._recv_stop.set()  # the receiver first takes what is already queued in its socket (bounded)
+        self.receiver.join(FINAL_DRAIN_S + 5)
         self.table.close_all()
         queued, lost = self.queued()
         timeout = self.cfg.drain_timeout

@@ -18,7 +18,7 @@ import torch
 from livedenoise.models.checkpoint import load_model, read_checkpoint
 from tests.commands.test_train_cli import tiny_movie
 from tests.export.foreign.reference_nets import keras_model, keras_predict, save_deepcad_pth
-from tests.stream.streamkit import endpoints
+from tests.stream.streamkit import endpoints, read_stream_safe
 
 
 def cli(*args, timeout=300):
@@ -107,10 +107,9 @@ def test_deepinterpolation_fine_tuned_to_one_frame_of_lag_runs_live(files, di_pt
     try:
         rr = cli("replay", files["movie"], "--endpoint", i, "--fps", 50, "--wait", 60, "--json")
         assert rr.returncode == 0, rr.stderr
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list((tmp_path / "rec").glob("denoised_*.h5")):
+        deadline = time.monotonic() + 120  # every frame received (recorded raw) before the Ctrl-C
+        while time.monotonic() < deadline and len(read_stream_safe(tmp_path / "rec")) < 48:
             time.sleep(0.2)
-        time.sleep(1.0)
     finally:
         serve.send_signal(signal.SIGINT)
         out, err = serve.communicate(timeout=180)

@@ -9,14 +9,16 @@ import time
 import numpy as np
 import zmq
 
+from livedenoise.stream.loopback import free_endpoints
 from livedenoise.stream.protocols.frames import FrameHeader, encode_control, encode_frame
 
 
 def test_count_counts_frames_not_control_messages():
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "livedenoise", "listen", "--endpoint", f"tcp://127.0.0.1:{port}",
+    endpoint = free_endpoints(1)[0]
+    pub.bind(endpoint)
+    proc = subprocess.Popen([sys.executable, "-m", "livedenoise", "listen", "--endpoint", endpoint,
                              "--count", "3", "--json", "--timeout", "120"], stdout=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)

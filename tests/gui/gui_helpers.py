@@ -24,7 +24,7 @@ class Publisher:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(self.endpoint)
 
-    def wait_subscribed(self, timeout: float = 10.0) -> None:
+    def wait_subscribed(self, timeout: float = 60.0) -> None:
         if not self.sock.poll(int(timeout * 1000)):
             raise TimeoutError(f"nobody subscribed to {self.endpoint}")
         self.sock.recv()
@@ -50,7 +50,7 @@ def stats(**kw):
     return encode_control("stats", body)
 
 
-def wait_until(cond, timeout: float = 10.0, app=None, step: float = 0.01) -> bool:
+def wait_until(cond, timeout: float = 60.0, app=None, step: float = 0.01) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if app is not None:

@@ -21,7 +21,7 @@ def _env(**extra):
     return env
 
 
-def _view(*args, env=None, timeout=60):
+def _view(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "livedenoise", "view", *args], capture_output=True, text=True,
                           timeout=timeout, env=env or _env(QT_QPA_PLATFORM="offscreen"))
 
@@ -43,8 +43,8 @@ def test_default_endpoints_match_the_service_and_the_sidecar():
 
 
 def _publish_imaging(pr, pd, stop):
-    pr.wait_subscribed(30)
-    pd.wait_subscribed(30)
+    pr.wait_subscribed(300)  # `view` imports PySide6 and pyqtgraph first
+    pd.wait_subscribed(300)
     yy, xx = np.mgrid[:64, :80]
     rng = np.random.default_rng(0)
     k = 0
@@ -66,7 +66,7 @@ def test_cli_screenshot_from_a_live_stream(tmp_path):
     out = tmp_path / "view.png"
     try:
         r = _view("--raw", pr.endpoint, "--denoised", pd.endpoint, "--screenshot", str(out), "--frames", "20",
-                  "--roi", "35,25,10,10", "--size", "1400x800", "--timeout", "20",
+                  "--roi", "35,25,10,10", "--size", "1400x800", "--timeout", "120",
                   env=_env())  # no display and no QT_QPA_PLATFORM: --screenshot goes offscreen by itself
     finally:
         stop.set()
@@ -92,7 +92,7 @@ def test_cli_ephys_screenshot(tmp_path):
     stop = threading.Event()
 
     def publish():
-        pr.wait_subscribed(30)
+        pr.wait_subscribed(300)
         rng = np.random.default_rng(1)
         b = 0
         while not stop.is_set():
@@ -106,7 +106,7 @@ def test_cli_ephys_screenshot(tmp_path):
     out = tmp_path / "ephys.png"
     try:
         r = _view("--ephys", "--raw", pr.endpoint, "--denoised", "none", "--screenshot", str(out),
-                  "--frames", "640", "--timeout", "20")
+                  "--frames", "640", "--timeout", "120")
     finally:
         stop.set()
         th.join(5)
@@ -118,10 +118,11 @@ def test_cli_ephys_screenshot(tmp_path):
 def test_cli_no_data_names_the_endpoint(tmp_path):
     ep = free_endpoint()
     t0 = time.monotonic()
-    r = _view("--raw", ep, "--denoised", "none", "--screenshot", str(tmp_path / "x.png"), "--timeout", "1")
+    r = _view("--raw", ep, "--denoised", "none", "--screenshot", str(tmp_path / "x.png"), "--timeout", "1",
+              timeout=180)
     assert r.returncode == 2
     assert f"no data on {ep}" in r.stderr and r.stderr.count("error:") == 1
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 120  # it gives up rather than hang (the start itself may take long under load)
     assert not (tmp_path / "x.png").exists()
 
 

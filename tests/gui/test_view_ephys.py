@@ -81,7 +81,7 @@ def test_ephys_view_counts_lag_heatmap_and_screenshot(qapp, publishers, tmp_path
         pr.send([b"DATA\0", b"not json", b""])
         n_raw, n_den = nblk * nch - 1, (nblk - lag_blocks) * nch
         assert wait_until(lambda: raw.status().messages == n_raw and den.status().messages == n_den
-                          and raw.status().malformed == 1, 10, qapp)
+                          and raw.status().malformed == 1, 60, qapp)
         for _ in range(3):
             qapp.processEvents()
             win.tick()

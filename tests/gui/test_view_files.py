@@ -61,7 +61,7 @@ def test_file_playback_shows_what_open_movie_reads(qapp, tmp_path, kind):
     win = build_imaging(ViewOptions(file=str(path), fps=0, rois=(ROI,), **kw))
     try:
         assert win.den is None
-        assert wait_until(lambda: win.raw.status().finished, 20, qapp), win.raw.status()
+        assert wait_until(lambda: win.raw.status().finished, 60, qapp), win.raw.status()
         for _ in range(3):
             qapp.processEvents()
             win.tick()
@@ -94,7 +94,7 @@ def test_a_plain_denoised_file_beside_a_scanimage_file_plays_in_the_same_stream(
     tifffile.imwrite(tmp_path / "den.tif", _data(11).astype(np.float32))
     win = build_imaging(ViewOptions(file=str(path), denoised_file=str(tmp_path / "den.tif"), fps=0, channel=1, plane=2))
     try:
-        assert wait_until(lambda: win.raw.status().finished and win.den.status().finished, 20, qapp)
+        assert wait_until(lambda: win.raw.status().finished and win.den.status().finished, 60, qapp)
         for _ in range(3):
             qapp.processEvents()
             win.tick()
@@ -107,7 +107,7 @@ def _view(*args):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["QT_QPA_PLATFORM"] = "offscreen"
     return subprocess.run([sys.executable, "-m", "livedenoise", "view", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+                          timeout=300, env=env)
 
 
 def test_cli_screenshot_of_a_scanimage_tiff_and_a_plain_tiff(tmp_path):

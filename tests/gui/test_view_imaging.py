@@ -29,7 +29,7 @@ def _window(qapp, publishers, **kw):
     return win, pr, pd
 
 
-def _settle(qapp, win, cond, timeout=10.0):
+def _settle(qapp, win, cond, timeout=60.0):
     ok = wait_until(cond, timeout, qapp)
     for _ in range(3):  # let the display timer draw the newest frames
         qapp.processEvents()
@@ -128,10 +128,14 @@ def test_conflation_counts_every_frame_but_draws_fewer(qapp, publishers):
             pr.send(frame(k, img))
             if k % 100 == 0:
                 qapp.processEvents()
-        assert _settle(qapp, win, lambda: win.raw.status().frames == n, 15)
+        assert _settle(qapp, win, lambda: win.raw.status().frames == n)
+        elapsed = time.monotonic() - t0
         st = win.raw.status()
         assert st.frames == n and st.gaps == 0 and st.malformed == 0
-        assert 1 <= win.rendered < n / 5, (win.rendered, time.monotonic() - t0)
+        # drawn at most once per display tick (one per 16 ms, +10% timer jitter, +10 for the ticks above), however
+        # long receiving took: drawing every frame would draw all n in well under n ticks' time
+        most = elapsed * 1000 / win.timer.interval() * 1.1 + 10
+        assert 1 <= win.rendered <= most, (win.rendered, most, elapsed)
         assert win._shown["raw"].frame == n - 1  # the newest frame is what is shown
     finally:
         win.close()
@@ -184,7 +188,7 @@ def test_no_data_message_names_the_endpoint(qapp, capsys):
     raw = ZmqFrameSource("raw", ep).start()
     win = ImagingWindow(raw, None, no_data_timeout=0.3)
     try:
-        assert wait_until(lambda: bool(win._check_no_data() or win.no_data), 5, qapp)
+        assert wait_until(lambda: bool(win._check_no_data() or win.no_data), 60, qapp)
         text = win.update_status()
         assert f"no data on {ep}" in text
         assert ep in capsys.readouterr().err
@@ -219,7 +223,7 @@ def test_file_playback_records_and_npy(qapp, tmp_path):
 
     np.save(tmp_path / "raw.npy", raw)
     src = FileFrameSource("raw", np.load(tmp_path / "raw.npy", mmap_mode="r"), fps=200).start()
-    assert wait_until(lambda: src.status().finished, 5)
+    assert wait_until(lambda: src.status().finished, 60)
     assert src.status().frames == 12 and src.newest.read((1, 1))[1].frame == 11
 
 

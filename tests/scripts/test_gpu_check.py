@@ -51,6 +51,7 @@ def test_without_a_gpu_it_says_so_records_its_checks_and_exits_0(tmp_path):
 
 
 @no_gpu_here
+@pytest.mark.timeout(1300)  # above the subprocess's own 1200 s (setup.cfg's 600 s would end it first)
 def test_forced_rehearsal_runs_every_step_on_the_cpu(tmp_path):
     out = tmp_path / "rehearsal"
     p = run_check(out, timeout=1200, GPU_CHECK_FORCE="1", GPU_CHECK_SIZE="32", GPU_CHECK_MODELS="train lite",
@@ -76,6 +77,7 @@ def test_forced_rehearsal_runs_every_step_on_the_cpu(tmp_path):
 
 
 @no_gpu_here
+@pytest.mark.timeout(1000)  # above the subprocess's own 900 s
 def test_a_step_over_its_timeout_is_recorded_and_the_run_goes_on(tmp_path):
     out = tmp_path / "timeout"
     # the stream step streams for 600 s under a 5 s timeout: it times out on any machine; the others keep
@@ -93,7 +95,7 @@ def test_a_step_over_its_timeout_is_recorded_and_the_run_goes_on(tmp_path):
 @no_gpu_here
 def test_a_spent_budget_skips_the_remaining_steps(tmp_path):
     out = tmp_path / "spent"
-    p = run_check(out, timeout=60, GPU_CHECK_FORCE="1", GPU_CHECK_MODELS="lite", GPU_CHECK_BUDGET_S="0")
+    p = run_check(out, timeout=300, GPU_CHECK_FORCE="1", GPU_CHECK_MODELS="lite", GPU_CHECK_BUDGET_S="0")
     assert p.returncode == 0, p.stdout + p.stderr
     s = summary(out)
     assert [st["status"] for st in s["steps"] if st["name"] != "nvidia-smi"] == ["skipped"] * 5

@@ -155,9 +155,11 @@ def test_load_truth_missing(tmp_path):
 
 
 def test_speed_small():
-    t0 = time.perf_counter()
+    """Only catches a pathological slowdown (e.g. a per-pixel Python loop): CPU time of this process, which a
+    loaded machine does not inflate the way it does wall time; the simulator's speed is not measured here."""
+    t0 = time.process_time()
     simulate_movie(SimConfig(frames=500, height=128, width=128))
-    assert time.perf_counter() - t0 < 15  # ~0.6 s on one idle core
+    assert time.process_time() - t0 < 15  # ~0.6 s of CPU on one core
 
 
 @pytest.mark.slow

@@ -99,10 +99,12 @@ class RunningService:
         except BaseException as exc:  # surfaced by stop()
             self.error = exc
 
-    def wait_frames_in(self, n: int, timeout: float = 20.0) -> None:
+    def wait_frames_in(self, n: int, timeout: float = 120.0) -> bool:
+        """Until `frames_in` reaches n (True), or timeout (False)."""
         deadline = time.monotonic() + timeout
         while self.service.stats.frames_in < n and time.monotonic() < deadline:
             time.sleep(0.01)
+        return self.service.stats.frames_in >= n
 
     def wait_messages(self, n: int, timeout: float = 60.0) -> bool:
         """Until `frames_in + malformed` reaches n (every message sent so far was handled), or timeout."""
@@ -112,7 +114,7 @@ class RunningService:
             time.sleep(0.01)
         return st.frames_in + st.malformed >= n
 
-    def wait_idle(self, timeout: float = 30.0) -> None:
+    def wait_idle(self, timeout: float = 120.0) -> None:
         """Until every received frame has been output, skipped or lost (or timeout)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -150,7 +152,7 @@ class Collector:
             if self.sock.poll(50):
                 self.messages.append((decode(self.sock.recv_multipart()), time.perf_counter()))
 
-    def wait_for(self, pred, timeout=20.0) -> bool:
+    def wait_for(self, pred, timeout=120.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(pred(m) for m, _ in list(self.messages)):
@@ -177,7 +179,7 @@ class RawPublisher:
         self.ctx = zmq.Context()
         self.sock = open_publisher(self.ctx, endpoint)
 
-    def wait_subscriber(self, timeout=20.0):
+    def wait_subscriber(self, timeout=120.0):
         assert wait_for_subscriber(self.sock, timeout), "the service never subscribed"
 
     def send(self, parts) -> None:
@@ -313,6 +315,19 @@ def raw_frames_recorded(directory) -> "collections.Counter":
             f = r["frames"][k]
             got[(ch, pl, int(r["frame"][k]), f.dtype.str, f.shape, np.ascontiguousarray(f).tobytes())] += 1
     return got
+
+
+def read_stream_safe(rec) -> list[int]:
+    """Raw frame numbers recorded so far in the directory `rec` (files still being written included)."""
+    from livedenoise.stream.sinks.recorder import read_recording
+
+    out = []
+    for p in sorted(rec.glob("raw_*.h5")) if rec.exists() else ():
+        try:
+            out += [int(x) for x in read_recording(p)["frame"]]
+        except Exception:  # being created right now
+            pass
+    return out
 
 
 def frame_key(msg) -> tuple:

@@ -59,7 +59,7 @@ def test_streamed_volumes_equal_offline_denoise(tmp_path, run, cfg_factory, pre,
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats"), "no stats from the service"
         summary = replay_movie(path, cfg.input, fps=None, wait_s=20)  # paced at the header's TR
         assert summary["frames"] == T
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30), "no stop forwarded"
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop"), "no stop forwarded"
         final = svc.stop()
     finally:
         col.close()
@@ -97,7 +97,7 @@ def test_a_frame_model_only_records_a_volume_stream(tmp_path, run, cfg_factory):
     try:
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
         replay_movie(path, cfg.input, fps=200, wait_s=20)
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30)
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop")
         final = svc.stop()
     finally:
         col.close()

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from streamkit import (  # noqa: F401
     MeanEngine, RawPublisher, RunningService, cfg_factory, endpoints, frame_parts, lite_card, make_checkpoint,
-    raw_frames_recorded,
+    raw_frames_recorded, read_stream_safe,
 )
 
 from livedenoise.stream.pipeline import FramePipeline
@@ -351,17 +351,6 @@ def test_serve_policy_latest_with_a_huge_jump_neither_hangs_nor_counts_millions(
     assert final["frames_in"] == 40 and final["jumps"] == 1 and final["dropped_upstream"] == 0
     assert final["skipped"] + final["frames_out"] == 40
     assert sorted(read_stream_safe(tmp_path / "rec")) == list(range(20)) + list(range(10**9, 10**9 + 20))
-
-
-def read_stream_safe(rec) -> list[int]:
-    """Raw frame numbers recorded so far (files still being written included)."""
-    out = []
-    for p in sorted(rec.glob("raw_*.h5")) if rec.exists() else ():
-        try:
-            out += [int(x) for x in read_recording(p)["frame"]]
-        except Exception:  # being created right now
-            pass
-    return out
 
 
 _DEAD_RECEIVER = textwrap.dedent("""

@@ -51,7 +51,7 @@ def test_streamed_output_equals_offline_denoise(tmp_path, movie, cfg_factory, ar
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats"), "no stats from the service"
         summary = replay_movie(movie_path, cfg.input, fps=200, wait_s=20)
         assert summary["frames"] == 40
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30), "no stop forwarded"
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop"), "no stop forwarded"
         final = svc.stop()
     finally:
         col.close()
@@ -93,7 +93,7 @@ def test_renorm_uses_the_first_n_frames_of_the_acquisition(tmp_path, movie, cfg_
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
         sent = {}
         replay_movie(movie_path, cfg.input, fps=100, wait_s=20, on_sent=lambda h, t: sent.setdefault(h.frame, t))
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30)
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop")
         svc.stop()
     finally:
         col.close()
@@ -122,7 +122,7 @@ def _replay_scanimage(cfg, path, n_frames):
     try:
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stats")
         assert replay_movie(path, cfg.input, fps=None, wait_s=20)["frames"] == n_frames
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30)
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop")
         final = svc.stop()
     finally:
         col.close()
@@ -162,8 +162,8 @@ def _serve(cfg, plan, n_frames):
         pub.wait_subscriber()
         for parts in plan:
             pub.send(parts)
-        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop", timeout=30), "no stop forwarded"
-        svc.wait_frames_in(n_frames)
+        assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop"), "no stop forwarded"
+        assert svc.wait_frames_in(n_frames), f"frames_in {svc.service.stats.frames_in}"
         svc.wait_idle()
         final = svc.stop()
     finally:

@@ -20,12 +20,13 @@ def test_loop_keeps_counting_frames_until_stopped(tmp_path):
     stop = threading.Event()
     try:
         th = threading.Thread(target=lambda: out.update(replay_movie(tmp_path / "m.npy", i, fps=200, loop=True,
-                                                                    stop_event=stop, wait_s=20)))
+                                                                    stop_event=stop, wait_s=120)))
         out = {}
         th.start()
         assert col.wait_for(lambda m: getattr(getattr(m, "header", None), "frame", -1) >= 12)
         stop.set()
-        th.join(10)
+        th.join(60)
+        assert not th.is_alive(), "replay did not stop"
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop")
     finally:
         col.close()
@@ -45,7 +46,7 @@ def test_scanimage_source_publishes_every_stream_paced_by_its_times(tmp_path):
     i, _ = endpoints()
     col = Collector(i)
     try:
-        summary = replay_movie(path, i, fps=None, wait_s=20)
+        summary = replay_movie(path, i, fps=None, wait_s=120)
         assert col.wait_for(lambda m: getattr(m, "topic", "") == "stop")
     finally:
         col.close()

@@ -90,7 +90,7 @@ def _send_and_wait(svc, pub, plan, expected_in):
     for parts in plan:
         pub.send(parts)
         time.sleep(0.001)
-    svc.wait_frames_in(expected_in)
+    assert svc.wait_frames_in(expected_in), f"frames_in {svc.service.stats.frames_in}"
     svc.wait_idle()
 
 
@@ -163,7 +163,7 @@ def test_slow_engine_batches_then_counts_skips_or_overflow(tmp_path, cfg_factory
         pub.wait_subscriber()
         _stream(pub, 200, fps=500)  # ~130 frames/s is the engine's best (4 per 30 ms)
         pub.control("stop")
-        svc.wait_frames_in(200)
+        assert svc.wait_frames_in(200), f"frames_in {svc.service.stats.frames_in}"
         svc.wait_idle()
         final = svc.stop()
     finally:
@@ -188,7 +188,7 @@ def test_slow_engine_with_a_big_ring_denoises_every_frame(cfg_factory):
     try:
         pub.wait_subscriber()
         _stream(pub, 150, fps=400)
-        svc.wait_frames_in(150)
+        assert svc.wait_frames_in(150), f"frames_in {svc.service.stats.frames_in}"
         svc.wait_idle()
         final = svc.stop()
     finally:
@@ -200,7 +200,9 @@ def test_slow_engine_with_a_big_ring_denoises_every_frame(cfg_factory):
 def test_a_consumer_that_never_reads_does_not_stall_the_service(cfg_factory):
     import zmq
 
-    cfg = cfg_factory(sndhwm=4)
+    # a ring that holds all 300 frames: an engine pause under load costs no frame, so only a service that
+    # waits on the consumer (a hang: the stop below fails) or loses frames fails the test
+    cfg = cfg_factory(sndhwm=4, ring=512)
     svc = RunningService(cfg, MeanEngine(lite_card(2, 0)))
     ctx = zmq.Context()
     lazy = ctx.socket(zmq.SUB)
@@ -213,7 +215,7 @@ def test_a_consumer_that_never_reads_does_not_stall_the_service(cfg_factory):
         pub.wait_subscriber()
         time.sleep(0.2)
         _stream(pub, 300, shape=(128, 128), fps=1000)  # 32 KB frames: the lazy reader's buffers fill at once
-        svc.wait_frames_in(300)
+        assert svc.wait_frames_in(300), f"frames_in {svc.service.stats.frames_in}"
         svc.wait_idle()
         final = svc.stop()
     finally:
@@ -235,7 +237,7 @@ def test_multiple_channels_and_planes_are_separate_streams(tmp_path, cfg_factory
                 for pl in (1, 2):
                     pub.send(frame_parts(k, np.full((4, 6), 10 * ch + pl + k, np.int16), channel=ch, plane=pl))
         pub.control("stop")
-        svc.wait_frames_in(48)
+        assert svc.wait_frames_in(48), f"frames_in {svc.service.stats.frames_in}"
         svc.wait_idle()
         final = svc.stop()
     finally:
@@ -259,7 +261,7 @@ def test_frames_of_the_wrong_size_for_a_fixed_size_model_are_recorded_not_denois
         for k in range(5):
             pub.send(frame_parts(k, np.full((6, 6), k, np.int16)))
         pub.control("stop")
-        svc.wait_frames_in(5)
+        assert svc.wait_frames_in(5), f"frames_in {svc.service.stats.frames_in}"
         svc.wait_idle()
         final = svc.stop()
     finally:
@@ -277,7 +279,7 @@ def test_tiff_recording_holds_frames_numbers_and_times(tmp_path, cfg_factory):
         for k in range(6):
             pub.send(frame_parts(k, np.full((4, 5), k, np.uint16), t=k * 0.5))
         pub.control("stop")
-        svc.wait_frames_in(6)
+        assert svc.wait_frames_in(6), f"frames_in {svc.service.stats.frames_in}"
         svc.wait_idle()
         svc.stop()
     finally:

@@ -83,16 +83,20 @@ def bench_ingest(C: int = 384, block: int = 1024, seconds: float = 2.0, rate: fl
 def _publisher(port: int, C: int, block: int, n_blocks: int, rate: float) -> None:  # pragma: no cover - subprocess
     import zmq
 
+    from livedenoise.stream.protocols.zmq_interface import DATA
+    from livedenoise.stream.replay import wait_for_subscriber
+
     ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
+    pub = ctx.socket(zmq.XPUB)  # sends as the plugin's PUB does, and sees the receiver's subscription arrive
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
     pub.setsockopt(zmq.SNDHWM, 0)
     pub.bind(f"tcp://127.0.0.1:{port}")
     rep = ctx.socket(zmq.REP)
     rep.bind(f"tcp://127.0.0.1:{port + 1}")
-    if rep.poll(10000):
+    if rep.poll(60000):
         rep.recv()
         rep.send(b"heartbeat received")
-    time.sleep(0.3)
+    wait_for_subscriber(pub, 60.0, topic=DATA)  # nothing sent after this is lost to a slow-joining subscriber
     for blk in _encoded_blocks(C, block, n_blocks, rate):
         for parts in blk:
             pub.send_multipart(parts)

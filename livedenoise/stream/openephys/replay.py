@@ -1,7 +1,8 @@
 """Owns `livedenoise replay openephys RECORDING`: being the ZMQ Interface plugin without the GUI.
 
 Publishes a recording (Open Ephys Binary, SpikeGLX, .dat) exactly as the
-plugin does while the GUI acquires: a PUB socket on the data port with one
+plugin does while the GUI acquires: a PUB socket (an XPUB, so that `--wait` sees
+the subscription arrive) on the data port with one
 [b"DATA\\0", JSON, float32 µV] message per channel per block (message_num from 0,
 the recording's sample numbers, sender timestamps in ms), and a REP socket on
 data port + 1 answering client heartbeats with `heartbeat received`. Blocks are
@@ -26,7 +27,8 @@ import zmq
 
 from livedenoise.errors import UserError
 from livedenoise.stream import gaps
-from livedenoise.stream.protocols.zmq_interface import DEFAULT_DATA_PORT, MAX_NUM_SAMPLES, DataEncoder, encode_ttl
+from livedenoise.stream.protocols.zmq_interface import DATA, DEFAULT_DATA_PORT, MAX_NUM_SAMPLES, DataEncoder, encode_ttl
+from livedenoise.stream.replay import drain_subscriptions, wait_for_subscriber
 from livedenoise.stream.sinks.zmq_interface_out import HeartbeatResponder
 
 
@@ -43,7 +45,8 @@ class OpenEphysReplay:
         self.n_samples = rec.n_samples if n_samples is None else min(int(n_samples), rec.n_samples)
         self.ctx = ctx or zmq.Context.instance()
         self.stop_event = threading.Event()
-        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription reaches `run`, even a repeated one
         self.pub.setsockopt(zmq.SNDHWM, 1_000_000)
         self.pub.setsockopt(zmq.LINGER, 1000)
         try:
@@ -68,9 +71,8 @@ class OpenEphysReplay:
         self.stop_event.set()
 
     def run(self) -> dict:
-        if self.wait > 0:
-            self.rep.first.wait(self.wait)  # a client said hello (its SUB is connected by then)
-            time.sleep(0.2)
+        if self.wait > 0:  # a client's subscription to the data has reached us: nothing sent from now on is lost
+            wait_for_subscriber(self.pub, self.wait, self.stop_event, topic=DATA)
         fs = self.rec.sample_rate
         t0 = time.monotonic()
         sent_time = 0.0
@@ -100,6 +102,7 @@ class OpenEphysReplay:
                         self.encoder.message_num += 1
                         next_ttl += self.ttl_every
                     self.sent_blocks += 1
+                    drain_subscriptions(self.pub)  # an XPUB queues every (un)subscription: keep that queue empty
                     self.sent_samples += b - a
                     sent_time += (b - a) / fs
                 if not self.loop:

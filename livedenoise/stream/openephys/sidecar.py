@@ -110,6 +110,8 @@ class SidecarConfig:
     """Denoise even when the stream's sample rate is not the one the model was trained at
     (`models.card.rate_mismatch`); without it such a stream stops the sidecar (`refused`)."""
     heartbeat_s: float = 2.0
+    heartbeat_timeout_s: float = 1.0
+    """A heartbeat without a reply within this many seconds counts as a timeout (the socket is reopened)."""
     idle_flush_s: float = 0.5
     max_block: int = 4096
     batch: int = 256
@@ -201,7 +203,8 @@ class Sidecar:
         self.q = BoundedHandover(int(cfg.max_queue_mb * 2**20), _weigh)
         self.max_gap = int(cfg.max_gap) if cfg.max_gap else ring_capacity(self.card, cfg.max_block)
         self.receiver = OpenEphysReceiver(cfg.input, self.q, self.stop_event, cfg.stream, cfg.channels,
-                                          heartbeat_s=cfg.heartbeat_s, idle_flush_s=cfg.idle_flush_s, ctx=self.ctx,
+                                          heartbeat_s=cfg.heartbeat_s, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+                                          idle_flush_s=cfg.idle_flush_s, ctx=self.ctx,
                                           max_pending=cfg.max_pending, max_gap=self.max_gap, on_fatal=self._on_fatal)
         self.socket = None
         self.zout = None

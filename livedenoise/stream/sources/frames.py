@@ -68,6 +68,9 @@ MAX_CONTROLS = 256
 """start/stop messages waiting to be forwarded (a flood beyond this forwards only the newest)."""
 DRAIN_MAX = 1000
 """Messages read per poll before the stop event is looked at again."""
+FINAL_DRAIN_S = 10.0
+"""On a graceful stop, at most this long taking what is already queued in the socket (a publisher that keeps
+sending would otherwise keep the receiver going)."""
 
 PipelineFactory = Callable[[tuple[int, int], str, int, str], FramePipeline]
 """(frame shape, dtype, frame step, name) -> a new pipeline for one acquisition."""
@@ -281,6 +284,8 @@ class FrameReceiver:
         self._last_log = 0.0
         self._last_reason = ""
         self._log_error = RateLimitedLog(logging.ERROR)
+        self.take_queued_on_stop = True
+        """Whether a stop first takes what is already queued in the socket (a graceful stop); False to end at once."""
         self._sup = SupervisedThread("livedenoise-receiver", self._body, stop, cleanup=self._cleanup,
                                      on_fatal=on_fatal, max_restarts=max_restarts, health=self.health)
         self.thread = self._sup.thread
@@ -292,7 +297,8 @@ class FrameReceiver:
         self._sup.join(timeout)
 
     def _body(self) -> None:
-        """Poll, drain, handle; returns when `stop` is set. Socket errors propagate (the supervisor restarts)."""
+        """Poll, drain, handle; returns when `stop` is set, after taking what is already queued in the socket
+        (`take_queued_on_stop`). Socket errors propagate (the supervisor restarts)."""
         while not self.stop.is_set():
             if not self.sock.poll(100):
                 self._maybe_log_malformed()
@@ -304,6 +310,29 @@ class FrameReceiver:
                     break
                 self.handle(parts)
             self._maybe_log_malformed()
+        if self.take_queued_on_stop:
+            self._take_queued()
+
+    def _take_queued(self) -> int:
+        """A graceful stop: handle what has already arrived in the socket (raw data is never dropped), without
+        waiting for more; at most `FINAL_DRAIN_S` s and the socket's RCVHWM messages. Returns how many."""
+        limit = self.sock.getsockopt(zmq.RCVHWM) or 10 * DRAIN_MAX  # 0: unlimited queue
+        deadline = time.monotonic() + FINAL_DRAIN_S
+        n = 0
+        while n < limit:
+            try:
+                parts = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.handle(parts)
+            n += 1
+            if n % 100 == 0 and time.monotonic() >= deadline:
+                log.warning("stopping: took %d queued message(s) in %g s; what still arrives is not received", n,
+                            FINAL_DRAIN_S)
+                break
+        if n:
+            log.debug("stopping: took %d message(s) already queued in the input socket", n)
+        return n
 
     def _cleanup(self) -> None:
         if self.sock is not None:

@@ -561,7 +561,7 @@ class OpenEphysReceiver:
 
     def __init__(self, endpoint: str, out: "queue.Queue", stop: threading.Event, stream: str | None = None,
                  n_channels: int | None = None, rcvhwm: int = 200_000, heartbeat_s: float = 2.0,
-                 uuid: str | None = None, idle_flush_s: float = 0.5, ctx: zmq.Context | None = None,
+                 heartbeat_timeout_s: float = 1.0, uuid: str | None = None, idle_flush_s: float = 0.5, ctx: zmq.Context | None = None,
                  max_pending: int = 3, max_gap: int | None = DEFAULT_MAX_GAP,
                  on_fatal: Callable[[str], None] | None = None):
         self.endpoint = endpoint
@@ -573,7 +573,8 @@ class OpenEphysReceiver:
         self.rcvhwm = rcvhwm
         self.idle_flush_s = idle_flush_s
         self.on_fatal = on_fatal
-        self.heart = (Heartbeat(self.ctx, heartbeat_endpoint(endpoint), self.uuid, stop, heartbeat_s, on_fatal=on_fatal)
+        self.heart = (Heartbeat(self.ctx, heartbeat_endpoint(endpoint), self.uuid, stop, heartbeat_s, heartbeat_timeout_s,
+                                on_fatal=on_fatal)
                       if heartbeat_s else None)
         self.health = ThreadHealth("openephys-receiver")
         self.thread = SupervisedThread("openephys-receiver", self._body, stop, on_fatal=self._fatal, health=self.health)

@@ -13,7 +13,7 @@ from livedenoise.stream.sinks.ephys_socket import read_packet
 class SocketClient(threading.Thread):
     """Reads Ephys Socket packets as the GUI does; asserts the header never changes."""
 
-    def __init__(self, port, stop_after=None, timeout=10.0):
+    def __init__(self, port, stop_after=None, timeout=300.0):
         super().__init__(daemon=True)
         self.port, self.stop_after, self.timeout = port, stop_after, timeout
         self.blocks, self.headers = [], set()
@@ -44,7 +44,7 @@ class ZmqClient(threading.Thread):
         self.sub.setsockopt(zmq.RCVHWM, 0)
         mon = self.sub.get_monitor_socket()
         self.sub.connect(endpoint)
-        self.connected = self._wait_connected(mon, 10.0)
+        self.connected = self._wait_connected(mon, 120.0)
         self.sub.disable_monitor()
         mon.close(0)
         self.got, self.msgnums, self.done = {}, [], threading.Event()
@@ -75,6 +75,10 @@ class ZmqClient(threading.Thread):
                 self.order.append(m.sample_num)
             self.got.setdefault(m.sample_num, {})[m.channel_num] = np.array(m.samples)
         self.sub.close(0)
+
+    def n_samples(self, C) -> int:
+        """Samples received on every one of the C channels."""
+        return sum(len(next(iter(v.values()))) for v in list(self.got.values()) if len(v) == C)
 
     def samples(self, C):
         return np.concatenate([np.stack([self.got[k][c] for c in range(C)], 1) for k in sorted(self.got)])

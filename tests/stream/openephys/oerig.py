@@ -19,7 +19,8 @@ import zmq
 from livedenoise.io.readers_ephys import open_recording
 from livedenoise.io.writers_ephys import quantise
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
-from livedenoise.stream.protocols.zmq_interface import DataEncoder
+from livedenoise.stream.protocols.zmq_interface import DATA, DataEncoder
+from livedenoise.stream.replay import wait_for_subscriber
 from livedenoise.stream.sinks.zmq_interface_out import HeartbeatResponder
 
 BV = 0.195
@@ -34,12 +35,28 @@ def wait_for(cond, timeout: float = 60.0, step: float = 0.02) -> bool:
     return bool(cond())
 
 
+def settled(read, quiet: float = 1.0, timeout: float = 120.0):
+    """read()'s value once it has not changed for `quiet` s (a counter that a lagging thread may still bump)."""
+    end = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() < end and time.monotonic() - since < quiet:
+        time.sleep(0.05)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
 class Plugin:
-    """The plugin's sockets: PUB on `data_port` (no send limit), and a heartbeat REP on data_port + 1."""
+    """The plugin's sockets: PUB on `data_port` (no send limit), and a heartbeat REP on data_port + 1.
+
+    The PUB is an XPUB (it sends as a PUB does) so that `wait_subscribed` can see a client's subscription
+    arrive: data sent after that is never lost to a slow-joining subscriber."""
 
     def __init__(self, data_port: int, ctx: zmq.Context | None = None, rep: bool = True):
         self.ctx = ctx or zmq.Context.instance()
-        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.pub.setsockopt(zmq.SNDHWM, 0)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.bind(f"tcp://127.0.0.1:{data_port}")
@@ -48,6 +65,10 @@ class Plugin:
         if self.rep is not None:
             self.rep.start()
         self.sent = 0
+
+    def wait_subscribed(self, timeout: float = 120.0) -> bool:
+        """True once a client has subscribed to the data (each call waits for a new subscription)."""
+        return wait_for_subscriber(self.pub, timeout, topic=DATA) >= 1
 
     def send(self, parts) -> None:
         self.pub.send_multipart(parts)
@@ -93,9 +114,10 @@ def start_sidecar(model, data_port: int, plugin: Plugin | None, record=None, eng
                zmq_output=None, stats_every=0, quiet=True, idle_flush_s=5.0, record=None if record is None else str(record))
     cfg.update(kw)
     sc = Sidecar(SidecarConfig(**cfg), engine=engine, ctx=ctx).start()
-    if plugin is not None and plugin.rep is not None:
-        assert plugin.rep.first.wait(30), "the sidecar's heartbeat never arrived"
-        time.sleep(0.3)  # its SUB is connected by then; let the subscription reach the PUB
+    if plugin is not None:
+        assert plugin.wait_subscribed(), "the sidecar's subscription never reached the plugin"
+        if plugin.rep is not None:
+            assert plugin.rep.first.wait(120), "the sidecar's heartbeat never arrived"
     return sc
 
 

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
+import time
 
-from oerig import Acquisition, Plugin, wait_for
+import numpy as np
+import zmq
+
+from oerig import Acquisition, Plugin, settled, wait_for
 
 DRIVER = """
 import sys, threading, zmq
@@ -31,19 +34,26 @@ def test_the_command_exits_non_zero_with_one_line_when_reception_cannot_go_on(ti
         [sys.executable, "-c", DRIVER, "sidecar", "openephys", "--model", str(tiny_models["block-ephys"]),
          "--backend", "torch", "--input", f"tcp://127.0.0.1:{data_port}", "--socket-port", "-1",
          "--zmq-output", f"tcp://127.0.0.1:{out_port}", "--record", str(tmp_path / "rec"), "--stats-every", "0",
-         "--duration", "120", "--json"],
+         "--duration", "600", "--json"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out_sub = zmq.Context.instance().socket(zmq.SUB)
     try:
-        assert plugin.rep.first.wait(60), "no heartbeat from the sidecar"
+        assert plugin.wait_subscribed(300), "the sidecar never subscribed"
+        assert plugin.rep.first.wait(300), "no heartbeat from the sidecar"
+        out_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        out_sub.connect(f"tcp://127.0.0.1:{out_port}")
         acq = Acquisition(plugin, 4)
-        for b in range(5):
-            acq.block(b * 256, 256, pace=0.02)
+        b, deadline = 0, time.monotonic() + 300
+        while not out_sub.poll(100) and time.monotonic() < deadline:  # until denoised data comes out
+            acq.block(b * 256, 256)
+            b += 1
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        out, err = proc.communicate(timeout=90)
+        out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
-    beats = plugin.rep.count
+        out_sub.close(0)
+    beats = settled(lambda: plugin.rep.count)  # the process is gone; a heartbeat it sent may still be answered
     assert proc.returncode == 1, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("livedenoise sidecar: fatal: ") and "cannot go on" in lines[-1], lines[-3:]

@@ -6,7 +6,6 @@ to `denoise_recording` of the same recording, for both model families.
 """
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,41 +15,47 @@ from livedenoise.io.readers_ephys import open_recording
 from livedenoise.stream.sinks.ephys_socket import HEADER
 from livedenoise.stream.openephys.replay import OpenEphysReplay
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
+from livedenoise.stream.protocols.zmq_interface import DataEncoder
 from oeclients import SocketClient, ZmqClient
+from oerig import Plugin, start_sidecar, wait_for
 
 
-def run_sidecar(rec_path, model, ports, block=1000, speed=4.0, record=None, late=False, tmp=None):
+def run_sidecar(rec_path, model, ports, block=1000, speed=4.0, record=None):
+    """Replay the recording (`livedenoise replay`'s publisher) into a sidecar with an Ephys Socket client and a
+    ZMQ Interface-format client connected from the start; returns once both have every sample."""
     rec = open_recording(rec_path)
     data_port, out_port = ports
     sc = Sidecar(SidecarConfig(model=str(model), backend="torch", input=f"tcp://127.0.0.1:{data_port}", socket_port=0,
                                zmq_output=f"tcp://127.0.0.1:{out_port}", stats_every=0, quiet=True, record=record,
-                               idle_flush_s=0.3)).start()
+                               idle_flush_s=2.0)).start()  # the tail goes out 2 s after the last block
     zc = ZmqClient(f"tcp://127.0.0.1:{out_port}")
+    assert zc.connected
     zc.start()
-    sock = None
-    if not late:
-        sock = SocketClient(sc.socket.port)
-        sock.start()
-    time.sleep(0.3)
-    rp = OpenEphysReplay(rec, data_port, block=block, speed=speed, wait=5)
+    sock = SocketClient(sc.socket.port)
+    sock.start()
+    assert wait_for(lambda: sc.socket.n_clients == 1, 120)
+    rp = OpenEphysReplay(rec, data_port, block=block, speed=speed, wait=300)
     th = threading.Thread(target=rp.run, daemon=True)
     th.start()
-    if late:  # the GUI connects once data is flowing: it gets packets from then on
-        while sc.snapshot()["output_samples"] == 0 and th.is_alive():
-            time.sleep(0.01)
-        sock = SocketClient(sc.socket.port)
-        sock.start()
-    th.join(60)
+    th.join(300)
     rp.close()
-    t0 = time.monotonic()
-    while sc.snapshot()["output_samples"] < rec.n_samples and time.monotonic() - t0 < 60:
-        time.sleep(0.05)
-    time.sleep(0.3)
+    n, C = rec.n_samples, rec.n_channels
+    assert wait_for(lambda: sc.snapshot()["output_samples"] >= n and sock.n >= n and zc.n_samples(C) >= n, 120)
     stats = sc.stop()
-    sock.join(5)
+    sock.join(60)
     zc.done.set()
-    zc.join(5)
+    zc.join(60)
     return rec, sc, stats, sock, zc
+
+
+def send_blocks(plugin, rec, a, b, block=1000, enc=None):
+    """Publish samples a..b of `rec` as the plugin does (blocks of `block`); returns the encoder (message numbers)."""
+    enc = enc or DataEncoder(rec.stream_name or "example_data", list(rec.channel_names), rec.sample_rate)
+    sn = np.asarray(rec.sample_numbers)
+    for s in range(a, b, block):
+        for parts in enc.encode_block(int(sn[s]), rec.read(s, min(b, s + block)).T):
+            plugin.send(parts)
+    return enc
 
 
 @pytest.mark.parametrize("arch", ["block-ephys", "interp-ephys"])
@@ -97,10 +102,26 @@ def _float_reference(rec, model):
 
 def test_gui_connecting_late_gets_a_consistent_stream(small_recording, tiny_models, ports):
     model = tiny_models["block-ephys"]
-    rec, sc, stats, sock, zc = run_sidecar(small_recording, model, ports, speed=0.5, late=True)
+    rec = open_recording(small_recording)
+    n, half = rec.n_samples, rec.n_samples // 2000 * 1000
+    data_port, _ = ports
+    plugin = Plugin(data_port)
+    sc = start_sidecar(model, data_port, plugin, socket_port=0, idle_flush_s=600)  # no pause ends the stream
+    try:
+        enc = send_blocks(plugin, rec, 0, half)
+        assert wait_for(lambda: sc.snapshot()["output_samples"] >= 1000, 120)  # data is flowing
+        sock = SocketClient(sc.socket.port)  # the GUI connects now: it gets packets from then on
+        sock.start()
+        assert wait_for(lambda: sc.socket.n_clients == 1, 120)
+        send_blocks(plugin, rec, half, n, enc=enc)
+        assert wait_for(lambda: sc.snapshot()["messages"] == -(-n // 1000) * rec.n_channels, 120)  # all received
+        assert sc.stop()["output_samples"] == n  # the tail goes out at the stop
+        sock.join(60)
+    finally:
+        plugin.close()
     ref = _float_reference(rec, model)
     got = sock.samples()
-    assert 0 < got.shape[0] <= rec.n_samples and got.shape[0] % 1000 == 0
+    assert n - half <= got.shape[0] < n and got.shape[0] % 1000 == 0
     assert len(sock.headers) == 1
     # the late client's stream is the tail of the full one, packet-aligned
     np.testing.assert_allclose(got, ref[rec.n_samples - got.shape[0]:], rtol=1e-4, atol=1e-3)
@@ -109,25 +130,27 @@ def test_gui_connecting_late_gets_a_consistent_stream(small_recording, tiny_mode
 def test_gui_disconnect_and_reconnect_does_not_disturb_the_sidecar(small_recording, tiny_models, ports):
     model = tiny_models["block-ephys"]
     rec = open_recording(small_recording)
-    data_port, out_port = ports
-    sc = Sidecar(SidecarConfig(model=str(model), backend="torch", input=f"tcp://127.0.0.1:{data_port}", socket_port=0,
-                               zmq_output=None, stats_every=0, quiet=True, idle_flush_s=0.3)).start()
-    first = SocketClient(sc.socket.port, stop_after=2000)  # reads two packets, then hangs up
-    first.start()
-    time.sleep(0.2)
-    rp = OpenEphysReplay(rec, data_port, block=1000, speed=1.0, wait=5)
-    th = threading.Thread(target=rp.run, daemon=True)
-    th.start()
-    first.join(10)
-    second = SocketClient(sc.socket.port)
-    second.start()
-    th.join(30)
-    rp.close()
-    t0 = time.monotonic()
-    while sc.snapshot()["output_samples"] < rec.n_samples and time.monotonic() - t0 < 30:
-        time.sleep(0.05)
-    stats = sc.stop()
-    second.join(5)
+    data_port, _ = ports
+    n = rec.n_samples
+    plugin = Plugin(data_port)
+    sc = start_sidecar(model, data_port, plugin, socket_port=0, idle_flush_s=600)  # no pause ends the stream
+    try:
+        first = SocketClient(sc.socket.port, stop_after=2000)  # reads two packets, then hangs up
+        first.start()
+        assert wait_for(lambda: sc.socket.n_clients == 1, 120)
+        enc = send_blocks(plugin, rec, 0, 4000)
+        first.join(120)
+        assert not first.is_alive()
+        assert wait_for(lambda: sc.socket.n_clients == 0, 120)  # the hang-up is noticed
+        second = SocketClient(sc.socket.port)
+        second.start()
+        assert wait_for(lambda: sc.socket.n_clients == 1, 120)
+        send_blocks(plugin, rec, 4000, n, enc=enc)
+        assert wait_for(lambda: sc.snapshot()["messages"] == -(-n // 1000) * rec.n_channels, 120)  # all received
+        stats = sc.stop()  # the tail goes out at the stop
+        second.join(60)
+    finally:
+        plugin.close()
     assert stats["output_samples"] == rec.n_samples
     assert first.n == 2000 and second.n > 0
     assert len(first.headers) == 1 and first.headers == second.headers

@@ -203,8 +203,8 @@ def test_fuzz_heartbeat_replies_never_disturb_reception(tiny_models, ports, tmp_
     plugin = Plugin(data_port, rep=False)
     rep = FuzzPluginRep(ctx, f"tcp://127.0.0.1:{data_port + 1}")
     rep.start()
-    sc = start_sidecar(tiny_models["block-ephys"], data_port, None, record=tmp_path / "rec", heartbeat_s=0.005,
-                       idle_flush_s=30)
+    sc = start_sidecar(tiny_models["block-ephys"], data_port, plugin, record=tmp_path / "rec", heartbeat_s=0.005,
+                       heartbeat_timeout_s=60.0, idle_flush_s=30)  # a loaded machine may stall a reply > 1 s
     try:
         assert wait_for(lambda: rep.valid + rep.bad >= 50, 60)
         acq = Acquisition(plugin, C)

@@ -37,15 +37,15 @@ def _run(model, rec, tmp_path, *extra):
     port = free_port(span=2)  # data + heartbeat
     side = subprocess.Popen(
         [sys.executable, "-m", "livedenoise", "sidecar", "openephys", "--model", str(model), "--input",
-         f"tcp://127.0.0.1:{port}", "--socket-port", "-1", "--zmq-output", "off", "--duration", "60",
-         "--stop-after-idle", "1.5", "--stats-every", "0", "--record", str(tmp_path / "live"), "--json", *extra],
+         f"tcp://127.0.0.1:{port}", "--socket-port", "-1", "--zmq-output", "off", "--duration", "600",
+         "--stop-after-idle", "5", "--stats-every", "0", "--record", str(tmp_path / "live"), "--json", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         rp = subprocess.run(
             [sys.executable, "-m", "livedenoise", "replay", "openephys", str(rec), "--port", str(port),
-             "--speed", "2", "--wait", "30", "--block", "500"], capture_output=True, text=True, env=env, timeout=120)
+             "--speed", "2", "--wait", "300", "--block", "500"], capture_output=True, text=True, env=env, timeout=400)
         assert rp.returncode == 0, rp.stderr
-        out, err = side.communicate(timeout=120)
+        out, err = side.communicate(timeout=400)
     finally:
         side.kill()
     return side.returncode, out, err

@@ -52,21 +52,20 @@ def live(rec, model, ports, record, n_samples=None):
     zc.start()
     sock = SocketClient(sc.socket.port)
     sock.start()
-    assert wait_for(lambda: sc.socket.n_clients >= 1, 10)
-    rp = OpenEphysReplay(rec, data_port, block=BLOCK, speed=0, wait=30, n_samples=n_samples)
+    assert wait_for(lambda: sc.socket.n_clients >= 1, 120)
+    rp = OpenEphysReplay(rec, data_port, block=BLOCK, speed=0, wait=300, n_samples=n_samples)
     th = threading.Thread(target=rp.run, daemon=True)
     th.start()
-    th.join(120)
+    th.join(300)
     rp.close()
     sent = rp.sent_samples
     # everything out, including the tail flushed once the input went idle
     assert wait_for(lambda: sc.snapshot()["output_samples"] >= sent and sc.receiver.asm.samples_in >= sent, 120)
-    n_zmq = lambda: sum(len(next(iter(v.values()))) for v in zc.got.values() if len(v) == rec.n_channels)  # noqa: E731
-    assert wait_for(lambda: n_zmq() >= sent, 30)
+    assert wait_for(lambda: zc.n_samples(rec.n_channels) >= sent, 120)
     stats = sc.stop()
-    sock.join(5)
+    sock.join(60)
     zc.done.set()
-    zc.join(5)
+    zc.join(60)
     return stats, sock, zc, sent
 
 

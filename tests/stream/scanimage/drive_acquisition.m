@@ -34,10 +34,12 @@ src = FakeUserFunctionSource(hSI);
 % way ScanImage does: every enabled row for the event, f(src, evt, Arguments{:})
 livedenoise_register(hSI, cfg.args{:});
 
-% bind first (as the first user function call would), then wait until the
-% Python subscriber says it is connected: PUB drops what no one receives yet.
+% bind first (as the first user function call would), then send `probe`
+% messages until the Python subscriber says go: it does once a probe arrives,
+% i.e. once its subscriptions have reached this PUB (which drops what no one
+% receives yet).
 livedenoise_publisher('open', cfg.args{:});
-wait_for(cfg.go_file, 20);
+wait_for(cfg.go_file, 300, true);
 
 for acq = 1:cfg.acquisitions
     if acq > 1
@@ -99,7 +101,7 @@ for acq = 1:cfg.acquisitions
 end
 st = livedenoise_publisher('status');
 printf('DRIVER sent=%d errors=%d\n', st.sent, st.errors);
-wait_for(cfg.done_file, 30);
+wait_for(cfg.done_file, 300);
 livedenoise_publisher('close');
 printf('DRIVER finished\n');
 end
@@ -122,13 +124,39 @@ if transposed
 end
 end
 
-function wait_for(path, timeout)
+function wait_for(path, timeout, probe)
+if nargin < 3
+    probe = false;
+end
 t = tic;
 while ~exist(path, 'file')
     if toc(t) > timeout
         printf('DRIVER timed out waiting for %s\n', path);
         return
     end
+    if probe
+        probe = send_probe();
+    end
     pause(0.02);
+end
+end
+
+function ok = send_probe()
+% One `probe` message on the user functions' socket (root appdata, see
+% livedenoise_publisher.m); nothing to do when it is not bound.
+ok = true;
+if ~isappdata(0, 'livedenoise_scanimage')
+    return
+end
+st = getappdata(0, 'livedenoise_scanimage');
+if isempty(st.sock)
+    return
+end
+try
+    st.sock.sendMore(int8('probe'));
+    st.sock.send(int8('ok'), 0);
+catch err
+    printf('DRIVER probe failed: %s\n', err.message);
+    ok = false;
 end
 end

@@ -27,6 +27,8 @@ from livedenoise.stream.scanimage import matlab_path
 HERE = Path(__file__).resolve().parent
 JAR = os.environ.get("LIVEDENOISE_JEROMQ_JAR", "/usr/share/java/jeromq.jar")
 _NOISE = ("ignoring const execution_exception",)
+PROBE = b"probe"
+"""What drive_acquisition.m sends until the go file exists: one arriving means the subscriptions are in place."""
 
 
 def _octave_env() -> dict:
@@ -67,7 +69,7 @@ def require_octave() -> str:
     probe = subprocess.run(
         [exe, "--norc", "--quiet", "--no-window-system", "--eval",
          f"javaaddpath('{JAR}'); c = javaObject('org.zeromq.ZContext'); c.close(); disp('JEROMQ_OK')"],
-        capture_output=True, text=True, timeout=120, env=_octave_env(),
+        capture_output=True, text=True, timeout=300, env=_octave_env(),
     )
     if "JEROMQ_OK" not in probe.stdout:
         _skip(
@@ -119,7 +121,7 @@ DEFAULTS = dict(
 
 
 def run_acquisition(octave: str, tmp_path: Path, *, subscribe: bool = True, expect_stop: bool = True,
-                    timeout: float = 60.0, listen_s: float = 3.0, **cfg) -> Run:
+                    timeout: float = 300.0, listen_s: float = 3.0, **cfg) -> Run:
     cfg = {**DEFAULTS, **cfg}
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -141,9 +143,8 @@ def run_acquisition(octave: str, tmp_path: Path, *, subscribe: bool = True, expe
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 100000)
     sub.setsockopt(zmq.LINGER, 0)
-    for topic in (b"frame", b"start", b"stop"):
+    for topic in (b"frame", b"start", b"stop", PROBE):
         sub.setsockopt(zmq.SUBSCRIBE, topic)
-    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED)
     sub.connect(cfg["endpoint"] if subscribe else endpoint)
     proc = subprocess.Popen(
         [octave, "--norc", "--quiet", "--no-window-system", "--eval", script],
@@ -151,21 +152,21 @@ def run_acquisition(octave: str, tmp_path: Path, *, subscribe: bool = True, expe
     )
     run = Run()
     try:
-        if subscribe:
+        if subscribe:  # until a probe arrives: then the publisher has every subscription of this socket
             deadline = time.monotonic() + timeout
-            connected = False
-            while time.monotonic() < deadline and proc.poll() is None and not connected:
-                if monitor.poll(100):
-                    monitor.recv_multipart()
-                    connected = True
-            time.sleep(0.3)  # let the subscription reach the publisher
+            while time.monotonic() < deadline and proc.poll() is None:
+                if sub.poll(100) and sub.recv_multipart()[0] == PROBE:
+                    break
         go.touch()
         if subscribe:
             deadline = time.monotonic() + (timeout if expect_stop else listen_s)
             stops = 0
             while time.monotonic() < deadline:
                 if sub.poll(100):
-                    msg = decode(sub.recv_multipart())
+                    parts = sub.recv_multipart()
+                    if parts[0] == PROBE:  # sent before the go file was seen
+                        continue
+                    msg = decode(parts)
                     run.messages.append(msg)
                     if expect_stop and isinstance(msg, ControlMessage) and msg.topic == "stop":
                         stops += 1
@@ -177,7 +178,6 @@ def run_acquisition(octave: str, tmp_path: Path, *, subscribe: bool = True, expe
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        monitor.close()
         sub.close()
         ctx.term()
     run.stdout, run.stderr, run.returncode = out, clean_stderr(err), proc.returncode

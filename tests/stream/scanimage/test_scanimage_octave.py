@@ -189,7 +189,7 @@ def test_setup_check_reports_what_works_and_what_is_missing(octave, tmp_path):
         "printf('RESULT %d %d\\n', ok1, ok2);"
     )
     res = subprocess.run([octave, "--norc", "--quiet", "--no-window-system", "--eval", script],
-                         capture_output=True, text=True, timeout=120, env=_octave_env(), cwd=tmp_path)
+                         capture_output=True, text=True, timeout=300, env=_octave_env(), cwd=tmp_path)
     assert "RESULT 0 1" in res.stdout, res.stdout + res.stderr
     assert "/nonexistent/jeromq.jar does not exist" in clean_stderr(res.stderr)
     assert f"JeroMQ works; a PUB socket bound to {ep}" in res.stdout

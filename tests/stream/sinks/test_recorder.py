@@ -118,23 +118,32 @@ _CRASH = textwrap.dedent("""
     rec = Recorder(sys.argv[1], sys.argv[2], flush_s=0.1)
     for k in range(10):
         rec.write("raw", 1, 1, 1, np.full((4, 5), k, np.int16), k, k / 30, 0.0)
-    while rec._queued_items:      # written
+    while rec._queued_items:      # written (then flushed every 0.1 s)
         time.sleep(0.01)
-    time.sleep(0.5)               # and flushed (every 0.1 s)
-    print("flushed", flush=True)
+    print("written", flush=True)
     time.sleep(600)
 """)
 
 
+def _frames_on_disk(path) -> int:
+    """Frames another process reads back from a recording being written (0 while it cannot be read yet)."""
+    try:
+        return len(read_recording(path)["frame"])
+    except Exception:  # noqa: BLE001 -- not flushed far enough to be read yet
+        return 0
+
+
 @pytest.mark.parametrize("fmt, ext", [("h5", "h5"), ("tiff", "tif")])
 def test_what_a_crash_leaves_is_readable_up_to_the_last_flush(tmp_path, fmt, ext):
+    left = tmp_path / f"raw_c1_p1_a001.partial.{ext}"
     p = subprocess.Popen([sys.executable, "-c", _CRASH, str(tmp_path), fmt], stdout=subprocess.PIPE, text=True)
     try:
-        assert p.stdout.readline().strip() == "flushed"
+        assert p.stdout.readline().strip() == "written"
+        # flushed: this process (not the writer's) reads all 10 back; then the writer is killed
+        assert wait_until(lambda: _frames_on_disk(left) == 10), _frames_on_disk(left)
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(60)
-    left = tmp_path / f"raw_c1_p1_a001.partial.{ext}"
     assert left.exists() and not (tmp_path / f"raw_c1_p1_a001.{ext}").exists()
     got = read_recording(left)
     assert list(got["frame"]) == list(range(10)) and [int(f[0, 0]) for f in got["frames"]] == list(range(10))

@@ -135,17 +135,17 @@ def test_livedenoise_replay_publishes_the_recorded_stream(tmp_path):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(endpoint)
     result = {}
-    th = threading.Thread(target=lambda: result.update(replay.replay_movie(path, endpoint, fps=None, wait_s=10.0)))
+    th = threading.Thread(target=lambda: result.update(replay.replay_movie(path, endpoint, fps=None, wait_s=120.0)))
     th.start()
     msgs = []
     try:
-        while sub.poll(10_000):
+        while sub.poll(120_000):  # the first message comes once replay has seen the subscription
             msg = decode(sub.recv_multipart())
             msgs.append(msg)
             if isinstance(msg, ControlMessage) and msg.topic == "stop":
                 break
     finally:
-        th.join(30)
+        th.join(120)
         sub.close(0)
         ctx.term()
     assert msgs[0].topic == "start" and msgs[0].meta["planes"] == 2 and msgs[0].meta["channels"] == [1, 2]
