@@ -56,8 +56,11 @@ def open_ephys_engine(model: str | os.PathLike, backend: str = "auto", device: s
 
     eng = open_engine(Path(model), backend, device=device, threads=threads)
     if eng.card.modality != "ephys":
+        from livedenoise.models import registry
+
         raise UserError(f"{model} is a {eng.card.modality} model ({eng.card.arch}); the ephys denoiser needs "
-                        "interp-ephys or block-ephys (train one with `livedenoise train --arch block-ephys REC`)")
+                        f"{' or '.join(registry.names('ephys'))} (train one with `livedenoise train --arch site-ephys "
+                        "REC`, or block-ephys where the recording has no probe geometry)")
     return eng
 
 

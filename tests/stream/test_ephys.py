@@ -234,3 +234,19 @@ def test_a_failure_mid_recording_leaves_no_output_under_the_final_name(engines, 
     assert not (tmp_path / "den").exists(), "an incomplete output never takes the final name"
     partial = [p for p in tmp_path.iterdir() if p.name.startswith("den") and "partial" in p.name]
     assert partial, "what was written is kept under the partial name"
+
+
+def test_an_imaging_model_is_refused_naming_every_ephys_architecture(tmp_path):
+    from livedenoise.errors import UserError
+    from livedenoise.models import registry
+    from livedenoise.models.nets import interp2d
+    from livedenoise.models.card import ModelCard
+    from livedenoise.stream.ephys import open_ephys_engine
+
+    card = ModelCard("interp2d", interp2d.preset_params("lite"), "2p", 2, 0, 0, list(interp2d.window(2, 0, 0).offsets),
+                     norm_mean=0.0, norm_std=1.0)
+    save_checkpoint(tmp_path / "imaging.pt", card, build_network(card).state_dict())
+    with pytest.raises(UserError) as err:
+        open_ephys_engine(tmp_path / "imaging.pt", "torch")
+    msg = str(err.value)
+    assert "2p model (interp2d)" in msg and all(a in msg for a in registry.names("ephys"))

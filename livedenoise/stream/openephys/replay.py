@@ -17,6 +17,7 @@ after the last one of the recording.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ from livedenoise.stream import gaps
 from livedenoise.stream.protocols.zmq_interface import DATA, DEFAULT_DATA_PORT, MAX_NUM_SAMPLES, DataEncoder, encode_ttl
 from livedenoise.stream.replay import drain_subscriptions, wait_for_subscriber
 from livedenoise.stream.sinks.zmq_interface_out import HeartbeatResponder
+
+log = logging.getLogger("livedenoise.stream.openephys")
 
 
 class OpenEphysReplay:
@@ -72,7 +75,9 @@ class OpenEphysReplay:
 
     def run(self) -> dict:
         if self.wait > 0:  # a client's subscription to the data has reached us: nothing sent from now on is lost
-            wait_for_subscriber(self.pub, self.wait, self.stop_event, topic=DATA)
+            if not wait_for_subscriber(self.pub, self.wait, self.stop_event, topic=DATA) and not self.stop_event.is_set():
+                log.warning("replay: no client subscribed to %s within %g s; publishing anyway (what nobody "
+                            "receives is lost: start the sidecar first, or raise --wait)", self.endpoint, self.wait)
         fs = self.rec.sample_rate
         t0 = time.monotonic()
         sent_time = 0.0

@@ -729,4 +729,7 @@ def stats_line(s: dict) -> str:
                                            f"{v['last_error'][:80]})" for k, v in bad.items())
     if s.get("fatal"):
         line += f" | FATAL: {s['fatal']}"
+    if not s.get("samples_in") and s.get("heartbeats", 0) >= 3 and not s.get("heartbeat_replies"):
+        line += (" | nothing from the plugin: no data, no heartbeat reply (on --input's port + 1); is --input the"
+                 " ZMQ Interface plugin's data port, and is the GUI acquiring?")
     return line

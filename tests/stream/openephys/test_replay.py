@@ -52,3 +52,13 @@ def test_stopping_a_replay_that_waits_for_its_subscriber_returns_at_once(small_r
     th.join(60)
     rp.close()
     assert not th.is_alive() and result["blocks"] == 0
+
+
+def test_nobody_subscribing_within_the_wait_is_said_and_the_data_still_goes_out(small_recording, caplog):
+    rec = open_recording(small_recording)
+    rp = OpenEphysReplay(rec, free_port(span=2), block=1000, speed=0, wait=0.3)
+    with caplog.at_level("WARNING", logger="livedenoise.stream.openephys"):
+        summary = rp.run()
+    rp.close()
+    assert summary["samples"] == rec.n_samples
+    assert any("no client subscribed" in r.getMessage() and "--wait" in r.getMessage() for r in caplog.records)

@@ -8,7 +8,7 @@ import numpy as np
 from livedenoise.stream.sinks.ephys_socket import read_packet
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
 from livedenoise.stream.protocols.zmq_interface import DATA, DataEncoder, encode_ttl
-from oerig import Plugin, wait_for
+from oerig import Plugin, start_sidecar, wait_for
 
 C, N, BLOCKS = 16, 500, 24
 
@@ -173,3 +173,24 @@ def test_a_stalled_engine_thread_bounds_the_queue_in_bytes_and_counts_the_lost_b
     assert final["lost_samples"] == 7 * n and final["samples_in"] == 10 * n
     assert final["unprocessed_samples"] == 0
     check_all_recorded(tmp_path / "rec", {s: x for s, x in acq.sent.items() if s < 3 * n})
+
+
+def test_a_sidecar_pointed_at_no_plugin_says_so_in_its_stats_line(tiny_models, ports):
+    from livedenoise.stream.openephys.sidecar import stats_line
+
+    data_port, _ = ports
+    sc = Sidecar(SidecarConfig(model=str(tiny_models["block-ephys"]), backend="torch", input=f"tcp://127.0.0.1:{data_port}",
+                               socket_port=None, zmq_output=None, stats_every=0, quiet=True, heartbeat_s=0.05)).start()
+    try:
+        assert wait_for(lambda: sc.snapshot()["heartbeats"] >= 3, 120)
+        assert "nothing from the plugin" in stats_line(sc.snapshot())
+    finally:
+        sc.stop()
+    plugin = Plugin(data_port)  # the plugin is there: the line no longer says so
+    try:
+        sc = start_sidecar(tiny_models["block-ephys"], data_port, plugin, heartbeat_s=0.05)
+        assert wait_for(lambda: sc.snapshot()["heartbeat_replies"] >= 1, 120)
+        assert "nothing from the plugin" not in stats_line(sc.snapshot())
+        sc.stop()
+    finally:
+        plugin.close()
