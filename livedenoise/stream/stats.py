@@ -163,6 +163,10 @@ class ServiceStats:
         return out
 
 
+NO_INPUT_HINT_S = 10.0
+"""After this long with nothing received, the stats line asks whether --input is right."""
+
+
 def stats_line(s: dict) -> str:
     """One human line: fps, latency, drops."""
     def ms(v):
@@ -185,4 +189,7 @@ def stats_line(s: dict) -> str:
             last = (h.get("last_error") or "")[:80]
             line += f" | {name} {h.get('state')}: {h.get('errors', 0)} error(s), {h.get('restarts', 0)} restart(s)"
             line += f" (last: {last})" if last else ""
+    if not s.get("frames_in") and not s.get("malformed") and s.get("uptime_s", 0) >= NO_INPUT_HINT_S:
+        line += (f" | no frames in {s['uptime_s']:.0f} s: is the acquisition publishing livedenoise frames on --input"
+                 " (ScanImage: livedenoise_setup; a file: livedenoise replay)?")
     return line

@@ -561,9 +561,9 @@ class OpenEphysReceiver:
 
     def __init__(self, endpoint: str, out: "queue.Queue", stop: threading.Event, stream: str | None = None,
                  n_channels: int | None = None, rcvhwm: int = 200_000, heartbeat_s: float = 2.0,
-                 heartbeat_timeout_s: float = 1.0, uuid: str | None = None, idle_flush_s: float = 0.5, ctx: zmq.Context | None = None,
+                 uuid: str | None = None, idle_flush_s: float = 0.5, ctx: zmq.Context | None = None,
                  max_pending: int = 3, max_gap: int | None = DEFAULT_MAX_GAP,
-                 on_fatal: Callable[[str], None] | None = None):
+                 on_fatal: Callable[[str], None] | None = None, heartbeat_timeout_s: float = 1.0):
         self.endpoint = endpoint
         self.out = out
         self.stop_event = stop
