@@ -25,7 +25,8 @@ def register(subparsers) -> None:
         help="run beside acquisition software: `sidecar openephys --model M` denoises Open Ephys data live",
         description=(
             "Subscribe to the Open Ephys ZMQ Interface plugin, denoise the chosen stream with an ephys model "
-            "(site-ephys before spike sorting, block-ephys or interp-ephys) and send it back into the GUI through an Ephys Socket server, "
+            "(site-ephys before spike sorting, block-ephys or interp-ephys) and send it back into the GUI "
+            "through an Ephys Socket server, "
             "on a ZMQ PUB in the plugin's own format, and optionally to disk as Open Ephys Binary recordings."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -107,9 +107,9 @@ class OpenEphysReplay:
                         self.encoder.message_num += 1
                         next_ttl += self.ttl_every
                     self.sent_blocks += 1
-                    drain_subscriptions(self.pub)  # an XPUB queues every (un)subscription: keep that queue empty
                     self.sent_samples += b - a
                     sent_time += (b - a) / fs
+                drain_subscriptions(self.pub)  # an XPUB queues every (un)subscription: empty that queue each pass
                 if not self.loop:
                     break
                 if len(sn):

@@ -59,6 +59,7 @@ from livedenoise.stream.gaps import Step, classify
 from livedenoise.stream.health import SupervisedThread, ThreadHealth
 from livedenoise.stream.pipeline import FramePipeline
 from livedenoise.stream.protocols.frames import ControlMessage, FrameHeader, ProtocolError, decode
+from livedenoise.stream.sources.waiting import take_waiting
 
 log = logging.getLogger("livedenoise.stream")
 
@@ -303,12 +304,7 @@ class FrameReceiver:
             if not self.sock.poll(100):
                 self._maybe_log_malformed()
                 continue
-            for _ in range(DRAIN_MAX):  # drain what is there before polling again
-                try:
-                    parts = self.sock.recv_multipart(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self.handle(parts)
+            take_waiting(self.sock, self.handle, limit=DRAIN_MAX)  # drain what is there before polling again
             self._maybe_log_malformed()
         if self.take_queued_on_stop:
             self._take_queued()
@@ -317,20 +313,11 @@ class FrameReceiver:
         """A graceful stop: handle what has already arrived in the socket (raw data is never dropped), without
         waiting for more; at most `FINAL_DRAIN_S` s and the socket's RCVHWM messages. Returns how many."""
         limit = self.sock.getsockopt(zmq.RCVHWM) or 10 * DRAIN_MAX  # 0: unlimited queue
-        deadline = time.monotonic() + FINAL_DRAIN_S
-        n = 0
-        while n < limit:
-            try:
-                parts = self.sock.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.handle(parts)
-            n += 1
-            if n % 100 == 0 and time.monotonic() >= deadline:
-                log.warning("stopping: took %d queued message(s) in %g s; what still arrives is not received", n,
-                            FINAL_DRAIN_S)
-                break
-        if n:
+        n = take_waiting(self.sock, self.handle, FINAL_DRAIN_S, limit)
+        if self.sock.poll(0):
+            log.warning("stopping: took %d queued message(s) (at most %g s, %d messages); what still arrives is "
+                        "not received", n, FINAL_DRAIN_S, limit)
+        elif n:
             log.debug("stopping: took %d message(s) already queued in the input socket", n)
         return n
 

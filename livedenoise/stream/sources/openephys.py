@@ -61,6 +61,7 @@ import zmq
 
 from livedenoise.stream import gaps
 from livedenoise.stream.health import SupervisedThread, ThreadHealth
+from livedenoise.stream.sources.waiting import take_waiting
 from livedenoise.stream.protocols.zmq_interface import (
     MAX_CHANNELS,
     MAX_FRAME_BYTES,
@@ -683,15 +684,12 @@ class OpenEphysReceiver:
 
     def _read_waiting(self, sock: zmq.Socket, seconds: float) -> None:
         """Handle the messages already waiting on `sock`, for at most `seconds`."""
-        t_end = time.monotonic() + seconds
-        while time.monotonic() < t_end:
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            self.last_message = time.monotonic()
-            self._flushed = False
-            self._handle(parts)
+        take_waiting(sock, self._received, seconds)
+
+    def _received(self, parts: list[bytes]) -> None:
+        self.last_message = time.monotonic()
+        self._flushed = False
+        self._handle(parts)
 
     def _body(self) -> None:
         sock = self._socket()

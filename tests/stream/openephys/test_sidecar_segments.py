@@ -9,7 +9,6 @@ sockets on loopback, real files; every wait is for a condition.
 """
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,17 +20,11 @@ from livedenoise.stream.offline import denoise_array
 from livedenoise.stream.openephys.replay import OpenEphysReplay
 from livedenoise.stream.openephys.sidecar import Sidecar, SidecarConfig
 from oeclients import SocketClient, ZmqClient
+from oerig import wait_for
 
 ARCHS = ["block-ephys", "interp-ephys"]
 BLOCK = 1000
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def wait_for(cond, timeout=60.0):
-    end = time.monotonic() + timeout
-    while not cond() and time.monotonic() < end:
-        time.sleep(0.02)
-    return cond()
 
 
 def recording_with(src, tmp, name, sample_numbers):
